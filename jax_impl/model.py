@@ -1,0 +1,56 @@
+"""The MLP as a function of explicit parameters, its losses, and NumPy conversion (JAX)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from parity.config import ConfigError
+
+Params = dict[str, jax.Array]
+
+
+def forward(params: Params, x: jax.Array, activation: str) -> jax.Array:
+    """MLP 1 → hidden… → 1 on points ``x`` [..., P, 1] → [..., P, 1].
+
+    Weights are (out, in); parameters may carry the same leading task axes as ``x``.
+    """
+    n_layers = len(params) // 2
+    h = x  # [..., P, 1]
+    for i in range(n_layers):
+        w, b = params[f"w{i}"], params[f"b{i}"]  # [..., out, in], [..., out]
+        h = h @ jnp.swapaxes(w, -1, -2) + b[..., None, :]  # [..., P, out]
+        if i < n_layers - 1:
+            h = jnp.tanh(h) if activation == "tanh" else jax.nn.relu(h)
+    return h
+
+
+def point_loss(pred: jax.Array, y: jax.Array, kind: str) -> jax.Array:
+    """Mean over the points of one task: [..., P, 1] → [...]."""
+    err = pred - y
+    per_point = jnp.abs(err) if kind == "l1" else err * err
+    return jnp.mean(per_point, axis=(-2, -1))
+
+
+def check_dtype(dtype: str) -> None:
+    """float64 needs x64 mode switched on before any array is made; never downcast silently."""
+    if dtype == "float64" and not jax.config.read("jax_enable_x64"):
+        raise ConfigError(
+            "dtype",
+            "float64 needs JAX's x64 mode, which is off (set JAX_ENABLE_X64=1 or "
+            "jax.config.update('jax_enable_x64', True) before making arrays); allowed here: float32",
+        )
+
+
+def to_arrays(tree: Any, dtype: str) -> Any:
+    """NumPy leaves → JAX arrays of ``dtype`` (the one conversion on the way in)."""
+    check_dtype(dtype)
+    return jax.tree.map(lambda leaf: jnp.asarray(np.asarray(leaf), dtype=dtype), tree)
+
+
+def to_numpy(tree: Any) -> Any:
+    """JAX leaves → NumPy arrays (the one conversion on the way out)."""
+    return jax.tree.map(lambda leaf: np.asarray(leaf), tree)

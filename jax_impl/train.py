@@ -1,0 +1,66 @@
+"""Outer-loop training (JAX twin): optax optimisers, the whole chunk of steps compiled as one scan.
+
+Mirrors torch_impl/train.py. The host feeds ``train_chunk`` the shared sampler's meta-batches
+for N consecutive steps as arrays with a leading ``[N]`` axis; nothing leaves the device until
+the chunk ends.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jax_impl.meta import Alpha, Tasks, meta_value_and_grad
+from jax_impl.model import Params
+from parity.config import Config
+
+
+class TrainState(NamedTuple):
+    step: jax.Array  # [] int: outer steps taken
+    params: Params
+    alpha: Alpha
+    params_opt: Any  # optax state of the initial-parameter optimiser
+    alpha_opt: Any  # optax state of the α optimiser (empty when α is fixed)
+
+
+def make_optimizer(name: str, lr: float) -> optax.GradientTransformation:
+    """sgd: w ← w − lr·g (torch.optim.SGD). adam: torch.optim.Adam's defaults (β 0.9/0.999, ε 1e-8)."""
+    return optax.sgd(lr) if name == "sgd" else optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8)
+
+
+def optimizers(cfg: Config) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
+    alpha_tx = make_optimizer(cfg.alpha_optimizer, cfg.alpha_lr) if cfg.alpha_learned else optax.set_to_zero()
+    return make_optimizer(cfg.outer_optimizer, cfg.outer_lr), alpha_tx
+
+
+def init_state(params: Params, alpha: Alpha, cfg: Config, step: int = 0) -> TrainState:
+    params_tx, alpha_tx = optimizers(cfg)
+    return TrainState(
+        step=jnp.asarray(step, jnp.int32),
+        params=params,
+        alpha=alpha,
+        params_opt=params_tx.init(params),
+        alpha_opt=alpha_tx.init(alpha),
+    )
+
+
+def train_step(state: TrainState, tasks: Tasks, cfg: Config) -> tuple[TrainState, dict[str, Any]]:
+    """One outer step; metrics describe the step (α and losses before its update)."""
+    params_tx, alpha_tx = optimizers(cfg)
+    (loss, inner), (grad_params, grad_alpha) = meta_value_and_grad(state.params, state.alpha, tasks, cfg)
+    updates, params_opt = params_tx.update(grad_params, state.params_opt, state.params)
+    params = optax.apply_updates(state.params, updates)
+    updates, alpha_opt = alpha_tx.update(grad_alpha, state.alpha_opt, state.alpha)
+    alpha = optax.apply_updates(state.alpha, updates)
+    metrics = {"outer_loss": loss, "inner_losses": inner, "alpha": state.alpha, "alpha_grad": grad_alpha}
+    return TrainState(state.step + 1, params, alpha, params_opt, alpha_opt), metrics
+
+
+@functools.partial(jax.jit, static_argnames="cfg")
+def train_chunk(state: TrainState, tasks: Tasks, cfg: Config) -> tuple[TrainState, dict[str, Any]]:
+    """``N`` outer steps as one compiled scan; ``tasks`` leaves are [N, B, P, 1], metrics [N, ...]."""
+    return jax.lax.scan(lambda s, t: train_step(s, t, cfg), state, tasks)

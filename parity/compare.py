@@ -1,0 +1,112 @@
+"""Tree comparison, the tolerance policy and the stability gate (NumPy only).
+
+A comparison passes when ``max|a − b| ≤ atol + rtol·max|ref|`` over a whole leaf, ``ref`` being
+the reference side. Non-finite values never pass and are never cleaned up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+# DESIGN.md, "Numerics". Keyed by (dtype, kind), kind = "loss" | "grad" | "state".
+TOLERANCES: dict[tuple[str, str], tuple[float, float]] = {
+    ("float64", "loss"): (1e-10, 1e-12),
+    ("float64", "grad"): (1e-10, 1e-12),
+    ("float64", "state"): (1e-10, 1e-12),
+    ("float32", "loss"): (1e-5, 1e-6),
+    ("float32", "grad"): (2e-4, 1e-6),
+    ("float32", "state"): (2e-4, 1e-6),
+}
+
+# Above this product of per-step gains, float32 differences grow with it: reported, not asserted.
+STABILITY_LIMIT = 1e2
+
+
+@dataclasses.dataclass(frozen=True)
+class Tolerance:
+    rtol: float
+    atol: float
+
+
+def tolerance(dtype: str, quantity: str) -> Tolerance:
+    """The tolerance for a quantity name (``outer_loss``, ``inner_losses``, ``grad/...``, ``params/...``)."""
+    if quantity.startswith("grad/"):
+        kind = "grad"
+    elif quantity.endswith("loss") or quantity.endswith("losses"):
+        kind = "loss"
+    else:
+        kind = "state"
+    rtol, atol = TOLERANCES[(dtype, kind)]
+    return Tolerance(rtol, atol)
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafResult:
+    """How far one leaf of ``actual`` is from ``expected``."""
+
+    name: str
+    max_abs_err: float
+    max_rel_err: float  # max|a − b| / max|ref|
+    worst_index: tuple[int, ...]
+    ref_scale: float  # max|ref|
+    tol: Tolerance
+    finite: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.finite and self.max_abs_err <= self.tol.atol + self.tol.rtol * self.ref_scale
+
+
+class StructureError(ValueError):
+    """The two trees do not hold the same leaves with the same shapes."""
+
+
+def compare_leaf(name: str, expected: np.ndarray, actual: np.ndarray, tol: Tolerance) -> LeafResult:
+    expected = np.asarray(expected, dtype=np.float64)
+    actual = np.asarray(actual, dtype=np.float64)
+    if expected.shape != actual.shape:
+        raise StructureError(f"{name}: shape {actual.shape} differs from the reference's {expected.shape}")
+    finite = bool(np.all(np.isfinite(expected)) and np.all(np.isfinite(actual)))
+    if expected.size == 0:
+        return LeafResult(name, 0.0, 0.0, (), 0.0, tol, finite)
+    if not finite:
+        return LeafResult(name, math.inf, math.inf, (), math.nan, tol, False)
+    diff = np.abs(actual - expected)
+    worst = np.unravel_index(int(np.argmax(diff)), diff.shape) if diff.ndim else ()
+    max_abs = float(diff.max())
+    scale = float(np.abs(expected).max())
+    if scale > 0:
+        max_rel = max_abs / scale
+    else:
+        max_rel = 0.0 if max_abs == 0 else math.inf
+    return LeafResult(name, max_abs, max_rel, tuple(int(i) for i in worst), scale, tol, finite)
+
+
+def compare_trees(
+    expected: Mapping[str, np.ndarray], actual: Mapping[str, np.ndarray], dtype: str
+) -> list[LeafResult]:
+    """Compare two flat trees leaf by leaf: structure first, then values (tolerances by dtype)."""
+    missing = sorted(set(expected) - set(actual))
+    extra = sorted(set(actual) - set(expected))
+    if missing or extra:
+        raise StructureError(f"trees differ: missing {missing}, unexpected {extra}")
+    return [compare_leaf(name, expected[name], actual[name], tolerance(dtype, name)) for name in sorted(expected)]
+
+
+def stability_factor(gains: np.ndarray) -> float:
+    """``∏_t max(1, gain_t)``, worst task first: gains [B, T] of ``max|1 − α·λ(H_t)|``."""
+    gains = np.asarray(gains, dtype=np.float64)
+    if gains.size == 0:
+        return 1.0
+    if not np.all(np.isfinite(gains)):
+        return math.inf
+    per_task = np.prod(np.maximum(1.0, gains), axis=-1)
+    return float(np.max(per_task))
+
+
+def is_stable(factor: float) -> bool:
+    return math.isfinite(factor) and factor <= STABILITY_LIMIT

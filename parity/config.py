@@ -1,0 +1,266 @@
+"""The one experiment config: a frozen dataclass, validated on construction, JSON in and out.
+
+Every field is checked in ``__post_init__``; a bad value raises :class:`ConfigError`, whose
+message names the field and what is allowed. The CLI turns that into one line and exit status 2.
+Presets are plain instances (``PRESETS``), not code paths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any
+
+ACTIVATIONS = ("tanh", "relu")
+LOSSES = ("l1", "mse")
+ALPHA_MODES = ("fixed", "scalar", "per_parameter")
+OPTIMIZERS = ("sgd", "adam")
+DTYPES = ("float32", "float64")
+
+# Fields that hold a (low, high) range of a uniform distribution.
+_RANGE_FIELDS = ("amplitude_range", "frequency_range", "phase_range", "x_range")
+
+
+class ConfigError(ValueError):
+    """A config value outside what is allowed; ``field`` names the offending field."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """A whole experiment: task family, model, inner loop, outer loop, numerics.
+
+    Defaults are the seed lab's part 1 (``seed-maml``).
+    """
+
+    # --- task family: y = A·sin(ω·x + φ), each drawn uniformly from its range, per task.
+    amplitude_range: tuple[float, float] = (1.0, 1.0)  # A; the seed fixes A = 1
+    frequency_range: tuple[float, float] = (0.5, 1.0)  # ω; the seed's `a`
+    phase_range: tuple[float, float] = (0.0, 0.0)  # φ; the seed trains on φ = 0
+    x_range: tuple[float, float] = (-2 * math.pi, 2 * math.pi)  # inputs, support and query
+    k_support: int = 4  # K: points the inner loop fits
+    k_query: int = 4  # Q: points the outer loss scores
+    # --- model: MLP 1 → hidden... → 1, parameters {"w0","b0",...}, weights (out, in)
+    hidden: tuple[int, ...] = (32, 32)
+    activation: str = "tanh"  # tanh | relu
+    # --- inner loop: T steps of w ← w − α·∇L_support(w)
+    loss: str = "l1"  # l1 (mean absolute error, the seed's) | mse
+    inner_steps: int = 3  # T; 0 means no adaptation
+    alpha_mode: str = "fixed"  # fixed | scalar (seed part 4) | per_parameter (Meta-SGD)
+    alpha_init: float = 0.03  # α, or the initial value of every entry of a learned α
+    first_order: bool = False  # treat inner gradients as constants (FOMAML); α still gets a gradient
+    # --- outer loop
+    outer_optimizer: str = "sgd"  # for the initial parameters: sgd | adam
+    outer_lr: float = 1e-2
+    alpha_optimizer: str = "adam"  # for a learned α: sgd | adam
+    alpha_lr: float = 1e-4
+    meta_batch: int = 1  # B: tasks per outer step (the seed uses one)
+    iterations: int = 5000  # outer steps
+    # --- numerics and randomness
+    dtype: str = "float32"  # float32 | float64
+    seed: int = 0  # drives the task sampler and the initial parameters
+
+    def __post_init__(self) -> None:
+        for name in _RANGE_FIELDS:
+            object.__setattr__(self, name, _check_range(name, getattr(self, name)))
+        _check_int("k_support", self.k_support, minimum=1)
+        _check_int("k_query", self.k_query, minimum=1)
+        hidden = self.hidden
+        if isinstance(hidden, list):
+            hidden = tuple(hidden)
+        if not isinstance(hidden, tuple) or len(hidden) < 1:
+            raise ConfigError("hidden", f"must be a non-empty list of layer widths, got {hidden!r}")
+        for width in hidden:
+            _check_int("hidden", width, minimum=1)
+        object.__setattr__(self, "hidden", hidden)
+        _check_choice("activation", self.activation, ACTIVATIONS)
+        _check_choice("loss", self.loss, LOSSES)
+        _check_int("inner_steps", self.inner_steps, minimum=0)
+        _check_choice("alpha_mode", self.alpha_mode, ALPHA_MODES)
+        _check_float("alpha_init", self.alpha_init)
+        if not isinstance(self.first_order, bool):
+            raise ConfigError("first_order", f"must be true or false, got {self.first_order!r}")
+        _check_choice("outer_optimizer", self.outer_optimizer, OPTIMIZERS)
+        _check_float("outer_lr", self.outer_lr, positive=True)
+        _check_choice("alpha_optimizer", self.alpha_optimizer, OPTIMIZERS)
+        _check_float("alpha_lr", self.alpha_lr, positive=True)
+        _check_int("meta_batch", self.meta_batch, minimum=1)
+        _check_int("iterations", self.iterations, minimum=0)
+        _check_choice("dtype", self.dtype, DTYPES)
+        _check_int("seed", self.seed, minimum=0)
+        object.__setattr__(self, "alpha_init", float(self.alpha_init))
+        object.__setattr__(self, "outer_lr", float(self.outer_lr))
+        object.__setattr__(self, "alpha_lr", float(self.alpha_lr))
+
+    # --- derived quantities -------------------------------------------------------------
+
+    @property
+    def alpha_learned(self) -> bool:
+        """Whether the outer loop updates α."""
+        return self.alpha_mode != "fixed"
+
+    @property
+    def layer_sizes(self) -> tuple[int, ...]:
+        """Widths from input to output, e.g. (1, 32, 32, 1)."""
+        return (1, *self.hidden, 1)
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        """Parameter names in the canonical order: w0, b0, w1, b1, ..."""
+        n_layers = len(self.hidden) + 1
+        return tuple(f"{kind}{i}" for i in range(n_layers) for kind in ("w", "b"))
+
+    @property
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shape of every parameter; weights are (out, in) as in ``torch.nn.Linear``."""
+        sizes = self.layer_sizes
+        shapes: dict[str, tuple[int, ...]] = {}
+        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            shapes[f"w{i}"] = (n_out, n_in)
+            shapes[f"b{i}"] = (n_out,)
+        return shapes
+
+    def meta_signature(self) -> Config:
+        """This config with every field that does not change the meta-gradient's computation
+        reset to its default: the key under which a compiled meta-gradient is reused."""
+        return Config(
+            k_support=self.k_support,
+            k_query=self.k_query,
+            hidden=self.hidden,
+            activation=self.activation,
+            loss=self.loss,
+            inner_steps=self.inner_steps,
+            # fixed and scalar α run the same computation; only the outer loop differs.
+            alpha_mode="per_parameter" if self.alpha_mode == "per_parameter" else "scalar",
+            first_order=self.first_order,
+            dtype=self.dtype,
+        )
+
+    # --- (de)serialisation ----------------------------------------------------------------
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with some fields changed (validated like any other config)."""
+        unknown = sorted(set(changes) - set(field_names()))
+        if unknown:
+            raise ConfigError(unknown[0], f"unknown config field; allowed: {', '.join(field_names())}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (tuples become lists)."""
+        out = dataclasses.asdict(self)
+        for key, value in out.items():
+            if isinstance(value, tuple):
+                out[key] = list(value)
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Any, base: Config | None = None) -> Config:
+        """Build from a dict; unknown keys are an error. Missing keys come from ``base``."""
+        if not isinstance(data, dict):
+            raise ConfigError("config", f"must be a JSON object, got {type(data).__name__}")
+        unknown = sorted(set(data) - set(field_names()))
+        if unknown:
+            raise ConfigError(unknown[0], f"unknown config field; allowed: {', '.join(field_names())}")
+        return (base or cls()).replace(**data)
+
+    @classmethod
+    def from_json(cls, text: str, base: Config | None = None) -> Config:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError("config", f"not valid JSON ({err.msg} at line {err.lineno})") from None
+        return cls.from_dict(data, base=base)
+
+
+def field_names() -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(Config))
+
+
+# --- validation helpers -----------------------------------------------------------------
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    # bool is an int subclass in Python; True is never a valid step count.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(name, f"must be an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ConfigError(name, f"must be an integer >= {minimum}, got {value}")
+
+
+def _check_float(name: str, value: Any, positive: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(name, f"must be a finite number, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(name, f"must be a finite number, got {value}")
+    if positive and value <= 0:
+        raise ConfigError(name, f"must be a finite number > 0, got {value}")
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(name, f"must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _check_range(name: str, value: Any) -> tuple[float, float]:
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ConfigError(name, f"must be a pair [low, high], got {value!r}")
+    low, high = value
+    for end in (low, high):
+        if isinstance(end, bool) or not isinstance(end, (int, float)) or not math.isfinite(end):
+            raise ConfigError(name, f"must hold two finite numbers, got {list(value)!r}")
+    if low > high:
+        raise ConfigError(name, f"must satisfy low <= high, got [{low}, {high}]")
+    return (float(low), float(high))
+
+
+# --- presets ------------------------------------------------------------------------------
+
+# The seed lab, part 1: fixed α = 0.03, T = 3, outer SGD lr 1e-2, one task per step.
+SEED_MAML = Config()
+
+# The seed lab, part 4: α learned (init 0.1) with Adam lr 1e-4, T = 5.
+SEED_ALPHA = Config(inner_steps=5, alpha_mode="scalar", alpha_init=0.1)
+
+# Finn, Abbeel & Levine 2017, sinusoid regression (section 5.1).
+MAML_PAPER = Config(
+    amplitude_range=(0.1, 5.0),
+    frequency_range=(1.0, 1.0),
+    phase_range=(0.0, math.pi),
+    x_range=(-5.0, 5.0),
+    k_support=10,
+    k_query=10,
+    hidden=(40, 40),
+    activation="relu",
+    loss="mse",
+    inner_steps=1,
+    alpha_mode="fixed",
+    alpha_init=0.01,
+    outer_optimizer="adam",
+    outer_lr=1e-3,
+    meta_batch=25,
+    iterations=70_000,
+)
+
+# Li, Zhou, Chen & Li 2017 (Meta-SGD): the same task family, a learned α per parameter entry.
+META_SGD = MAML_PAPER.replace(alpha_mode="per_parameter", alpha_optimizer="adam", alpha_lr=1e-3)
+
+PRESETS: dict[str, Config] = {
+    "seed-maml": SEED_MAML,
+    "seed-alpha": SEED_ALPHA,
+    "maml-paper": MAML_PAPER,
+    "meta-sgd": META_SGD,
+}
+
+
+def get_preset(name: str) -> Config:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError("preset", f"unknown preset {name!r}; allowed: {', '.join(PRESETS)}") from None

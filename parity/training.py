@@ -1,0 +1,60 @@
+"""The host side of training, shared by both twins: sample, convert once, run a chunk, report."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from parity.config import Config
+from parity.init import init_alpha, init_params
+from parity.tasks import sample_batches
+from parity.twins import Twin
+
+ChunkCallback = Callable[[int, dict[str, Any]], None]
+
+
+def initial_state(twin: Twin, cfg: Config) -> Any:
+    """The twin's training state at step 0 from the shared NumPy initial parameters."""
+    model = twin.model
+    return twin.train.init_state(model.to_arrays(init_params(cfg), cfg.dtype), model.to_arrays(init_alpha(cfg), cfg.dtype), cfg)
+
+
+def run(
+    twin: Twin,
+    cfg: Config,
+    state: Any = None,
+    start: int = 0,
+    iterations: int | None = None,
+    chunk: int = 250,
+    on_chunk: ChunkCallback | None = None,
+) -> Any:
+    """Train from step ``start`` to ``start + iterations`` (default ``cfg.iterations``).
+
+    ``on_chunk(first_step, metrics)`` receives each chunk's metrics as NumPy arrays with a
+    leading [N] axis.
+    """
+    if state is None:
+        state = initial_state(twin, cfg)
+    end = start + (cfg.iterations if iterations is None else iterations)
+    step = start
+    while step < end:
+        n = min(chunk, end - step)
+        tasks = tuple(sample_batches(cfg, step, n)[:4])  # 4 × [N, B, P, 1]
+        state, metrics = twin.train.train_chunk(state, twin.model.to_arrays(tasks, cfg.dtype), cfg)
+        if on_chunk is not None:
+            on_chunk(step, twin.model.to_numpy(metrics))
+        step += n
+    return state
+
+
+def final_values(twin: Twin, state: Any) -> dict[str, np.ndarray]:
+    """Parameters and α of a training state as a flat dict of NumPy arrays."""
+    out = {f"params/{k}": v for k, v in twin.model.to_numpy(state.params).items()}
+    alpha = twin.model.to_numpy(state.alpha)
+    if isinstance(alpha, dict):
+        out.update({f"alpha/{k}": v for k, v in alpha.items()})
+    else:
+        out["alpha"] = alpha
+    return out

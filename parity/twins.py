@@ -1,0 +1,63 @@
+"""Lazy access to the twins, so that the framework-neutral code never imports JAX or PyTorch
+until a command actually needs one."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import NamedTuple
+
+from parity.config import ConfigError
+
+FRAMEWORKS = ("jax", "torch")
+
+
+class Twin(NamedTuple):
+    name: str
+    model: ModuleType  # forward, point_loss, to_arrays, to_numpy, check_dtype
+    meta: ModuleType  # inner_loss … meta_value_and_grad, inner_step_gains
+    train: ModuleType  # init_state, train_step, train_chunk
+
+
+def load(framework: str, dtype: str | None = None) -> Twin:
+    """Import one twin. With ``dtype="float64"`` JAX's x64 mode is switched on first."""
+    if framework not in FRAMEWORKS:
+        raise ConfigError("framework", f"must be one of {', '.join(FRAMEWORKS)}; got {framework!r}")
+    if framework == "jax" and dtype == "float64":
+        enable_jax_x64()
+    package = f"{framework}_impl"
+    return Twin(
+        name=framework,
+        model=importlib.import_module(f"{package}.model"),
+        meta=importlib.import_module(f"{package}.meta"),
+        train=importlib.import_module(f"{package}.train"),
+    )
+
+
+def enable_jax_x64() -> None:
+    """Turn on JAX's float64 support, unless the user switched it off explicitly.
+
+    ``JAX_ENABLE_X64=0`` in the environment is a request for float32-only JAX: a float64 run
+    is then refused (by ``jax_impl.model.check_dtype``), never silently run in float32.
+    """
+    import os
+
+    if os.environ.get("JAX_ENABLE_X64", "").strip().lower() in ("0", "false", "no", "off"):
+        return
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+
+
+def full_precision_matmuls(framework: str) -> None:
+    """Parity runs use full float32 matmuls on GPUs: no TF32, no bf16 passes."""
+    if framework == "jax":
+        import jax
+
+        jax.config.update("jax_default_matmul_precision", "highest")
+    else:
+        import torch
+
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.set_float32_matmul_precision("highest")

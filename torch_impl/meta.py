@@ -1,0 +1,167 @@
+"""The unrolled meta-objective (PyTorch twin); mirrors jax_impl/meta.py function for function.
+
+Inner loop:  w_{t+1} = w_t − α ⊙ ∇L_support(w_t),  t = 0 … T−1, differentiated through
+(second order) unless ``cfg.first_order``. Outer loss: L_query(w_T), the mean over tasks.
+Tasks are ``(x_support [B, K, 1], y_support [B, K, 1], x_query [B, Q, 1], y_query [B, Q, 1])``;
+the functions below are written for the points of one task and any leading task axes, and
+``meta_loss`` runs them on the whole meta-batch at once (broadcasting over the task axis).
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import torch
+
+from parity.config import Config
+from torch_impl.model import Params, forward, point_loss
+
+Alpha = Union[torch.Tensor, Params]  # a 0-d tensor, or one tensor per parameter (per_parameter mode)
+Tasks = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def inner_loss(params: Params, x: torch.Tensor, y: torch.Tensor, cfg: Config) -> torch.Tensor:
+    """Loss of each task on points ``x``, ``y`` [..., P, 1] → [...]."""
+    return point_loss(forward(params, x, cfg.activation), y, cfg.loss)
+
+
+def alpha_for(alpha: Alpha, name: str) -> torch.Tensor:
+    """The step size of parameter ``name``: α itself, or its own entry in per_parameter mode."""
+    return alpha[name] if isinstance(alpha, dict) else alpha
+
+
+def broadcast_to_tasks(params: Params, x: torch.Tensor) -> Params:
+    """Give every task its own copy of the parameters: leading axes of ``x`` [..., P, 1]."""
+    tasks_shape = x.shape[:-2]
+    return {name: torch.broadcast_to(p, tasks_shape + p.shape) for name, p in params.items()}
+
+
+def inner_step(
+    params: Params, alpha: Alpha, x: torch.Tensor, y: torch.Tensor, cfg: Config
+) -> tuple[Params, torch.Tensor]:
+    """One SGD step on the support set; returns (new params, support loss before the step [...])."""
+    # Each task's parameters see only that task's loss, so the gradient of the sum over
+    # tasks is every task's own gradient.
+    losses = inner_loss(params, x, y, cfg)
+    # create_graph: the gradient is part of the forward pass (second order). Without it
+    # (FOMAML) autograd hands back constants; retain_graph keeps the outer path alive.
+    grads = dict(
+        zip(
+            params,
+            torch.autograd.grad(losses.sum(), list(params.values()), create_graph=not cfg.first_order, retain_graph=True),
+        )
+    )
+    new_params = {name: p - alpha_for(alpha, name) * grads[name] for name, p in params.items()}
+    return new_params, losses
+
+
+def adapt(
+    params: Params, alpha: Alpha, x: torch.Tensor, y: torch.Tensor, cfg: Config
+) -> tuple[Params, torch.Tensor]:
+    """``cfg.inner_steps`` steps on the support set; returns (adapted params, losses [..., T])."""
+    params = broadcast_to_tasks(params, x)
+    losses = []
+    for _ in range(cfg.inner_steps):
+        params, loss = inner_step(params, alpha, x, y, cfg)
+        losses.append(loss)
+    if not losses:
+        return params, x.new_zeros(x.shape[:-2] + (0,))
+    return params, torch.stack(losses, dim=-1)
+
+
+def task_losses(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adapt on each task's support set; returns (query loss [...], support losses [..., T])."""
+    x_support, y_support, x_query, y_query = tasks
+    adapted, support_losses = adapt(params, alpha, x_support, y_support, cfg)
+    return inner_loss(adapted, x_query, y_query, cfg), support_losses
+
+
+def meta_loss(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
+    """The meta-objective: (mean query loss over the meta-batch [], mean support losses [T])."""
+    outer, inner = task_losses(params, alpha, tasks, cfg)  # [B], [B, T]
+    return outer.mean(), inner.mean(0)
+
+
+def meta_value_and_grad(
+    params: Params, alpha: Alpha, tasks: Tasks, cfg: Config
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[Params, Alpha]]:
+    """((outer loss [], support losses [T]), (dL/dparams, dL/dα)), differentiated through T steps."""
+    params = {name: p.detach().requires_grad_() for name, p in params.items()}
+    alpha = _detached_leaf(alpha)
+    loss, inner = meta_loss(params, alpha, tasks, cfg)
+    alpha_leaves = list(alpha.values()) if isinstance(alpha, dict) else [alpha]
+    # materialize_grads: T = 0 leaves α unused, and its gradient is then exactly zero.
+    grads = torch.autograd.grad(loss, [*params.values(), *alpha_leaves], allow_unused=True, materialize_grads=True)
+    grad_params = dict(zip(params, grads[: len(params)]))
+    grad_alpha = dict(zip(alpha, grads[len(params) :])) if isinstance(alpha, dict) else grads[-1]
+    return (loss.detach(), inner.detach()), (grad_params, grad_alpha)
+
+
+def inner_step_gains(
+    params: Params, alpha: Alpha, tasks: Tasks, cfg: Config, iterations: int = 30
+) -> torch.Tensor:
+    """Gain of each inner step of each task, max|1 − α·λ(H_t)| [B, T], for the stability gate.
+
+    H_t is the support-loss Hessian at w_t. Power iteration runs on the linearised step
+    J_t = I − α ⊙ H_t itself (one Hessian-vector product per iteration): its dominant eigenvalue
+    is the 1 − α·λ of largest magnitude, the quantity the gate multiplies, and the iteration
+    converges even where H_t has eigenvalues of both signs and similar size. The estimate
+    ‖J_t v‖ rises towards the true gain and never exceeds it.
+    """
+
+    def one_task(task: Tasks) -> torch.Tensor:
+        x, y = task[0], task[1]
+        p = broadcast_to_tasks({name: v.detach() for name, v in params.items()}, x)
+        gains = []
+        for _ in range(cfg.inner_steps):
+            gains.append(_step_gain(p, alpha, x, y, cfg, iterations))
+            p, _ = inner_step({name: v.detach().requires_grad_() for name, v in p.items()}, alpha, x, y, cfg)
+        return torch.stack(gains) if gains else x.new_zeros((0,))
+
+    return torch.stack([one_task(tuple(t[b] for t in tasks)) for b in range(tasks[0].shape[0])])  # type: ignore[arg-type]
+
+
+def _step_gain(params: Params, alpha: Alpha, x: torch.Tensor, y: torch.Tensor, cfg: Config, iterations: int) -> torch.Tensor:
+    params = {name: p.detach().requires_grad_() for name, p in params.items()}
+    grads = torch.autograd.grad(inner_loss(params, x, y, cfg).sum(), list(params.values()), create_graph=True)
+
+    def hvp(v: Params) -> Params:
+        hv = torch.autograd.grad(grads, list(params.values()), grad_outputs=[v[name] for name in params], retain_graph=True)
+        return dict(zip(params, hv))
+
+    v = _start_vector(params)
+    gain = x.new_ones(())
+    for _ in range(iterations):
+        hv = hvp(v)
+        jv = {name: v[name] - alpha_for(alpha, name) * hv[name] for name in v}
+        gain = torch.sqrt(_dot(jv, jv))
+        v = _scale(jv, 1.0 / (gain + torch.finfo(x.dtype).tiny))
+    return gain.detach()
+
+
+def _start_vector(params: Params) -> Params:
+    # Deterministic and identical in both twins; unlikely to be orthogonal to any eigenvector.
+    names = sorted(params)  # JAX's tree utilities sort dict keys; use one order in both twins
+    sizes = [params[name].numel() for name in names]
+    flat = torch.sin(1.0 + torch.arange(sum(sizes), dtype=params[names[0]].dtype))
+    flat = flat / torch.linalg.norm(flat)
+    out, start = {}, 0
+    for name, size in zip(names, sizes):
+        p = params[name]
+        out[name] = flat[start : start + size].reshape(p.shape)
+        start += size
+    return out
+
+
+def _dot(a: Params, b: Params) -> torch.Tensor:
+    return sum(torch.sum(a[name] * b[name]) for name in a)  # type: ignore[return-value]
+
+
+def _scale(a: Params, s: torch.Tensor) -> Params:
+    return {name: v * s for name, v in a.items()}
+
+
+def _detached_leaf(alpha: Alpha) -> Alpha:
+    if isinstance(alpha, dict):
+        return {name: a.detach().requires_grad_() for name, a in alpha.items()}
+    return alpha.detach().requires_grad_()

@@ -1,0 +1,57 @@
+"""The MLP as a function of explicit parameters, its losses, and NumPy conversion (PyTorch)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+Params = dict[str, torch.Tensor]
+
+
+def forward(params: Params, x: torch.Tensor, activation: str) -> torch.Tensor:
+    """MLP 1 → hidden… → 1 on points ``x`` [..., P, 1] → [..., P, 1].
+
+    Weights are (out, in); parameters may carry the same leading task axes as ``x``.
+    """
+    n_layers = len(params) // 2
+    h = x  # [..., P, 1]
+    for i in range(n_layers):
+        w, b = params[f"w{i}"], params[f"b{i}"]  # [..., out, in], [..., out]
+        h = h @ torch.swapaxes(w, -1, -2) + b[..., None, :]  # [..., P, out]
+        if i < n_layers - 1:
+            h = torch.tanh(h) if activation == "tanh" else torch.relu(h)
+    return h
+
+
+def point_loss(pred: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
+    """Mean over the points of one task: [..., P, 1] → [...]."""
+    err = pred - y
+    per_point = torch.abs(err) if kind == "l1" else err * err
+    return torch.mean(per_point, dim=(-2, -1))
+
+
+def check_dtype(dtype: str) -> None:
+    """PyTorch makes float64 tensors whenever asked; nothing to switch on."""
+
+
+def to_arrays(tree: Any, dtype: str, device: str | torch.device = "cpu") -> Any:
+    """NumPy leaves → tensors of ``dtype`` (the one conversion on the way in)."""
+    check_dtype(dtype)
+    if isinstance(tree, dict):
+        return {k: to_arrays(v, dtype, device) for k, v in tree.items()}
+    if isinstance(tree, (tuple, list)):
+        items = [to_arrays(v, dtype, device) for v in tree]
+        return type(tree)(*items) if hasattr(tree, "_fields") else type(tree)(items)
+    return torch.as_tensor(np.asarray(tree), dtype=getattr(torch, dtype), device=device).clone()
+
+
+def to_numpy(tree: Any) -> Any:
+    """Tensors → NumPy arrays (the one conversion on the way out)."""
+    if isinstance(tree, dict):
+        return {k: to_numpy(v) for k, v in tree.items()}
+    if isinstance(tree, (tuple, list)):
+        items = [to_numpy(v) for v in tree]
+        return type(tree)(*items) if hasattr(tree, "_fields") else type(tree)(items)
+    return tree.detach().cpu().numpy()
