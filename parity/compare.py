@@ -86,9 +86,7 @@ def compare_leaf(name: str, expected: np.ndarray, actual: np.ndarray, tol: Toler
     return LeafResult(name, max_abs, max_rel, tuple(int(i) for i in worst), scale, tol, finite)
 
 
-def compare_trees(
-    expected: Mapping[str, np.ndarray], actual: Mapping[str, np.ndarray], dtype: str
-) -> list[LeafResult]:
+def compare_trees(expected: Mapping[str, np.ndarray], actual: Mapping[str, np.ndarray], dtype: str) -> list[LeafResult]:
     """Compare two flat trees leaf by leaf: structure first, then values (tolerances by dtype)."""
     missing = sorted(set(expected) - set(actual))
     extra = sorted(set(actual) - set(expected))
