@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from jax_impl.meta import Alpha, Tasks, meta_value_and_grad
-from jax_impl.model import Params
+from jax_impl.model import Params, to_arrays, to_numpy
 from parity.config import Config
 
 
@@ -60,7 +60,59 @@ def train_step(state: TrainState, tasks: Tasks, cfg: Config) -> tuple[TrainState
     return TrainState(state.step + 1, params, alpha, params_opt, alpha_opt), metrics
 
 
-@functools.partial(jax.jit, static_argnames="cfg")
 def train_chunk(state: TrainState, tasks: Tasks, cfg: Config) -> tuple[TrainState, dict[str, Any]]:
     """``N`` outer steps as one compiled scan; ``tasks`` leaves are [N, B, P, 1], metrics [N, ...]."""
+    # The run's length and seed never enter a step's arithmetic (the tasks arrive as arrays):
+    # dropping them from the compile key lets resumed, extended and re-seeded runs share a compile.
+    return _train_chunk(state, tasks, cfg.replace(iterations=0, seed=0))
+
+
+@functools.partial(jax.jit, static_argnames="cfg")
+def _train_chunk(state: TrainState, tasks: Tasks, cfg: Config) -> tuple[TrainState, dict[str, Any]]:
     return jax.lax.scan(lambda s, t: train_step(s, t, cfg), state, tasks)
+
+
+def state_to_numpy(state: TrainState, cfg: Config) -> dict[str, Any]:
+    """The framework-neutral training state (parity/checkpoint.py's layout) with NumPy leaves."""
+    return {
+        "step": int(state.step),
+        "params": to_numpy(state.params),
+        "alpha": to_numpy(state.alpha),
+        "opt": {
+            "params": _opt_to_numpy(state.params_opt, cfg.outer_optimizer),
+            "alpha": _opt_to_numpy(state.alpha_opt, cfg.alpha_optimizer) if cfg.alpha_learned else {},
+        },
+    }
+
+
+def state_from_numpy(neutral: dict[str, Any], cfg: Config) -> TrainState:
+    """Inverse of :func:`state_to_numpy`: continue training exactly where that state stopped."""
+    state = init_state(
+        to_arrays(neutral["params"], cfg.dtype), to_arrays(neutral["alpha"], cfg.dtype), cfg, neutral["step"]
+    )
+    alpha_opt = state.alpha_opt
+    if cfg.alpha_learned:
+        alpha_opt = _opt_from_numpy(alpha_opt, neutral["opt"]["alpha"], cfg.alpha_optimizer, cfg.dtype)
+    params_opt = _opt_from_numpy(state.params_opt, neutral["opt"]["params"], cfg.outer_optimizer, cfg.dtype)
+    return state._replace(params_opt=params_opt, alpha_opt=alpha_opt)
+
+
+def _opt_to_numpy(opt_state: Any, name: str) -> dict[str, Any]:
+    if name != "adam":
+        return {}  # plain SGD keeps no state
+    adam = opt_state[0]  # optax.adam = chain(scale_by_adam, scale_by_learning_rate)
+    assert isinstance(adam, optax.ScaleByAdamState), type(adam)
+    return {"count": int(adam.count), "mu": to_numpy(adam.mu), "nu": to_numpy(adam.nu)}
+
+
+def _opt_from_numpy(opt_state: Any, neutral: dict[str, Any], name: str, dtype: str) -> Any:
+    if name != "adam":
+        return opt_state
+    adam = opt_state[0]
+    assert isinstance(adam, optax.ScaleByAdamState), type(adam)
+    adam = adam._replace(
+        count=jnp.asarray(neutral["count"], adam.count.dtype),
+        mu=to_arrays(neutral["mu"], dtype),
+        nu=to_arrays(neutral["nu"], dtype),
+    )
+    return (adam, *opt_state[1:])

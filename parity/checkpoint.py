@@ -8,24 +8,50 @@ Golden file layout (``maml-parity dump``; load with ``numpy.load(path, allow_pic
 - ``inner_losses`` [T]: meta-batch mean support loss before each inner step
 - ``outer_loss`` []: meta-batch mean query loss after T steps
 - ``grad/<name>``, ``grad/alpha`` (or ``grad/alpha/<name>``): the meta-gradient
+
+Training checkpoint (``maml-parity train --out DIR``): ``DIR/checkpoint.safetensors`` plus the
+manifest ``DIR/checkpoint.json``. The safetensors file holds, framework-neutrally:
+
+- ``step`` [] int64: outer steps taken (the next step to run; the sampler regenerates it)
+- ``params/<name>``; ``alpha`` [] (per-parameter α: ``alpha/<name>``)
+- Adam state of each optimised group, ``<group>`` = ``params`` or ``alpha`` (no entries for SGD,
+  which keeps none; no ``opt/alpha/...`` when α is fixed): ``opt/<group>/count`` [] int64, the
+  updates taken (optax's ``count``, torch's ``step``); ``opt/<group>/mu/<name>`` and
+  ``opt/<group>/nu/<name>``, the first and second moment estimates (optax ``mu``/``nu``, torch
+  ``exp_avg``/``exp_avg_sq``; scalar α: ``opt/alpha/mu``, ``opt/alpha/nu``).
+
+The manifest (config, step, sampler seed, the framework that wrote it, library versions) is also
+embedded in the safetensors header under ``manifest``, so arrays and manifest are replaced by one
+atomic rename; ``checkpoint.json`` is a copy for people and tools, plus the file's sha256. Loading
+reads the embedded copy and never unpickles anything.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
+import time
 import zipfile
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from parity.config import Config, ConfigError
 from parity.init import init_alpha, init_params
-from parity.tasks import sample_batch
+from parity.tasks import TRAIN_STREAM, sample_batch
 from parity.twins import Twin
 
 TASK_KEYS = ("x_support", "y_support", "x_query", "y_query")
+CHECKPOINT_FILE = "checkpoint.safetensors"
+MANIFEST_FILE = "checkpoint.json"
+CHECKPOINT_FORMAT = "maml-parity-checkpoint/1"
+# Config fields a resumed run may change: the number of steps does not alter any step's arithmetic.
+RESUMABLE_CHANGES = ("iterations",)
+VERSIONED_PACKAGES = ("numpy", "jax", "jaxlib", "optax", "torch", "safetensors")
 
 
 class GoldenFileError(ValueError):
@@ -50,7 +76,7 @@ def golden_arrays(twin: Twin, cfg: Config) -> dict[str, np.ndarray]:
     }
     arrays.update({f"init/{k}": v for k, v in params.items()})
     arrays.update(_flat("init/alpha", alpha))
-    arrays.update({f"tasks/{k}": v for k, v in zip(TASK_KEYS, tasks)})
+    arrays.update({f"tasks/{k}": v for k, v in zip(TASK_KEYS, tasks, strict=True)})
     arrays["inner_losses"] = np.asarray(inner)
     arrays["outer_loss"] = np.asarray(loss)
     arrays.update({f"grad/{k}": v for k, v in grad_params.items()})
@@ -63,7 +89,7 @@ def write_golden(path: str | os.PathLike[str], arrays: dict[str, np.ndarray]) ->
     path = Path(path)
     if path.suffix != ".npz":
         raise ConfigError("out", f"a golden file must end in .npz, got {str(path)!r}")
-    atomic_write(path, lambda f: np.savez(f, **arrays))
+    atomic_write(path, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]  # numpy stubs: a key could be "allow_pickle"
     return path
 
 
@@ -107,3 +133,195 @@ def _flat(prefix: str, tree: Any) -> dict[str, np.ndarray]:
     if isinstance(tree, dict):
         return {f"{prefix}/{k}": np.asarray(v) for k, v in tree.items()}
     return {prefix: np.asarray(tree)}
+
+
+# --- training checkpoints ----------------------------------------------------------------------
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that is missing, unreadable, not in the layout above, or from another config."""
+
+    def __init__(self, message: str, field: str = "checkpoint"):
+        super().__init__(field, message)
+
+
+class Checkpoint(NamedTuple):
+    """A checkpoint as read back: the manifest, its config, and the neutral training state.
+
+    ``state`` is the tree the twins' ``state_from_numpy`` take: ``{"step": int, "params": {name:
+    array}, "alpha": array | {name: array}, "opt": {"params": group, "alpha": group}}`` with
+    ``group`` = ``{"count": int, "mu": tree, "nu": tree}`` for Adam and ``{}`` for SGD or fixed α.
+    """
+
+    manifest: dict[str, Any]
+    config: Config
+    step: int
+    state: dict[str, Any]
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the numerical libraries, read from package metadata (imports none of them)."""
+    import platform
+
+    out = {"python": platform.python_version()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def flatten_state(state: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The neutral state tree → the flat ``name → array`` layout of the module docstring."""
+    arrays: dict[str, np.ndarray] = {"step": np.asarray(state["step"], dtype=np.int64)}
+    arrays.update(_flat("params", state["params"]))
+    arrays.update(_flat("alpha", state["alpha"]))
+    for group, opt in state["opt"].items():
+        if not opt:
+            continue
+        arrays[f"opt/{group}/count"] = np.asarray(opt["count"], dtype=np.int64)
+        arrays.update(_flat(f"opt/{group}/mu", opt["mu"]))
+        arrays.update(_flat(f"opt/{group}/nu", opt["nu"]))
+    # safetensors wants C-contiguous buffers (np.ascontiguousarray would turn [] into [1]).
+    return {k: np.array(v, order="C") for k, v in arrays.items()}
+
+
+def expected_layout(cfg: Config) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Every array a checkpoint of ``cfg`` holds: name → (shape, dtype)."""
+    shapes = cfg.param_shapes
+    alpha_shapes: dict[str, tuple[int, ...]] = (
+        {f"alpha/{k}": s for k, s in shapes.items()} if cfg.alpha_mode == "per_parameter" else {"alpha": ()}
+    )
+    layout: dict[str, tuple[tuple[int, ...], str]] = {"step": ((), "int64")}
+    layout.update({f"params/{k}": (s, cfg.dtype) for k, s in shapes.items()})
+    layout.update({k: (s, cfg.dtype) for k, s in alpha_shapes.items()})
+    groups = [("params", cfg.outer_optimizer, {f"params/{k}": s for k, s in shapes.items()})]
+    if cfg.alpha_learned:
+        groups.append(("alpha", cfg.alpha_optimizer, alpha_shapes))
+    for group, optimizer, leaves in groups:
+        if optimizer != "adam":
+            continue
+        layout[f"opt/{group}/count"] = ((), "int64")
+        for name, shape in leaves.items():
+            suffix = name[len(group) :]  # "" for a scalar α, "/<name>" otherwise
+            layout[f"opt/{group}/mu{suffix}"] = (shape, cfg.dtype)
+            layout[f"opt/{group}/nu{suffix}"] = (shape, cfg.dtype)
+    return layout
+
+
+def unflatten_state(arrays: dict[str, np.ndarray], cfg: Config) -> dict[str, Any]:
+    """The flat layout → the neutral state tree, after checking every name, shape and dtype."""
+    layout = expected_layout(cfg)
+    missing = sorted(set(layout) - set(arrays))
+    extra = sorted(set(arrays) - set(layout))
+    if missing or extra:
+        raise CheckpointError(
+            f"arrays do not match the config's layout: missing {missing or 'none'}, unexpected {extra or 'none'}"
+        )
+    for name, (shape, dtype) in layout.items():
+        got = arrays[name]
+        if got.shape != shape or got.dtype != np.dtype(dtype):
+            raise CheckpointError(
+                f"array {name!r} is {got.dtype}{list(got.shape)}, the config needs {dtype}{list(shape)}"
+            )
+
+    def tree(prefix: str) -> Any:
+        if prefix in arrays:
+            return arrays[prefix]
+        return {name: arrays[f"{prefix}/{name}"] for name in cfg.param_names}
+
+    opt: dict[str, Any] = {"params": {}, "alpha": {}}
+    for group in opt:
+        if f"opt/{group}/count" in arrays:
+            count = int(arrays[f"opt/{group}/count"])
+            opt[group] = {"count": count, "mu": tree(f"opt/{group}/mu"), "nu": tree(f"opt/{group}/nu")}
+    return {
+        "step": int(arrays["step"]),
+        "params": tree("params"),
+        "alpha": tree("alpha"),
+        "opt": opt,
+    }
+
+
+def checkpoint_path(path: str | os.PathLike[str]) -> Path:
+    """``DIR`` → ``DIR/checkpoint.safetensors``; a path to the file itself is kept."""
+    path = Path(path)
+    return path / CHECKPOINT_FILE if path.is_dir() or path.suffix != ".safetensors" else path
+
+
+def write_checkpoint(directory: str | os.PathLike[str], state: dict[str, Any], cfg: Config, framework: str) -> Path:
+    """Write ``state`` (the neutral tree) as ``directory/checkpoint.safetensors`` + ``checkpoint.json``.
+
+    Each file goes to a temporary file in the same folder, is fsynced, renamed over the old one,
+    and the folder is fsynced: a crash leaves either the previous checkpoint or this one.
+    """
+    from safetensors.numpy import save
+
+    directory = Path(directory)
+    arrays = flatten_state(state)
+    unflatten_state(arrays, cfg)  # refuse to write a checkpoint that could not be read back
+    manifest = {
+        "format": CHECKPOINT_FORMAT,
+        "step": int(state["step"]),
+        "framework": framework,
+        "dtype": cfg.dtype,
+        "config": cfg.to_dict(),
+        # The sampler regenerates step i's tasks from (seed, stream, i): nothing else to save.
+        "sampler": {"seed": cfg.seed, "stream": TRAIN_STREAM, "next_step": int(state["step"])},
+        "versions": library_versions(),
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    blob = save(arrays, metadata={"manifest": json.dumps(manifest, sort_keys=True)})
+    path = directory / CHECKPOINT_FILE
+    atomic_write(path, lambda f: f.write(blob))
+    copy = {**manifest, "file": CHECKPOINT_FILE, "sha256": hashlib.sha256(blob).hexdigest()}
+    atomic_write(
+        directory / MANIFEST_FILE, lambda f: f.write((json.dumps(copy, indent=2, sort_keys=True) + "\n").encode())
+    )
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+    """Read ``DIR`` or ``DIR/checkpoint.safetensors``: manifest, config and neutral state."""
+    from safetensors import SafetensorError, safe_open
+
+    file = checkpoint_path(path)
+    if not file.exists():
+        raise CheckpointError(f"no checkpoint at {str(file)!r} (train with --out DIR to make one)")
+    try:
+        with safe_open(str(file), framework="numpy") as f:
+            header = f.metadata() or {}
+            arrays = {key: f.get_tensor(key) for key in f.keys()}
+    except (OSError, SafetensorError, ValueError) as err:
+        raise CheckpointError(f"{str(file)!r} is not a readable safetensors file ({err})") from None
+    if "manifest" not in header:
+        raise CheckpointError(f"{str(file)!r} has no embedded manifest; not a maml-parity checkpoint")
+    try:
+        manifest = json.loads(header["manifest"])
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{str(file)!r}: embedded manifest is not JSON ({err.msg})") from None
+    if manifest.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{str(file)!r}: format {manifest.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
+    cfg = Config.from_dict(manifest["config"])
+    state = unflatten_state(arrays, cfg)
+    if state["step"] != manifest["step"]:
+        raise CheckpointError(
+            f"{str(file)!r}: arrays are at step {state['step']}, the manifest says {manifest['step']}"
+        )
+    return Checkpoint(manifest=manifest, config=cfg, step=state["step"], state=state)
+
+
+def check_resumable(saved: Config, cfg: Config) -> None:
+    """Raise a :class:`ConfigError` naming the first field where ``cfg`` differs from the checkpoint's.
+
+    Only ``iterations`` may change: resuming must continue the very same trajectory.
+    """
+    ours, theirs = cfg.to_dict(), saved.to_dict()
+    for field in ours:
+        if field not in RESUMABLE_CHANGES and ours[field] != theirs[field]:
+            raise ConfigError(
+                field,
+                f"the checkpoint was trained with {field} = {theirs[field]!r} but this run asks for {ours[field]!r}; "
+                f"resume with the checkpoint's config (only {', '.join(RESUMABLE_CHANGES)} may change)",
+            )

@@ -51,6 +51,31 @@ def _int_flag(field: str) -> Any:
     return parse
 
 
+def _nonneg_int_flag(field: str) -> Any:
+    def parse(text: str) -> int:
+        value = _int_flag(field)(text)
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{field}: must be an integer >= 0, got {value}")
+        return value
+
+    return parse
+
+
+def _phase_flag(text: str) -> float:
+    """A phase in radians: a number, or a multiple / fraction of pi ('pi', '-pi/2', '0.25pi')."""
+    import math
+    import re
+
+    match = re.fullmatch(r"\s*(-?[0-9.]*)\s*\*?\s*pi\s*(?:/\s*([0-9.]+))?\s*", text.lower())
+    try:
+        if match:
+            factor = {"": 1.0, "-": -1.0}.get(match.group(1)) or float(match.group(1))
+            return factor * math.pi / (float(match.group(2)) if match.group(2) else 1.0)
+        return float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"phase_shift: must be a number or a multiple of pi, got {text!r}") from None
+
+
 def resolve_config(args: argparse.Namespace) -> Config:
     """Preset, then the config file's keys, then individual flags."""
     cfg = get_preset(args.preset)
@@ -128,12 +153,82 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
     twin = _load_twin(args.framework, cfg.dtype)
     out = Path(args.out)
-    _, rows = train_run(twin, cfg, out, print_every=args.print_every, progress=not args.no_progress)
+    _, rows = train_run(
+        twin,
+        cfg,
+        out,
+        print_every=args.print_every,
+        progress=not args.no_progress,
+        resume=args.resume,
+        checkpoint_every=args.checkpoint_every,
+    )
     if rows:
         last = rows[-1]
         print(f"{args.framework}: {len(rows)} steps, last outer loss {last['outer_loss']:.4f}, alpha {last['alpha']}")
-    print(f"wrote {out}/config.json, {out}/metrics.jsonl, {out}/final.npz")
+    print(f"wrote {out}/config.json, {out}/metrics.jsonl, {out}/checkpoint.safetensors, {out}/final.npz")
     return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from parity.eval import EvalSpec, evaluate_run, summary_lines
+
+    if args.dtype is not None and args.dtype not in DTYPES:
+        raise ConfigError("dtype", f"must be one of {', '.join(DTYPES)}; got {args.dtype!r}")
+    spec_args = {
+        "tasks": args.tasks,
+        "shots": args.shots,
+        "max_steps": args.max_steps,
+        "pretrain_steps": args.pretrain_steps,
+    }
+    if args.phase_shift is not None:
+        spec_args["phase_shifts"] = tuple(args.phase_shift)
+    run_dir = Path(args.dir)
+    result = evaluate_run(run_dir, framework=args.framework, dtype=args.dtype, spec=EvalSpec(**spec_args))
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if k != "fits"}, indent=1))
+    else:
+        print("\n".join(summary_lines(result)))
+        print(f"wrote {run_dir}/eval.json")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from parity.report import write_report
+
+    path = write_report(Path(args.dir))
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from parity import bench
+
+    mode = "quick" if args.quick else "full"
+    print(f"bench: {mode} run on {args.device}, {args.threads} thread(s)", flush=True)
+    print(bench.TABLE_HEADER, flush=True)
+    result = bench.run_bench(
+        quick=args.quick,
+        device=args.device,
+        threads=args.threads,
+        repeats=args.repeats,
+        progress=lambda line: print(line, flush=True),
+        command=_bench_command(args),
+    )
+    for line in bench.summary_lines(result):
+        print(line)
+    if args.json:
+        bench.write_json(result, Path(args.json))
+        print(f"wrote {args.json}")
+    if args.plot:
+        bench.write_plot(result, Path(args.plot))
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _bench_command(args: argparse.Namespace) -> str:
+    words = ["maml-parity bench", "--quick" if args.quick else "", f"--device {args.device} --threads {args.threads}"]
+    words += [f"--{flag} {getattr(args, flag)}" for flag in ("repeats", "json", "plot") if getattr(args, flag)]
+    return " ".join(w for w in words if w)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -166,7 +261,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--print-every", type=_int_flag("print_every"), default=0, metavar="N", help="the seed's printout every N steps")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--resume", action="store_true", help="continue from DIR's checkpoint (either twin's), bit for bit")
+    p.add_argument(
+        "--checkpoint-every",
+        type=_nonneg_int_flag("checkpoint_every"),
+        default=0,
+        metavar="N",
+        help="also checkpoint every N steps (default: only at the end)",
+    )
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="adapt meta / random / pretrained inits on held-out tasks; writes DIR/eval.json")
+    p.add_argument("dir", metavar="DIR", help="a training run (its checkpoint.safetensors)")
+    p.add_argument("--framework", default="jax", help="jax | torch (default jax), whichever twin trained the run")
+    p.add_argument("--dtype", help="float32 | float64 (default: the run's)")
+    p.add_argument("--tasks", type=_int_flag("tasks"), default=600, metavar="N", help="held-out tasks (default 600)")
+    p.add_argument("--shots", type=_int_flag("shots"), metavar="K", help="support points per task (default: the run's)")
+    p.add_argument(
+        "--max-steps", type=_int_flag("max_steps"), default=10, metavar="S", help="adaptation steps (default 10)"
+    )
+    p.add_argument(
+        "--phase-shift",
+        type=_phase_flag,
+        nargs="+",
+        metavar="B",
+        help="phase shifts in radians; 'pi', 'pi/2', '0.5pi' work (default: 0 pi)",
+    )
+    p.add_argument(
+        "--pretrain-steps",
+        type=_int_flag("pretrain_steps"),
+        default=2000,
+        metavar="N",
+        help="plain-regression steps for the 'pretrained' baseline (default 2000)",
+    )
+    p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("report", help="figures and DIR/report.md from a run and its eval.json")
+    p.add_argument("dir", metavar="DIR")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("bench", help="time the JAX twin, the PyTorch twin and the seed's own loop side by side")
+    p.add_argument("--quick", action="store_true", help="only seed-alpha at B=1 and B=25, T=5 (under two minutes)")
+    p.add_argument("--json", metavar="FILE", help="write {machine, rows, targets, skipped} as JSON")
+    p.add_argument("--device", default="cpu", help="cpu | gpu (default cpu; gpu fails where none is visible)")
+    p.add_argument("--threads", type=_int_flag("threads"), default=1, metavar="N", help="CPU threads (default 1)")
+    p.add_argument("--repeats", type=_int_flag("repeats"), metavar="N", help="timed calls per row (3 quick, 5 full)")
+    p.add_argument("--plot", metavar="FILE.png", help="time per task-step against B and T, log axes")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="the main job: seed-alpha in JAX and PyTorch, compared")
     p.add_argument("--out", default="runs/demo", metavar="DIR")

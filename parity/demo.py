@@ -1,4 +1,5 @@
-"""``maml-parity demo``: the seed's learned-α experiment in JAX, checked against PyTorch."""
+"""``maml-parity demo``: the seed's learned-α experiment in JAX, checked against PyTorch, then
+evaluated on held-out and phase-shifted tasks against random and pretrained inits, with a report."""
 
 from __future__ import annotations
 
@@ -16,14 +17,18 @@ from parity.twins import Twin, enable_jax_x64, load
 
 # What the seed printed for α (part 4): a stochastic run, so the shape, not the digits.
 SEED_ALPHA_SEEN = {500: 0.08678, 1000: 0.07558, 2000: 0.04408, 3000: 0.01924, 4000: 0.01521, 4500: 0.01537}
+# The seed's part 2 shifted by pi; the steps in between show how fast the meta-learned init degrades.
+DEMO_PHASE_SHIFTS = (0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4, np.pi)
 
 
-def run_demo(out: Path, iterations: int = 5000, progress: bool = True) -> int:
+def run_demo(out: Path, iterations: int = 5000, progress: bool = True, eval_tasks: int = 200) -> int:
     enable_jax_x64()
     cfg = SEED_ALPHA.replace(iterations=iterations)
     say = _printer()
-    say(f"seed-alpha: T={cfg.inner_steps}, alpha init {cfg.alpha_init} (Adam {cfg.alpha_lr}), "
-        f"SGD {cfg.outer_lr}, {iterations} steps, one task per step, {cfg.dtype}")
+    say(
+        f"seed-alpha: T={cfg.inner_steps}, alpha init {cfg.alpha_init} (Adam {cfg.alpha_lr}), "
+        f"SGD {cfg.outer_lr}, {iterations} steps, one task per step, {cfg.dtype}"
+    )
     runs = {}
     for name in ("jax", "torch"):
         t0 = time.perf_counter()
@@ -35,8 +40,10 @@ def run_demo(out: Path, iterations: int = 5000, progress: bool = True) -> int:
     say(f"{'step':>6} {'jax':>9} {'torch':>9} {'seed':>9}")
     for step in range(0, iterations, 500):
         seen = SEED_ALPHA_SEEN.get(step)
-        say(f"{step:>6} {runs['jax'][step]['alpha']:>9.5f} {runs['torch'][step]['alpha']:>9.5f} "
-            f"{'' if seen is None else f'{seen:.5f}':>9}")
+        say(
+            f"{step:>6} {runs['jax'][step]['alpha']:>9.5f} {runs['torch'][step]['alpha']:>9.5f} "
+            f"{'' if seen is None else f'{seen:.5f}':>9}"
+        )
 
     say("\nparity at the JAX-learned initialisation (a fresh meta-batch of 25 tasks):")
     ok = True
@@ -50,20 +57,57 @@ def run_demo(out: Path, iterations: int = 5000, progress: bool = True) -> int:
         leaves = compare_trees(results["jax"], results["torch"], dtype)
         worst = max(leaves, key=lambda leaf: leaf.max_rel_err)
         ok &= all(leaf.ok for leaf in leaves)
-        say(f"  {dtype}: {len(leaves)} quantities, worst {worst.name} relative error {worst.max_rel_err:.2e} "
-            f"(tolerance {worst.tol.rtol:g}) -> {'ok' if all(leaf.ok for leaf in leaves) else 'MISMATCH'}")
+        say(
+            f"  {dtype}: {len(leaves)} quantities, worst {worst.name} relative error {worst.max_rel_err:.2e} "
+            f"(tolerance {worst.tol.rtol:g}) -> {'ok' if all(leaf.ok for leaf in leaves) else 'MISMATCH'}"
+        )
+    report = evaluate_and_report(out / "jax", eval_tasks, say)
     say(f"\nfull matrix: maml-parity check   |   outputs: {out}/jax, {out}/torch")
+    say(f"report: {report}")
     return 0 if ok else 1
+
+
+def evaluate_and_report(run_dir: Path, tasks: int, say) -> Path:  # type: ignore[no-untyped-def]
+    """The seed's parts 2 and 3 on the JAX run: held-out tasks, phase shifts, random and pretrained
+    baselines; then the figures and report.md. Returns the report's path."""
+    from parity.eval import EvalSpec, evaluate_run, summary_lines
+    from parity.report import write_report
+
+    spec = EvalSpec(tasks=tasks, max_steps=10, phase_shifts=DEMO_PHASE_SHIFTS, pretrain_steps=1000)
+    say(f"\nevaluation (JAX): {tasks} held-out tasks, adapted from the meta-learned, a random and a pretrained init:")
+    t0 = time.perf_counter()
+    result = evaluate_run(run_dir, framework="jax", spec=spec)
+    for line in summary_lines(result):
+        say("  " + line)
+    T = SEED_ALPHA.inner_steps
+    meta, rand = result["meta"][0]["mse_mean"][T], result["random"][0]["mse_mean"][T]
+    shifted = result["meta"][-1]["mse_mean"][T]
+    say(
+        f"  after T={T} steps: meta MSE {meta:.4f} vs random {rand:.4f} ({rand / meta:.1f}x lower; the seed's claim "
+        f"needs >= 3x: {'ok' if rand >= 3 * meta else 'NOT MET'}); shifted by pi: {shifted:.4f} "
+        f"({'worse' if shifted > meta else 'NOT worse'} than unshifted)"
+    )
+    report = write_report(run_dir)
+    say(f"  evaluated and plotted in {time.perf_counter() - t0:.1f} s")
+    return report
 
 
 def _meta_grads(twin: Twin, cfg, params: dict[str, np.ndarray], alpha: float) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
     model = twin.model
     tasks = tuple(sample_batch(cfg, 10_000_000)[:4])  # a step the training run never reached
     out = twin.meta.meta_value_and_grad(
-        model.to_arrays(params, cfg.dtype), model.to_arrays(np.asarray(alpha), cfg.dtype), model.to_arrays(tasks, cfg.dtype), cfg
+        model.to_arrays(params, cfg.dtype),
+        model.to_arrays(np.asarray(alpha), cfg.dtype),
+        model.to_arrays(tasks, cfg.dtype),
+        cfg,
     )
     (loss, inner), (grad_params, grad_alpha) = model.to_numpy(out)
-    return {"outer_loss": loss, "inner_losses": inner, "grad/alpha": grad_alpha, **{f"grad/{k}": v for k, v in grad_params.items()}}
+    return {
+        "outer_loss": loss,
+        "inner_losses": inner,
+        "grad/alpha": grad_alpha,
+        **{f"grad/{k}": v for k, v in grad_params.items()},
+    }
 
 
 def _printer():  # type: ignore[no-untyped-def]

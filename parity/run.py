@@ -1,4 +1,4 @@
-"""A training run on disk: ``config.json``, ``metrics.jsonl`` and the final parameters.
+"""A training run on disk: ``config.json``, ``metrics.jsonl``, checkpoints and the final parameters.
 
 ``metrics.jsonl`` holds one JSON object per logged step: ``step``, ``outer_loss``,
 ``inner_losses`` (the meta-batch mean support loss before each inner step), ``alpha`` (a number;
@@ -10,6 +10,7 @@ step's compiled chunk finished: steps inside one chunk share it).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,8 +19,8 @@ from typing import Any, TextIO
 import numpy as np
 
 from parity import training
-from parity.checkpoint import atomic_write
-from parity.config import Config
+from parity.checkpoint import atomic_write, check_resumable, checkpoint_path, read_checkpoint, write_checkpoint
+from parity.config import Config, ConfigError
 from parity.twins import Twin
 
 
@@ -66,21 +67,41 @@ def train_run(
     print_every: int = 0,
     progress: bool = True,
     stream: TextIO = sys.stderr,
+    resume: bool = False,
+    checkpoint_every: int = 0,
 ) -> tuple[Any, list[dict[str, Any]]]:
-    """Train ``cfg`` in ``twin``, writing ``out/config.json``, ``out/metrics.jsonl``, ``out/final.npz``.
+    """Train ``cfg`` in ``twin``, writing ``out/config.json``, ``out/metrics.jsonl``, ``out/final.npz``
+    and a checkpoint (``out/checkpoint.safetensors`` + ``out/checkpoint.json``) every
+    ``checkpoint_every`` steps (0: only at the end) and at the end.
 
+    ``resume``: continue from ``out``'s checkpoint as if the run had never stopped (the sampler
+    regenerates every later step), whichever twin wrote it; ``metrics.jsonl`` is cut back to the
+    checkpoint's step first so no step is logged twice. Without a checkpoint the run starts at 0.
     ``print_every`` > 0 also prints the seed lab's own lines every that many steps.
-    Returns the final state and the metric rows.
+    Returns the final state and the metric rows (those kept from before a resume included).
     """
+    if checkpoint_every < 0:
+        raise ConfigError("checkpoint_every", f"must be an integer >= 0, got {checkpoint_every}")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(cfg.to_json() + "\n")
-    rows: list[dict[str, Any]] = []
-    bar = _progress_bar(cfg.iterations, f"train {twin.name}", progress, stream)
-    start = time.perf_counter()
-    with open(out / "metrics.jsonl", "w") as log:
+    state, start, rows = None, 0, []
+    if resume and checkpoint_path(out).exists():
+        ckpt = read_checkpoint(out)
+        check_resumable(ckpt.config, cfg)
+        if ckpt.step > cfg.iterations:
+            raise ConfigError("iterations", f"the checkpoint is at step {ckpt.step}, past this run's {cfg.iterations}")
+        state, start = twin.train.state_from_numpy(ckpt.state, cfg), ckpt.step
+        rows = truncate_metrics(out / "metrics.jsonl", start)
+        print(f"resuming {out} at step {start} (checkpoint written by {ckpt.manifest['framework']})", file=stream)
+    elif resume:
+        print(f"no checkpoint in {out}; starting at step 0", file=stream)
+    atomic_write(out / "config.json", lambda f: f.write((cfg.to_json() + "\n").encode()))
+    bar = _progress_bar(cfg.iterations, f"train {twin.name}", progress, stream, initial=start)
+    # wall_s continues from the last kept row, so it stays the run's time spent training.
+    start_time = time.perf_counter() - (rows[-1]["wall_s"] if rows else 0.0)
+    with open(out / "metrics.jsonl", "a" if start else "w") as log:
 
         def on_chunk(first_step: int, metrics: dict[str, Any]) -> None:
-            chunk_rows = metric_rows(first_step, metrics, time.perf_counter() - start)
+            chunk_rows = metric_rows(first_step, metrics, time.perf_counter() - start_time)
             for row in chunk_rows:
                 log.write(json.dumps(row) + "\n")
                 if print_every and row["step"] % print_every == 0:
@@ -89,21 +110,65 @@ def train_run(
             rows.extend(chunk_rows)
             if bar is not None:
                 last = chunk_rows[-1]
-                bar.set_postfix(loss=f"{last['outer_loss']:.4f}", alpha=_short(last["alpha"]), dL_dalpha=_short(last["alpha_grad"]))
+                bar.set_postfix(
+                    loss=f"{last['outer_loss']:.4f}", alpha=_short(last["alpha"]), dL_dalpha=_short(last["alpha_grad"])
+                )
                 bar.update(len(chunk_rows))
 
-        state = training.run(twin, cfg, chunk=chunk, on_chunk=on_chunk)
+        def on_checkpoint(step: int, state: Any) -> None:
+            # The metrics of every step before the checkpoint reach the disk first: a resume cuts
+            # metrics.jsonl back to the checkpoint's step and must find them all there.
+            os.fsync(log.fileno())
+            write_checkpoint(out, twin.train.state_to_numpy(state, cfg), cfg, twin.name)
+
+        state = training.run(
+            twin,
+            cfg,
+            state=state,
+            start=start,
+            iterations=cfg.iterations - start,
+            chunk=chunk,
+            on_chunk=on_chunk,
+            checkpoint_every=checkpoint_every,
+            on_checkpoint=on_checkpoint,
+        )
+        if checkpoint_every == 0 or cfg.iterations % checkpoint_every != 0 or cfg.iterations == start:
+            on_checkpoint(cfg.iterations, state)
     if bar is not None:
         bar.close()
     final = training.final_values(twin, state)
-    atomic_write(out / "final.npz", lambda f: np.savez(f, **final))
+    atomic_write(out / "final.npz", lambda f: np.savez(f, **final))  # type: ignore[arg-type]
     return state, rows
+
+
+def truncate_metrics(path: Path, step: int) -> list[dict[str, Any]]:
+    """Keep the rows of steps ``0 .. step-1`` in ``path`` (rewritten atomically) and return them.
+
+    A last line cut short by a killed process is dropped; a gap before ``step`` is an error.
+    """
+    rows: list[dict[str, Any]] = []
+    if path.exists():
+        with open(path) as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    break  # a write interrupted mid-line: nothing after it was written either
+                if row["step"] >= step:
+                    break
+                rows.append(row)
+    if [row["step"] for row in rows] != list(range(step)):
+        raise ConfigError("resume", f"{path} does not hold steps 0..{step - 1} before the checkpoint's step {step}")
+    atomic_write(path, lambda f: f.write("".join(json.dumps(row) + "\n" for row in rows).encode()))
+    return rows
 
 
 def seed_printout(row: dict[str, Any]) -> str:
     """The seed lab's lines for one step (its part 4 format)."""
     lines = [f"Iteration {row['step']} -- Inner loop {k} -- Loss: {v:.4f}" for k, v in enumerate(row["inner_losses"])]
-    lines.append(f"Iteration {row['step']} -- Outer Loss: {row['outer_loss']:.4f}, learning rate: {_short(row['alpha'], 5)}")
+    lines.append(
+        f"Iteration {row['step']} -- Outer Loss: {row['outer_loss']:.4f}, learning rate: {_short(row['alpha'], 5)}"
+    )
     lines.append(f"alpha grad= {_short(row['alpha_grad'])}")
     return "\n".join(lines)
 
@@ -119,9 +184,9 @@ def _short(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}f}"
 
 
-def _progress_bar(total: int, desc: str, enabled: bool, stream: TextIO) -> Any:
+def _progress_bar(total: int, desc: str, enabled: bool, stream: TextIO, initial: int = 0) -> Any:
     if not enabled:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="step", file=stream, dynamic_ncols=True, mininterval=0.5)
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", file=stream, dynamic_ncols=True, mininterval=0.5)

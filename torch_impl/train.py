@@ -13,7 +13,7 @@ import torch
 
 from parity.config import Config
 from torch_impl.meta import Alpha, Tasks, meta_value_and_grad
-from torch_impl.model import Params
+from torch_impl.model import Params, to_arrays, to_numpy
 
 
 @dataclasses.dataclass
@@ -60,7 +60,7 @@ def train_step(state: TrainState, tasks: Tasks, cfg: Config) -> tuple[TrainState
         p.grad = grad_params[name]
     state.params_opt.step()
     if state.alpha_opt is not None:
-        for a, g in zip(_leaves(state.alpha), _leaves(grad_alpha)):
+        for a, g in zip(_leaves(state.alpha), _leaves(grad_alpha), strict=True):
             a.grad = g
         state.alpha_opt.step()
     state.step += 1
@@ -75,6 +75,64 @@ def train_chunk(state: TrainState, tasks: Tasks, cfg: Config) -> tuple[TrainStat
         state, metrics = train_step(state, tuple(t[i] for t in tasks), cfg)  # type: ignore[arg-type]
         steps.append(metrics)
     return state, _stack(steps)
+
+
+def state_to_numpy(state: TrainState, cfg: Config) -> dict[str, Any]:
+    """The framework-neutral training state (parity/checkpoint.py's layout) with NumPy leaves."""
+    # Copies: .numpy() shares memory with tensors the optimiser goes on updating in place.
+    return {
+        "step": int(state.step),
+        "params": to_numpy(_detached(state.params)),
+        "alpha": to_numpy(_detached(state.alpha)),
+        "opt": {
+            "params": _opt_to_numpy(state.params_opt, state.params, cfg.outer_optimizer),
+            "alpha": _opt_to_numpy(state.alpha_opt, state.alpha, cfg.alpha_optimizer) if cfg.alpha_learned else {},
+        },
+    }
+
+
+def state_from_numpy(neutral: dict[str, Any], cfg: Config) -> TrainState:
+    """Inverse of :func:`state_to_numpy`: continue training exactly where that state stopped."""
+    state = init_state(
+        to_arrays(neutral["params"], cfg.dtype), to_arrays(neutral["alpha"], cfg.dtype), cfg, neutral["step"]
+    )
+    if cfg.alpha_learned:
+        _opt_from_numpy(state.alpha_opt, state.alpha, neutral["opt"]["alpha"], cfg.alpha_optimizer, cfg.dtype)
+    _opt_from_numpy(state.params_opt, state.params, neutral["opt"]["params"], cfg.outer_optimizer, cfg.dtype)
+    return state
+
+
+def _opt_to_numpy(opt: torch.optim.Optimizer | None, tree: Params | torch.Tensor, name: str) -> dict[str, Any]:
+    if name != "adam":
+        return {}  # plain SGD keeps no state
+    assert isinstance(opt, torch.optim.Adam), type(opt)
+    states = [opt.state.get(leaf, {}) for leaf in _leaves(tree)]
+    if not states[0]:  # torch.optim.Adam makes its state lazily, at the first step: zeros
+        count, mu, nu = (
+            0,
+            [torch.zeros_like(leaf) for leaf in _leaves(tree)],
+            [torch.zeros_like(leaf) for leaf in _leaves(tree)],
+        )
+    else:
+        count, mu, nu = int(states[0]["step"].item()), [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
+    return {"count": count, "mu": to_numpy(_detached(_like(tree, mu))), "nu": to_numpy(_detached(_like(tree, nu)))}
+
+
+def _opt_from_numpy(
+    opt: torch.optim.Optimizer | None, tree: Params | torch.Tensor, neutral: dict[str, Any], name: str, dtype: str
+) -> None:
+    if name != "adam" or neutral["count"] == 0:
+        return  # SGD keeps no state; Adam at count 0 is Adam before its first step
+    assert isinstance(opt, torch.optim.Adam), type(opt)
+    mu, nu = _leaves(to_arrays(neutral["mu"], dtype)), _leaves(to_arrays(neutral["nu"], dtype))
+    for leaf, m, v in zip(_leaves(tree), mu, nu, strict=True):
+        # torch keeps `step` as a float tensor of the default dtype on the CPU (Adam's lazy init);
+        # it reads it back with .item(), so any exact representation of the count gives equal bits.
+        opt.state[leaf] = {"step": torch.tensor(float(neutral["count"])), "exp_avg": m, "exp_avg_sq": v}
+
+
+def _like(tree: Params | torch.Tensor, leaves: list[torch.Tensor]) -> Params | torch.Tensor:
+    return dict(zip(tree, leaves, strict=True)) if isinstance(tree, dict) else leaves[0]
 
 
 def _detached(tree: Alpha) -> Alpha:

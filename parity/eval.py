@@ -1,0 +1,325 @@
+"""``maml-parity eval``: how well a meta-trained initialisation adapts to new tasks.
+
+A fixed held-out task set (stream ``EVAL_STREAM``, disjoint from training): ``tasks`` sinusoids
+from the run's task family, each with ``shots`` support points drawn from the config's x range and
+``QUERY_POINTS`` evenly spaced query points over that range. Three starting points are adapted the
+same way on the same tasks — ``S`` steps of the twin's ``inner_step`` on the support points, with
+the run's learned α — and scored on the query points after every step (MSE and L1, mean and 95%
+confidence interval over tasks):
+
+- ``meta``: the checkpoint's parameters;
+- ``random``: fresh parameters from ``init_params`` with another seed (``cfg.seed + 1``);
+- ``pretrained``: the run's initial parameters trained by plain regression — the outer optimiser
+  on the mean query loss over ``PRETRAIN_BATCH`` training-distribution tasks per step, no inner
+  loop (meta-training with ``T = 0``) — for ``pretrain_steps`` steps, in the same twin.
+
+``--phase-shift B`` shifts every task's phase by ``B`` (the seed's part 2: ``π``), keeping its
+amplitude, frequency and support inputs: a task family the meta-training never saw.
+
+``eval.json``: ``shots``, ``tasks``, ``max_steps``, ``phase_shifts``, ``query_points``, run facts
+(``checkpoint_step``, ``framework``, ``trained_with``, ``dtype``, ``alpha``, ``pretrain_steps``,
+``random_seed``, ``device``, ``versions``), then per starting point (``meta``, ``random``,
+``pretrained``) a list with one record per phase shift: ``phase_shift``, ``steps`` [S+1],
+``mse_mean``, ``mse_ci95``, ``l1_mean``, ``l1_ci95`` (lists over adaptation steps 0..S; ``ci95``
+is the half-width 1.96·sd/√n). ``fits`` holds, per phase shift, the first task's curve and every
+starting point's prediction after each step (for the fit figure).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from parity import training
+from parity.checkpoint import atomic_write, library_versions, read_checkpoint
+from parity.config import Config, ConfigError
+from parity.init import init_params
+from parity.tasks import EVAL_STREAM, sample_batch, sinusoid
+from parity.twins import Twin
+
+STARTS = ("meta", "random", "pretrained")
+QUERY_POINTS = 100
+PRETRAIN_BATCH = 25  # tasks per plain-regression step: the mean over tasks, not one task's curve
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSpec:
+    """What to evaluate; validated like the config (a bad value raises ConfigError naming it)."""
+
+    tasks: int = 600  # held-out tasks
+    shots: int | None = None  # K support points per task; None: the run's k_support
+    max_steps: int = 10  # S: scored after 0..S adaptation steps
+    phase_shifts: tuple[float, ...] = (0.0, math.pi)  # B: each task's phase + B
+    pretrain_steps: int = 2000  # plain-regression steps for the `pretrained` starting point
+
+    def __post_init__(self) -> None:
+        _check_int("tasks", self.tasks, 2)  # a confidence interval needs two tasks
+        if self.shots is not None:
+            _check_int("shots", self.shots, 1)
+        _check_int("max_steps", self.max_steps, 0)
+        _check_int("pretrain_steps", self.pretrain_steps, 0)
+        shifts = tuple(self.phase_shifts)
+        if not shifts or not all(isinstance(b, (int, float)) and math.isfinite(b) for b in shifts):
+            raise ConfigError("phase_shift", f"must be one or more finite numbers (radians), got {list(shifts)!r}")
+        object.__setattr__(self, "phase_shifts", tuple(float(b) for b in shifts))
+
+
+class EvalTasks(NamedTuple):
+    """A held-out task set; support inputs drawn, query inputs a fixed grid."""
+
+    x_support: np.ndarray  # [N, K, 1]
+    y_support: np.ndarray  # [N, K, 1]
+    x_query: np.ndarray  # [N, P, 1], P = QUERY_POINTS evenly spaced over x_range
+    y_query: np.ndarray  # [N, P, 1]
+    amplitude: np.ndarray  # [N]
+    frequency: np.ndarray  # [N]
+    phase: np.ndarray  # [N], shift included
+
+
+def eval_tasks(cfg: Config, n: int, shots: int, phase_shift: float = 0.0) -> EvalTasks:
+    """``n`` held-out tasks with ``shots`` support points, phases shifted by ``phase_shift``.
+
+    A pure function of ``(cfg.seed, n, shots)`` apart from the shift: every shift, starting point
+    and framework sees the same amplitudes, frequencies, base phases and support inputs.
+    """
+    batch = sample_batch(cfg.replace(k_support=shots, dtype="float64"), 0, stream=EVAL_STREAM, batch_size=n)
+    phase = batch.phase + phase_shift  # [N]
+    grid = np.linspace(*cfg.x_range, QUERY_POINTS)  # [P]
+    x_query = np.broadcast_to(grid[None, :, None], (n, QUERY_POINTS, 1))  # [N, P, 1]
+    tasks = EvalTasks(
+        x_support=batch.x_support,
+        y_support=sinusoid(batch.x_support, batch.amplitude, batch.frequency, phase),
+        x_query=x_query,
+        y_query=sinusoid(x_query, batch.amplitude, batch.frequency, phase),
+        amplitude=batch.amplitude,
+        frequency=batch.frequency,
+        phase=phase,
+    )
+    # np.array copies: torch warns on (and must never write through) read-only broadcast views.
+    return EvalTasks(*(np.array(field, dtype=cfg.dtype) for field in tasks))
+
+
+def adaptation_curves(
+    twin: Twin, params: dict[str, np.ndarray], alpha: Any, tasks: EvalTasks, cfg: Config, max_steps: int
+) -> np.ndarray:
+    """Predictions on the query points after 0..S steps of the twin's ``inner_step``: [S+1, N, P].
+
+    ``params`` and ``alpha`` are NumPy; each task adapts its own copy on its support points.
+    """
+    model, meta = twin.model, twin.meta
+    # Evaluation never differentiates through the steps: first order spares torch the
+    # second-order graph (and JAX a no-op stop_gradient); the step itself is the same.
+    step_cfg = cfg.replace(first_order=True)
+    x_s, y_s, x_q = model.to_arrays((tasks.x_support, tasks.y_support, tasks.x_query), cfg.dtype)
+    n = tasks.x_support.shape[0]
+    if isinstance(alpha, dict):  # per-parameter α gets the task axis too (no implicit rank promotion)
+        alpha = {k: np.array(np.broadcast_to(v, (n, *np.shape(v)))) for k, v in alpha.items()}
+    alpha_t = model.to_arrays(alpha, cfg.dtype)
+    adapted = meta.broadcast_to_tasks(model.to_arrays(params, cfg.dtype), x_s)  # leaves [N, ...]
+    preds = []
+    for step in range(max_steps + 1):
+        if step > 0:
+            adapted, _ = meta.inner_step(_differentiable(twin, adapted), alpha_t, x_s, y_s, step_cfg)
+        preds.append(model.to_numpy(model.forward(adapted, x_q, cfg.activation))[..., 0])  # [N, P]
+    return np.stack(preds)  # [S+1, N, P]
+
+
+def error_summary(preds: np.ndarray, y: np.ndarray) -> dict[str, list[float]]:
+    """MSE and L1 per task on the query points, then mean and 95% CI over tasks, per step.
+
+    ``preds`` [S+1, N, P], ``y`` [N, P]; statistics in float64 whatever the run's dtype.
+    """
+    err = preds.astype(np.float64) - y.astype(np.float64)[None]  # [S+1, N, P]
+    out: dict[str, list[float]] = {"steps": list(range(preds.shape[0]))}
+    for name, per_task in (("mse", np.mean(err**2, axis=-1)), ("l1", np.mean(np.abs(err), axis=-1))):  # [S+1, N]
+        n = per_task.shape[1]
+        out[f"{name}_mean"] = [float(v) for v in per_task.mean(axis=1)]
+        out[f"{name}_ci95"] = [float(v) for v in Z95 * per_task.std(axis=1, ddof=1) / math.sqrt(n)]
+    return out
+
+
+def pretrain(twin: Twin, cfg: Config, steps: int) -> dict[str, np.ndarray]:
+    """Plain regression from the run's initial parameters: the outer optimiser on the mean query
+    loss over ``PRETRAIN_BATCH`` training tasks per step, no inner loop. Returns NumPy params."""
+    # T = 0 makes the meta-objective the plain regression loss at the parameters themselves.
+    plain = cfg.replace(inner_steps=0, alpha_mode="fixed", meta_batch=PRETRAIN_BATCH, iterations=steps)
+    state = training.run(twin, plain)
+    values = training.final_values(twin, state)
+    return {name: values[f"params/{name}"] for name in cfg.param_names}
+
+
+def starting_points(
+    twin: Twin, cfg: Config, meta_params: dict[str, np.ndarray], pretrain_steps: int
+) -> dict[str, dict[str, np.ndarray]]:
+    """The three initialisations, as NumPy params in ``cfg.dtype``."""
+    return {
+        "meta": {k: np.array(v, dtype=cfg.dtype) for k, v in meta_params.items()},
+        "random": init_params(cfg, seed=cfg.seed + 1),
+        "pretrained": pretrain(twin, cfg, pretrain_steps),
+    }
+
+
+def evaluate(twin: Twin, cfg: Config, meta_params: dict[str, np.ndarray], alpha: Any, spec: EvalSpec) -> dict[str, Any]:
+    """Adapt every starting point on every phase shift's tasks; the body of ``eval.json``."""
+    shots = cfg.k_support if spec.shots is None else spec.shots
+    starts = starting_points(twin, cfg, meta_params, spec.pretrain_steps)
+    result: dict[str, Any] = {name: [] for name in STARTS}
+    fits = []
+    for shift in spec.phase_shifts:
+        tasks = eval_tasks(cfg, spec.tasks, shots, shift)
+        fit: dict[str, Any] = {
+            "phase_shift": shift,
+            "amplitude": float(tasks.amplitude[0]),
+            "frequency": float(tasks.frequency[0]),
+            "phase": float(tasks.phase[0]),
+            "x": _rounded(tasks.x_query[0, :, 0]),
+            "y": _rounded(tasks.y_query[0, :, 0]),
+            "x_support": _rounded(tasks.x_support[0, :, 0]),
+            "y_support": _rounded(tasks.y_support[0, :, 0]),
+        }
+        for name in STARTS:
+            preds = adaptation_curves(twin, starts[name], alpha, tasks, cfg, spec.max_steps)  # [S+1, N, P]
+            result[name].append({"phase_shift": shift, **error_summary(preds, tasks.y_query[..., 0])})
+            fit[name] = [_rounded(p) for p in preds[:, 0]]  # [S+1][P], the first task
+        fits.append(fit)
+    return {
+        "shots": shots,
+        "tasks": spec.tasks,
+        "max_steps": spec.max_steps,
+        "phase_shifts": list(spec.phase_shifts),
+        "query_points": QUERY_POINTS,
+        "inner_loss": cfg.loss,
+        "pretrain_steps": spec.pretrain_steps,
+        "random_seed": cfg.seed + 1,
+        **result,
+        "fits": fits,
+    }
+
+
+def evaluate_run(
+    run_dir: Path, framework: str = "jax", dtype: str | None = None, spec: EvalSpec | None = None, write: bool = True
+) -> dict[str, Any]:
+    """Evaluate the checkpoint in ``run_dir`` in one twin; writes ``run_dir/eval.json``."""
+    from parity.twins import load
+
+    spec = spec or EvalSpec()
+    ckpt = read_checkpoint(run_dir)
+    cfg = ckpt.config if dtype is None else ckpt.config.replace(dtype=dtype)
+    twin = load(framework, cfg.dtype)
+    twin.model.check_dtype(cfg.dtype)
+    alpha = _cast(ckpt.state["alpha"], cfg.dtype)
+    t0 = time.perf_counter()
+    body = evaluate(twin, cfg, ckpt.state["params"], alpha, spec)
+    out = {
+        "format": "maml-parity-eval/1",
+        "run": str(run_dir),
+        "checkpoint_step": ckpt.step,
+        "framework": framework,
+        "trained_with": ckpt.manifest["framework"],
+        "dtype": cfg.dtype,
+        "alpha": _alpha_summary(alpha),
+        **body,
+        "wall_s": round(time.perf_counter() - t0, 3),
+        "device": device_description(framework),
+        "hardware": hardware(),
+        "versions": library_versions(),
+    }
+    if write:
+        atomic_write(run_dir / "eval.json", lambda f: f.write((json.dumps(out, indent=1) + "\n").encode()))
+    return out
+
+
+def read_eval(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "eval.json"
+    if not path.exists():
+        raise ConfigError("dir", f"no eval.json in {str(run_dir)!r}; run `maml-parity eval {run_dir}` first")
+    return json.loads(path.read_text())
+
+
+def summary_lines(result: dict[str, Any], steps: tuple[int, ...] | None = None) -> list[str]:
+    """A plain-text table: MSE ± 95% CI per starting point at a few adaptation steps."""
+    S = result["max_steps"]
+    steps = steps or tuple(sorted({0, 1, min(5, S), S} & set(range(S + 1))))
+    lines = [
+        f"{result['tasks']} held-out tasks, {result['shots']} shots, {result['framework']} {result['dtype']}, "
+        f"alpha {_short(result['alpha'])}; query MSE (mean ± 95% CI) after k adaptation steps"
+    ]
+    for i, shift in enumerate(result["phase_shifts"]):
+        lines.append(f"phase shift {shift:.4g}:" + "".join(f"{f'k={k}':>20}" for k in steps))
+        for name in STARTS:
+            rec = result[name][i]
+            cells = "".join(f"{_pm(rec['mse_mean'][k], rec['mse_ci95'][k]):>20}" for k in steps)
+            lines.append(f"  {name:<15}{cells}")
+    return lines
+
+
+def device_description(framework: str) -> str:
+    """The device the twin computes on, e.g. ``cpu (TFRT_CPU_0)`` or a GPU's name."""
+    if framework == "jax":
+        import jax
+
+        dev = jax.devices()[0]
+        if dev.platform == "cpu":
+            return f"cpu ({platform.processor() or platform.machine()}, JAX)"
+        return f"{dev.platform} ({dev.device_kind})"
+    import torch
+
+    # The twins keep tensors on the CPU unless told otherwise (torch_impl.model.to_arrays).
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def hardware() -> dict[str, Any]:
+    return {"platform": platform.platform(), "machine": platform.machine(), "cpu_count": os.cpu_count()}
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+
+def _differentiable(twin: Twin, params: Any) -> Any:
+    # torch_impl.meta.inner_step takes the gradient with torch.autograd.grad, which needs leaf
+    # tensors that require grad; JAX differentiates any array.
+    if twin.name == "torch":
+        return {name: p.detach().clone().requires_grad_() for name, p in params.items()}
+    return params
+
+
+def _cast(tree: Any, dtype: str) -> Any:
+    if isinstance(tree, dict):
+        return {k: np.array(v, dtype=dtype) for k, v in tree.items()}
+    return np.array(tree, dtype=dtype)
+
+
+def _alpha_summary(alpha: Any) -> Any:
+    if isinstance(alpha, dict):
+        flat = np.concatenate([np.ravel(v) for v in alpha.values()])
+        return {"mean": float(flat.mean()), "min": float(flat.min()), "max": float(flat.max())}
+    return float(alpha)
+
+
+def _pm(mean: float, ci: float) -> str:
+    return f"{mean:.4f} ± {ci:.4f}"
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, dict):
+        return "/".join(f"{k}={v:.4g}" for k, v in value.items())
+    return f"{value:.4g}"
+
+
+def _rounded(values: np.ndarray) -> list[float]:
+    # Six significant digits: enough to draw a curve, and eval.json stays readable.
+    return [float(f"{v:.6g}") for v in np.asarray(values, dtype=np.float64)]
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(name, f"must be an integer >= {minimum}, got {value!r}")

@@ -1,0 +1,271 @@
+"""Figures of a run (matplotlib, Agg, PNG): headless, one function per figure, data in, path out.
+
+- ``fit.png``: the seed's picture — one held-out task's true curve, its K support points and each
+  starting point's network before and after adaptation (unshifted and most-shifted phase);
+- ``adaptation.png``: query MSE against adaptation steps, mean and 95% CI band over tasks;
+- ``phase_shift.png``: query MSE after T steps against the phase shift;
+- ``alpha.png``: α and dL/dα over meta-training (from ``metrics.jsonl``);
+- ``training_loss.png``: the outer (query) loss over meta-training.
+
+Figures are made with ``matplotlib.figure.Figure`` directly, never pyplot: no global state, no
+display needed, nothing left open.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from parity.config import Config
+
+LABELS = {
+    "meta": "meta-learned init",
+    "random": "random init",
+    "pretrained": "pretrained (plain regression)",
+}
+COLORS = {"meta": "tab:blue", "random": "tab:red", "pretrained": "tab:green"}
+DPI = 110
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.savefig(path)
+    return path
+
+
+def _shift_label(shift: float) -> str:
+    if shift == 0:
+        return "no phase shift"
+    ratio = shift / np.pi
+    if abs(ratio - round(ratio * 4) / 4) < 1e-9:
+        quarters = round(ratio * 4)
+        frac = {1: "π/4", 2: "π/2", 3: "3π/4", 4: "π"}.get(quarters, f"{ratio:g}π")
+        return f"phase shifted by {frac}"
+    return f"phase shifted by {shift:.3g} rad"
+
+
+def _shown_shifts(result: dict[str, Any]) -> list[int]:
+    """Indices of the phase shifts to draw in per-shift panels: the first and the largest."""
+    shifts = result["phase_shifts"]
+    first, largest = 0, int(np.argmax(np.abs(shifts)))
+    return [first] if largest == first else [first, largest]
+
+
+def fit_figure(result: dict[str, Any], cfg: Config, path: Path) -> Path:
+    """One held-out task per row (unshifted, most shifted), one starting point per column."""
+    rows = _shown_shifts(result)
+    T = min(cfg.inner_steps, result["max_steps"])
+    fig = _figure(13, 3.6 * len(rows))
+    axes = fig.subplots(len(rows), 3, squeeze=False, sharex=True, sharey=True)
+    for r, i in enumerate(rows):
+        fit = result["fits"][i]
+        for c, name in enumerate(LABELS):
+            ax = axes[r][c]
+            ax.plot(fit["x"], fit["y"], color="black", lw=2, label="true sinusoid")
+            ax.plot(
+                fit["x"], fit[name][0], color=COLORS[name], lw=1.3, ls="--", alpha=0.7, label="network before adapting"
+            )
+            ax.plot(fit["x"], fit[name][T], color=COLORS[name], lw=2, label=f"after {T} gradient steps")
+            ax.scatter(
+                fit["x_support"],
+                fit["y_support"],
+                color="black",
+                marker="^",
+                s=55,
+                zorder=5,
+                label=f"the {len(fit['x_support'])} examples it adapts on",
+            )
+            ax.set_title(f"{LABELS[name]}, {_shift_label(fit['phase_shift'])}", fontsize=10)
+            ax.grid(alpha=0.3)
+            if r == len(rows) - 1:
+                ax.set_xlabel("x")
+            if c == 0:
+                ax.set_ylabel("y")
+        axes[r][0].legend(fontsize=8, loc="lower left")
+    fit0 = result["fits"][0]
+    fig.suptitle(
+        f"Fitting one new task, y = {fit0['amplitude']:.2g}·sin({fit0['frequency']:.3f}·x + φ), from "
+        f"{result['shots']} examples with α = {_alpha_text(result['alpha'])}"
+    )
+    return _save(fig, path)
+
+
+def adaptation_figure(result: dict[str, Any], cfg: Config, path: Path) -> Path:
+    """Query MSE (mean and 95% CI band over tasks) after 0..S adaptation steps, per phase shift."""
+    panels = _shown_shifts(result)
+    fig = _figure(6.2 * len(panels), 4.4)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]  # own y scales: shifted errors are far larger
+    for ax, i in zip(axes, panels, strict=True):
+        for name in LABELS:
+            rec = result[name][i]
+            steps, mean, ci = np.array(rec["steps"]), np.array(rec["mse_mean"]), np.array(rec["mse_ci95"])
+            ax.plot(steps, mean, marker="o", ms=3.5, color=COLORS[name], label=LABELS[name])
+            ax.fill_between(steps, mean - ci, mean + ci, color=COLORS[name], alpha=0.2, lw=0)
+        ax.axvline(
+            cfg.inner_steps, color="grey", ls=":", lw=1.2, label=f"T = {cfg.inner_steps}, steps used in meta-training"
+        )
+        ax.set_title(_shift_label(result["phase_shifts"][i]))
+        ax.set_xlabel(f"gradient steps on the {result['shots']} support points")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"query MSE ({result['query_points']} points over the x range)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(
+        f"Error while adapting to {result['tasks']} held-out tasks (mean, band = 95% CI), "
+        f"α = {_alpha_text(result['alpha'])}"
+    )
+    return _save(fig, path)
+
+
+def phase_shift_figure(result: dict[str, Any], cfg: Config, path: Path) -> Path:
+    """Query MSE after T adaptation steps against the phase shift of the held-out tasks."""
+    T = min(cfg.inner_steps, result["max_steps"])
+    shifts = np.array(result["phase_shifts"])
+    order = np.argsort(shifts)
+    fig = _figure(7.5, 5.4)
+    ax = fig.subplots()
+    for name in LABELS:
+        mean = np.array([result[name][i]["mse_mean"][T] for i in order])
+        ci = np.array([result[name][i]["mse_ci95"][T] for i in order])
+        before = np.array([result[name][i]["mse_mean"][0] for i in order])
+        ax.errorbar(
+            shifts[order],
+            mean,
+            yerr=ci,
+            marker="o",
+            capsize=3,
+            color=COLORS[name],
+            label=f"{LABELS[name]}, after {T} steps",
+        )
+        ax.plot(shifts[order], before, ls=":", color=COLORS[name], alpha=0.7, label=f"{LABELS[name]}, before adapting")
+    ax.set_xlabel("phase shift B of the held-out tasks, y = A·sin(ω·x + φ + B)  [radians]")
+    ax.set_ylabel("query MSE (mean over tasks, bars = 95% CI)")
+    ax.set_title(f"Tasks unlike the training tasks: error against phase shift ({result['shots']} shots)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    fig.legend(fontsize=8, ncol=2, loc="outside lower center")  # below the axes, clear of the curves
+    return _save(fig, path)
+
+
+def alpha_figure(rows: list[dict[str, Any]], cfg: Config, path: Path) -> Path:
+    """α and dL/dα at every outer step of meta-training."""
+    steps = np.array([r["step"] for r in rows])
+    alpha = [r["alpha"] for r in rows]
+    grad = [r["alpha_grad"] for r in rows]
+    fig = _figure(8, 6.4)
+    ax_a, ax_g = fig.subplots(2, 1, sharex=True)
+    if isinstance(alpha[0], dict):  # per-parameter α: mean with the min..max range
+        ax_a.plot(steps, [a["mean"] for a in alpha], color="tab:purple", label="mean over entries")
+        ax_a.fill_between(
+            steps,
+            [a["min"] for a in alpha],
+            [a["max"] for a in alpha],
+            color="tab:purple",
+            alpha=0.2,
+            label="min .. max",
+        )
+        g, g_label = np.array([v["norm"] for v in grad]), "‖dL/dα‖"
+    else:
+        ax_a.plot(steps, alpha, color="tab:purple", label="α")
+        g, g_label = np.array(grad), "dL/dα"
+    mode = {
+        "fixed": "fixed",
+        "scalar": f"learned with {cfg.alpha_optimizer} lr {cfg.alpha_lr:g}",
+        "per_parameter": f"one per parameter entry, {cfg.alpha_optimizer} lr {cfg.alpha_lr:g}",
+    }[cfg.alpha_mode]
+    ax_a.set_ylabel("inner learning rate α")
+    ax_a.set_title(f"Inner learning rate over meta-training (α {mode})")
+    ax_a.grid(alpha=0.3)
+    ax_a.legend(fontsize=8)
+    trend = _running_mean(g)
+    ax_g.plot(steps, g, color="tab:orange", lw=0.5, alpha=0.35, label=f"{g_label}, each step")
+    ax_g.plot(steps, trend, color="saddlebrown", lw=2, label=f"{g_label}, running mean of {_window(len(g))}")
+    ax_g.axhline(0, color="black", lw=0.8)
+    # One task per step makes single-step gradients far noisier than their trend: cut the axis
+    # at the 5th / 95th percentiles so the trend stays readable.
+    lo, hi = np.percentile(g, [5, 95]) if len(g) else (0.0, 0.0)
+    lo, hi = min(lo, trend.min(initial=0.0)), max(hi, trend.max(initial=0.0))
+    if hi > lo:
+        ax_g.set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
+    ax_g.set_ylabel(f"meta-gradient {g_label}")
+    ax_g.set_xlabel("outer (meta-training) step")
+    ax_g.set_title(
+        "Gradient of the outer loss with respect to α (positive: α shrinks; axis cut at 5-95% of steps)", fontsize=10
+    )
+    ax_g.grid(alpha=0.3)
+    ax_g.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def training_loss_figure(rows: list[dict[str, Any]], cfg: Config, path: Path) -> Path:
+    """The outer (query) loss after T inner steps, and the support loss before adapting."""
+    steps = np.array([r["step"] for r in rows])
+    outer = np.array([r["outer_loss"] for r in rows])
+    fig = _figure(8, 4.4)
+    ax = fig.subplots()
+    loss = {"l1": "mean absolute error", "mse": "mean squared error"}[cfg.loss]
+    ax.plot(steps, outer, color="tab:blue", lw=0.5, alpha=0.3, label="query loss after adapting, each step")
+    ax.plot(
+        steps,
+        _running_mean(outer),
+        color="tab:blue",
+        lw=2,
+        label=f"query loss after {cfg.inner_steps} inner steps (outer loss), running mean of {_window(len(outer))}",
+    )
+    if rows and rows[0]["inner_losses"]:
+        before = np.array([r["inner_losses"][0] for r in rows])
+        ax.plot(
+            steps,
+            _running_mean(before),
+            color="tab:grey",
+            lw=1.5,
+            ls="--",
+            label="support loss before adapting, running mean",
+        )
+    ax.set_xlabel("outer (meta-training) step")
+    ax.set_ylabel(f"loss ({loss})")
+    ax.set_title(f"Meta-training: {cfg.meta_batch} task(s) per step, {cfg.outer_optimizer} lr {cfg.outer_lr:g}")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def write_figures(run_dir: Path, result: dict[str, Any] | None, rows: list[dict[str, Any]], cfg: Config) -> list[Path]:
+    """Every figure the data allows (evaluation figures need ``result``, training ones ``rows``)."""
+    paths = []
+    if result is not None:
+        paths.append(fit_figure(result, cfg, run_dir / "fit.png"))
+        paths.append(adaptation_figure(result, cfg, run_dir / "adaptation.png"))
+        paths.append(phase_shift_figure(result, cfg, run_dir / "phase_shift.png"))
+    if rows:
+        paths.append(alpha_figure(rows, cfg, run_dir / "alpha.png"))
+        paths.append(training_loss_figure(rows, cfg, run_dir / "training_loss.png"))
+    return paths
+
+
+def _window(n: int) -> int:
+    return max(1, min(100, n // 20))
+
+
+def _running_mean(values: np.ndarray) -> np.ndarray:
+    """Trailing mean over the last ``_window`` steps (shorter at the start): per-step values are
+    one task's noise; the trend is what the figure shows."""
+    w = _window(len(values))
+    csum = np.cumsum(np.insert(np.asarray(values, dtype=np.float64), 0, 0.0))
+    idx = np.arange(1, len(values) + 1)
+    lo = np.maximum(0, idx - w)
+    return (csum[idx] - csum[lo]) / (idx - lo)
+
+
+def _alpha_text(alpha: Any) -> str:
+    if isinstance(alpha, dict):
+        return f"{alpha['mean']:.3g} (mean of a per-parameter α)"
+    return f"{alpha:.3g}"
