@@ -150,8 +150,13 @@ def cmd_dump(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from parity.run import train_run
 
+    from parity.twins import placement_for
+
     cfg = resolve_config(args)
     twin = _load_twin(args.framework, cfg.dtype)
+    placement = placement_for(args.framework, cfg, args.devices, args.coordinator, args.num_processes, args.process_id)
+    if placement is not None and placement.is_main:
+        print(f"{args.framework}: meta-batch of {cfg.meta_batch} split over {placement.devices} devices", flush=True)
     out = Path(args.out)
     _, rows = train_run(
         twin,
@@ -161,7 +166,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         resume=args.resume,
         checkpoint_every=args.checkpoint_every,
+        placement=placement,
     )
+    if placement is not None and not placement.is_main:
+        return 0
     if rows:
         last = rows[-1]
         print(f"{args.framework}: {len(rows)} steps, last outer loss {last['outer_loss']:.4f}, alpha {last['alpha']}")
@@ -262,6 +270,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-every", type=_int_flag("print_every"), default=0, metavar="N", help="the seed's printout every N steps")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--resume", action="store_true", help="continue from DIR's checkpoint (either twin's), bit for bit")
+    p.add_argument(
+        "--devices",
+        type=_int_flag("devices"),
+        metavar="N",
+        help="split each meta-batch over N devices (JAX: default the most local devices that divide it; "
+        "PyTorch: the torchrun world size)",
+    )
+    p.add_argument("--coordinator", metavar="HOST:PORT", help="JAX multi-host: jax.distributed coordinator address")
+    p.add_argument("--num-processes", type=_int_flag("num_processes"), metavar="N", help="JAX multi-host: processes")
+    p.add_argument("--process-id", type=_int_flag("process_id"), metavar="I", help="JAX multi-host: this process")
     p.add_argument(
         "--checkpoint-every",
         type=_nonneg_int_flag("checkpoint_every"),

@@ -69,6 +69,7 @@ def train_run(
     stream: TextIO = sys.stderr,
     resume: bool = False,
     checkpoint_every: int = 0,
+    placement: Any = None,
 ) -> tuple[Any, list[dict[str, Any]]]:
     """Train ``cfg`` in ``twin``, writing ``out/config.json``, ``out/metrics.jsonl``, ``out/final.npz``
     and a checkpoint (``out/checkpoint.safetensors`` + ``out/checkpoint.json``) every
@@ -82,6 +83,8 @@ def train_run(
     """
     if checkpoint_every < 0:
         raise ConfigError("checkpoint_every", f"must be an integer >= 0, got {checkpoint_every}")
+    if placement is not None and not placement.is_main:
+        return _train_share(twin, cfg, out, chunk, resume, checkpoint_every, placement), []
     out.mkdir(parents=True, exist_ok=True)
     state, start, rows = None, 0, []
     if resume and checkpoint_path(out).exists():
@@ -131,6 +134,7 @@ def train_run(
             on_chunk=on_chunk,
             checkpoint_every=checkpoint_every,
             on_checkpoint=on_checkpoint,
+            placement=placement,
         )
         if checkpoint_every == 0 or cfg.iterations % checkpoint_every != 0 or cfg.iterations == start:
             on_checkpoint(cfg.iterations, state)
@@ -139,6 +143,31 @@ def train_run(
     final = training.final_values(twin, state)
     atomic_write(out / "final.npz", lambda f: np.savez(f, **final))  # type: ignore[arg-type]
     return state, rows
+
+
+def _train_share(
+    twin: Twin, cfg: Config, out: Path, chunk: int, resume: bool, checkpoint_every: int, placement: Any
+) -> Any:
+    """A process other than the first in a distributed run: its share of every step, no files.
+
+    It starts from the same checkpoint as the first process and cuts the same chunks, so the
+    collectives of every step line up.
+    """
+    state, start = None, 0
+    if resume and checkpoint_path(out).exists():
+        ckpt = read_checkpoint(out)
+        check_resumable(ckpt.config, cfg)
+        state, start = twin.train.state_from_numpy(ckpt.state, cfg), ckpt.step
+    return training.run(
+        twin,
+        cfg,
+        state=state,
+        start=start,
+        iterations=cfg.iterations - start,
+        chunk=chunk,
+        checkpoint_every=checkpoint_every,
+        placement=placement,
+    )
 
 
 def truncate_metrics(path: Path, step: int) -> list[dict[str, Any]]:

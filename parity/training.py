@@ -34,21 +34,29 @@ def run(
     on_chunk: ChunkCallback | None = None,
     checkpoint_every: int = 0,
     on_checkpoint: StateCallback | None = None,
+    placement: Any = None,
 ) -> Any:
     """Train from step ``start`` to ``start + iterations`` (default ``cfg.iterations``).
 
     ``on_chunk(first_step, metrics)`` receives each chunk's metrics as NumPy arrays with a
     leading [N] axis. With ``checkpoint_every`` > 0, ``on_checkpoint(step, state)`` is called
     after every step that is a multiple of it (after that chunk's ``on_chunk``).
+    ``placement`` (``jax_impl.distributed`` / ``torch_impl.distributed``) spreads each
+    meta-batch over devices or processes; None runs on one device.
     """
     if state is None:
         state = initial_state(twin, cfg)
+    if placement is not None:
+        state = placement.state(state)
     end = start + (cfg.iterations if iterations is None else iterations)
     step = start
     while step < end:
         n = chunk_length(step, end, chunk, checkpoint_every)
         tasks = tuple(sample_batches(cfg, step, n)[:4])  # 4 × [N, B, P, 1]
-        state, metrics = twin.train.train_chunk(state, twin.model.to_arrays(tasks, cfg.dtype), cfg)
+        if placement is None:
+            state, metrics = twin.train.train_chunk(state, twin.model.to_arrays(tasks, cfg.dtype), cfg)
+        else:
+            state, metrics = placement.train_chunk(state, placement.tasks(tasks, cfg.dtype), cfg)
         if on_chunk is not None:
             on_chunk(step, twin.model.to_numpy(metrics))
         step += n

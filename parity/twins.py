@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from parity.config import ConfigError
 
@@ -61,3 +61,34 @@ def full_precision_matmuls(framework: str) -> None:
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
         torch.set_float32_matmul_precision("highest")
+
+
+def placement_for(
+    framework: str,
+    cfg: Any,
+    devices: int | None = None,
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> Any:
+    """How a training run spreads its meta-batch: a twin's ``distributed.Placement``, or None for
+    one device (JAX sees one device and none were asked for; PyTorch was not started by torchrun).
+    """
+    import os
+
+    if framework == "jax":
+        from jax_impl import distributed as jax_distributed
+
+        jax_distributed.initialize(coordinator, num_processes, process_id)
+        import jax
+
+        if devices is None and jax.device_count() == 1:
+            return None
+        return jax_distributed.placement(cfg, devices)
+    if coordinator is not None:
+        raise ConfigError("coordinator", "is for the JAX twin; launch PyTorch on several hosts with torchrun")
+    from torch_impl import distributed as torch_distributed
+
+    if devices is None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return None
+    return torch_distributed.placement(cfg, devices)

@@ -7,6 +7,7 @@ for N consecutive steps as tensors with a leading ``[N]`` axis.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -52,9 +53,15 @@ def init_state(params: Params, alpha: Alpha, cfg: Config, step: int = 0) -> Trai
     )
 
 
-def train_step(state: TrainState, tasks: Tasks, cfg: Config) -> tuple[TrainState, dict[str, Any]]:
-    """One outer step; metrics describe the step (α and losses before its update)."""
-    (loss, inner), (grad_params, grad_alpha) = meta_value_and_grad(state.params, state.alpha, tasks, cfg)
+def train_step(
+    state: TrainState, tasks: Tasks, cfg: Config, grad_fn: Callable[..., Any] = meta_value_and_grad
+) -> tuple[TrainState, dict[str, Any]]:
+    """One outer step; metrics describe the step (α and losses before its update).
+
+    ``grad_fn``: torch_impl.distributed swaps in a meta-gradient averaged over ranks (in the JAX
+    twin, XLA inserts that all-reduce itself, so it needs no such argument).
+    """
+    (loss, inner), (grad_params, grad_alpha) = grad_fn(state.params, state.alpha, tasks, cfg)
     alpha_before = _detached(state.alpha)
     for name, p in state.params.items():
         p.grad = grad_params[name]
@@ -68,11 +75,13 @@ def train_step(state: TrainState, tasks: Tasks, cfg: Config) -> tuple[TrainState
     return state, metrics
 
 
-def train_chunk(state: TrainState, tasks: Tasks, cfg: Config) -> tuple[TrainState, dict[str, Any]]:
+def train_chunk(
+    state: TrainState, tasks: Tasks, cfg: Config, grad_fn: Callable[..., Any] = meta_value_and_grad
+) -> tuple[TrainState, dict[str, Any]]:
     """``N`` outer steps; ``tasks`` leaves are [N, B, P, 1], metrics [N, ...]."""
     steps = []
     for i in range(tasks[0].shape[0]):
-        state, metrics = train_step(state, tuple(t[i] for t in tasks), cfg)  # type: ignore[arg-type]
+        state, metrics = train_step(state, tuple(t[i] for t in tasks), cfg, grad_fn)  # type: ignore[arg-type]
         steps.append(metrics)
     return state, _stack(steps)
 

@@ -1,0 +1,84 @@
+"""The meta-batch across devices and hosts (JAX twin): a ``tasks`` mesh axis, XLA's collectives.
+
+The tasks of a meta-batch are laid out along a one-axis ``jax.sharding.Mesh`` (``"tasks"``) with
+``NamedSharding``; parameters, α and optimiser state are replicated. The same jitted
+``train_chunk`` then runs partitioned (GSPMD): each device adapts its own tasks, and the mean
+over tasks, hence the meta-gradient, becomes an all-reduce inside the compiled step. Nothing else
+changes, which is why a sharded run computes what the single-device run computes.
+
+Several hosts: call :func:`initialize` (``jax.distributed.initialize``) in every process before
+anything else touches JAX; ``jax.devices()`` is then the global device list, and every process
+feeds only its addressable shards (``jax.make_array_from_callback``), regenerated from the pure
+(seed, step) sampler, so no task data crosses the network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jax_impl import train
+from parity.config import Config, ConfigError
+
+TASKS_AXIS = "tasks"
+
+
+def initialize(coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:
+    """Join a multi-host run (one process per host); a no-op when no coordinator is given."""
+    if coordinator is not None:
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+
+
+def device_count(requested: int | None, meta_batch: int) -> int:
+    """How many devices to use: ``requested``, or (None) the most that split the meta-batch evenly."""
+    available = jax.device_count()
+    if requested is None:
+        return max(n for n in range(1, available + 1) if meta_batch % n == 0)
+    if requested < 1 or requested > available:
+        raise ConfigError("devices", f"must be between 1 and the {available} device(s) JAX sees, got {requested}")
+    if meta_batch % requested:
+        raise ConfigError(
+            "devices",
+            f"the meta-batch of {meta_batch} tasks does not split evenly over {requested} devices; "
+            f"use a meta_batch that is a multiple of {requested}, or --devices dividing {meta_batch}",
+        )
+    return requested
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where a training run's arrays live: the tasks split over ``mesh``, everything else replicated."""
+
+    mesh: Mesh
+
+    @property
+    def devices(self) -> int:
+        return int(self.mesh.devices.size)
+
+    @property
+    def is_main(self) -> bool:
+        """Only process 0 writes files."""
+        return jax.process_index() == 0
+
+    def state(self, state: Any) -> Any:
+        return jax.device_put(state, NamedSharding(self.mesh, PartitionSpec()))
+
+    def tasks(self, tasks: tuple[np.ndarray, ...], dtype: str) -> tuple[jax.Array, ...]:
+        """NumPy ``[N, B, P, 1]`` → global arrays sharded on B; each process fills its own shards."""
+        sharding = NamedSharding(self.mesh, PartitionSpec(None, TASKS_AXIS))
+        return tuple(
+            jax.make_array_from_callback(t.shape, sharding, lambda index, t=t: np.asarray(t[index], dtype=dtype))
+            for t in tasks
+        )
+
+    def train_chunk(self, state: Any, tasks: tuple[jax.Array, ...], cfg: Config) -> tuple[Any, dict[str, Any]]:
+        return train.train_chunk(state, tasks, cfg)  # partitioned by the shardings of its inputs
+
+
+def placement(cfg: Config, devices: int | None = None) -> Placement:
+    n = device_count(devices, cfg.meta_batch)
+    return Placement(Mesh(np.array(jax.devices()[:n]), (TASKS_AXIS,)))

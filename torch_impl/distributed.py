@@ -1,0 +1,102 @@
+"""The meta-batch across processes (PyTorch twin): torch.distributed, launched with ``torchrun``.
+
+Each rank takes an equal, contiguous slice of the meta-batch, regenerated from the pure
+(seed, step) sampler, so no task data is sent. The meta-gradient of the rank's slice (a mean over
+its tasks) is all-reduced and divided by the world size before the optimiser step — equal slices
+make that the mean over the whole meta-batch — so every rank applies the same update and holds
+the same parameters, as DistributedDataParallel would. gloo on CPU, nccl on GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from parity.config import Config, ConfigError
+from torch_impl import meta, train
+from torch_impl.model import to_arrays
+
+
+def initialize() -> tuple[int, int]:
+    """Join the process group ``torchrun`` describes in the environment; (rank, world size)."""
+    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def device_count(requested: int | None, meta_batch: int) -> int:
+    """The world size, checked against ``--devices`` and the meta-batch."""
+    _, world = initialize()
+    if requested is not None and requested != world:
+        raise ConfigError(
+            "devices",
+            f"the PyTorch twin runs one process per device: launch {requested} with torchrun "
+            f"--nproc_per_node {requested}; this run has {world}",
+        )
+    if meta_batch % world:
+        raise ConfigError(
+            "devices",
+            f"the meta-batch of {meta_batch} tasks does not split evenly over {world} processes; "
+            f"use a meta_batch that is a multiple of {world}",
+        )
+    return world
+
+
+def all_reduced_meta_value_and_grad(params: Any, alpha: Any, tasks: Any, cfg: Config) -> Any:
+    """``meta.meta_value_and_grad`` on this rank's tasks, averaged over every rank."""
+    (loss, inner), (grad_params, grad_alpha) = meta.meta_value_and_grad(params, alpha, tasks, cfg)
+    alpha_grads = list(grad_alpha.values()) if isinstance(grad_alpha, dict) else [grad_alpha]
+    pieces = [loss, inner, *grad_params.values(), *alpha_grads]
+    flat = torch.cat([p.reshape(-1) for p in pieces])  # one collective per step, not one per leaf
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat = flat / dist.get_world_size()
+    out, start = [], 0
+    for p in pieces:
+        out.append(flat[start : start + p.numel()].reshape(p.shape))
+        start += p.numel()
+    n = len(grad_params)
+    reduced_params = dict(zip(grad_params, out[2 : 2 + n], strict=True))
+    reduced_alpha = dict(zip(grad_alpha, out[2 + n :], strict=True)) if isinstance(grad_alpha, dict) else out[-1]
+    return (out[0], out[1]), (reduced_params, reduced_alpha)
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """This rank's share of the work: tasks ``[rank·b, (rank+1)·b)`` of every meta-batch."""
+
+    rank: int
+    world: int
+
+    @property
+    def devices(self) -> int:
+        return self.world
+
+    @property
+    def is_main(self) -> bool:
+        """Only rank 0 writes files."""
+        return self.rank == 0
+
+    def state(self, state: Any) -> Any:
+        return state  # every rank builds the same state from the same seed or checkpoint
+
+    def tasks(self, tasks: tuple[np.ndarray, ...], dtype: str) -> tuple[torch.Tensor, ...]:
+        b = tasks[0].shape[1] // self.world
+        return tuple(to_arrays(t[:, self.rank * b : (self.rank + 1) * b], dtype) for t in tasks)
+
+    def train_chunk(self, state: Any, tasks: tuple[torch.Tensor, ...], cfg: Config) -> tuple[Any, dict[str, Any]]:
+        if self.world == 1:
+            return train.train_chunk(state, tasks, cfg)
+        return train.train_chunk(state, tasks, cfg, grad_fn=all_reduced_meta_value_and_grad)
+
+
+def placement(cfg: Config, devices: int | None = None) -> Placement:
+    world = device_count(devices, cfg.meta_batch)
+    rank = dist.get_rank() if world > 1 else 0
+    return Placement(rank, world)
