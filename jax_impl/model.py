@@ -8,12 +8,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from parity.config import ConfigError
+from parity.config import Config, ConfigError
+from parity.validate import ArrayTypeError, Spec, check_call
 
 Params = dict[str, jax.Array]
 
 
 def forward(params: Params, x: jax.Array, activation: str) -> jax.Array:
+    """MLP 1 → hidden… → 1 on points ``x`` [..., P, 1] → [..., P, 1], after checking ``x``'s shape
+    and dtype (:func:`mlp` is the same without the checks, for the inner loop).
+    """
+    check_inputs("forward", None, params=params, x=x)
+    return mlp(params, x, activation)
+
+
+def mlp(params: Params, x: jax.Array, activation: str) -> jax.Array:
     """MLP 1 → hidden… → 1 on points ``x`` [..., P, 1] → [..., P, 1].
 
     Weights are (out, in); parameters may carry the same leading task axes as ``x``.
@@ -54,3 +63,34 @@ def to_arrays(tree: Any, dtype: str) -> Any:
 def to_numpy(tree: Any) -> Any:
     """JAX leaves → NumPy arrays (the one conversion on the way out)."""
     return jax.tree.map(lambda leaf: np.asarray(leaf), tree)
+
+
+def check_inputs(function: str, cfg: Config | None, batched_params: bool = False, **arrays: Any) -> None:
+    """Shape and dtype checks of a public function's arguments (``parity.validate.check_call``).
+
+    Reads shapes and dtypes only; raises ``ArrayShapeError`` / ``ArrayTypeError`` naming the argument.
+    """
+    specs = {name: describe(function, name, value) for name, value in arrays.items()}
+    check_call(function, cfg, batched_params=batched_params, **specs)
+
+
+def describe(function: str, argument: str, value: Any) -> Any:
+    """The :class:`parity.validate.Spec` tree of ``value`` (an array, or a dict / tuple of them)."""
+    if isinstance(value, (jax.Array, np.ndarray)):
+        return Spec(tuple(value.shape), str(value.dtype))
+    if isinstance(value, dict):
+        items = list(value.items())
+    elif isinstance(value, (tuple, list)):
+        items = list(enumerate(value))
+    else:
+        raise ArrayTypeError(
+            f"{function}: {argument} must be a jax.Array (or numpy.ndarray); got {type(value).__name__}"
+        )
+    # Arrays directly; only what is not one pays for its argument's name (the checks are per call).
+    specs = [
+        Spec(tuple(v.shape), str(v.dtype))
+        if isinstance(v, (jax.Array, np.ndarray))
+        else describe(function, f"{argument}[{k!r}]", v)
+        for k, v in items
+    ]
+    return dict(zip(value, specs, strict=True)) if isinstance(value, dict) else specs

@@ -22,7 +22,7 @@ from parity.config import Config
 class TrainState(NamedTuple):
     step: jax.Array  # [] int: outer steps taken
     params: Params
-    alpha: Alpha
+    alpha: Alpha  # what the outer loop learns: α, or ρ with α = softplus(ρ) (alpha_value)
     params_opt: Any  # optax state of the initial-parameter optimiser
     alpha_opt: Any  # optax state of the α optimiser (empty when α is fixed)
 
@@ -48,16 +48,61 @@ def init_state(params: Params, alpha: Alpha, cfg: Config, step: int = 0) -> Trai
     )
 
 
+def alpha_value(variable: Alpha, cfg: Config) -> Alpha:
+    """α from the learned variable: the variable itself, or softplus(ρ) = log(1 + e^ρ)."""
+    if cfg.alpha_parametrisation != "softplus":
+        return variable
+    if isinstance(variable, dict):
+        return {name: _softplus(rho) for name, rho in variable.items()}
+    return _softplus(variable)
+
+
+def variable_grad(grad_alpha: Alpha, variable: Alpha, cfg: Config) -> Alpha:
+    """dL/d(learned variable) from dL/dα: the chain rule through softplus, dα/dρ = sigmoid(ρ)."""
+    if cfg.alpha_parametrisation != "softplus":
+        return grad_alpha
+    if isinstance(variable, dict) and isinstance(grad_alpha, dict):
+        return {name: grad_alpha[name] * _sigmoid(rho) for name, rho in variable.items()}
+    assert not isinstance(variable, dict) and not isinstance(grad_alpha, dict)
+    return grad_alpha * _sigmoid(variable)
+
+
+def all_finite(*trees: Any) -> jax.Array:
+    """[] bool: every entry of every leaf is finite (computed on the device; no host sync)."""
+    floats = [jnp.ravel(leaf) for leaf in jax.tree.leaves(trees) if jnp.issubdtype(leaf.dtype, jnp.floating)]
+    return jnp.isfinite(jnp.concatenate(floats)).all()  # integer leaves (step counts) are always finite
+
+
+def _softplus(rho: jax.Array) -> jax.Array:
+    return jnp.logaddexp(rho, 0.0)
+
+
+def _sigmoid(rho: jax.Array) -> jax.Array:
+    return jax.nn.sigmoid(rho)
+
+
 def train_step(state: TrainState, tasks: Tasks, cfg: Config) -> tuple[TrainState, dict[str, Any]]:
-    """One outer step; metrics describe the step (α and losses before its update)."""
+    """One outer step; metrics describe the step (α and losses before its update).
+
+    ``metrics["finite"]``: the outer loss, every gradient and the updated state (parameters, α,
+    optimiser moments: Adam's g² overflows before g does) are finite; the host stops the run at the
+    first step where this is false (parity.training.TrainingDiverged).
+    """
     params_tx, alpha_tx = optimizers(cfg)
-    (loss, inner), (grad_params, grad_alpha) = meta_value_and_grad(state.params, state.alpha, tasks, cfg)
+    alpha = alpha_value(state.alpha, cfg)
+    (loss, inner), (grad_params, grad_alpha) = meta_value_and_grad(state.params, alpha, tasks, cfg)
     updates, params_opt = params_tx.update(grad_params, state.params_opt, state.params)
     params = optax.apply_updates(state.params, updates)
-    updates, alpha_opt = alpha_tx.update(grad_alpha, state.alpha_opt, state.alpha)
-    alpha = optax.apply_updates(state.alpha, updates)
-    metrics = {"outer_loss": loss, "inner_losses": inner, "alpha": state.alpha, "alpha_grad": grad_alpha}
-    return TrainState(state.step + 1, params, alpha, params_opt, alpha_opt), metrics
+    updates, alpha_opt = alpha_tx.update(variable_grad(grad_alpha, state.alpha, cfg), state.alpha_opt, state.alpha)
+    variable = optax.apply_updates(state.alpha, updates)
+    metrics = {
+        "outer_loss": loss,
+        "inner_losses": inner,
+        "alpha": alpha,
+        "alpha_grad": grad_alpha,
+        "finite": all_finite(loss, grad_params, grad_alpha, params, variable, params_opt, alpha_opt),
+    }
+    return TrainState(state.step + 1, params, variable, params_opt, alpha_opt), metrics
 
 
 def train_chunk(state: TrainState, tasks: Tasks, cfg: Config) -> tuple[TrainState, dict[str, Any]]:

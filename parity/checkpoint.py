@@ -13,7 +13,9 @@ Training checkpoint (``maml-parity train --out DIR``): ``DIR/checkpoint.safetens
 manifest ``DIR/checkpoint.json``. The safetensors file holds, framework-neutrally:
 
 - ``step`` [] int64: outer steps taken (the next step to run; the sampler regenerates it)
-- ``params/<name>``; ``alpha`` [] (per-parameter α: ``alpha/<name>``)
+- ``params/<name>``; ``alpha`` [] (per-parameter α: ``alpha/<name>``): what the outer loop learns
+  for α, which is α itself, or ρ with α = softplus(ρ) when the config's ``alpha_parametrisation``
+  is ``softplus`` (``parity.init.alpha_from_variable`` turns it into α)
 - Adam state of each optimised group, ``<group>`` = ``params`` or ``alpha`` (no entries for SGD,
   which keeps none; no ``opt/alpha/...`` when α is fixed): ``opt/<group>/count`` [] int64, the
   updates taken (optax's ``count``, torch's ``step``); ``opt/<group>/mu/<name>`` and
@@ -22,18 +24,26 @@ manifest ``DIR/checkpoint.json``. The safetensors file holds, framework-neutrall
 
 The manifest (config, step, sampler seed, the framework that wrote it, library versions) is also
 embedded in the safetensors header under ``manifest``, so arrays and manifest are replaced by one
-atomic rename; ``checkpoint.json`` is a copy for people and tools, plus the file's sha256. Loading
-reads the embedded copy and never unpickles anything.
+atomic rename; ``checkpoint.json`` is a copy for people and tools, plus the file's sha256. The
+header also holds ``checksum``, ``sha256:<hex>`` of the manifest text and every array (name,
+dtype, shape, bytes; names sorted), so a flipped bit anywhere is an error, not a silently
+different state (format ``maml-parity-checkpoint/2``; ``/1`` files, written before the checksum,
+are still read). Loading reads the embedded copy and never unpickles anything; any file that is
+not such a checkpoint (missing, empty, truncated, corrupt, foreign, another config's) raises
+:class:`CheckpointError`, and reading golden files raises :class:`GoldenFileError` likewise.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import lzma
 import os
+import struct
 import tempfile
 import time
 import zipfile
+import zlib
 from importlib import metadata
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -48,14 +58,38 @@ from parity.twins import Twin
 TASK_KEYS = ("x_support", "y_support", "x_query", "y_query")
 CHECKPOINT_FILE = "checkpoint.safetensors"
 MANIFEST_FILE = "checkpoint.json"
-CHECKPOINT_FORMAT = "maml-parity-checkpoint/1"
+CHECKPOINT_FORMAT = "maml-parity-checkpoint/2"
+READABLE_FORMATS = ("maml-parity-checkpoint/1", CHECKPOINT_FORMAT)  # /1: no checksum
 # Config fields a resumed run may change: the number of steps does not alter any step's arithmetic.
 RESUMABLE_CHANGES = ("iterations",)
 VERSIONED_PACKAGES = ("numpy", "jax", "jaxlib", "optax", "torch", "safetensors")
 
 
-class GoldenFileError(ValueError):
-    """A golden file that is missing, unreadable or not in the format above."""
+class GoldenFileError(ConfigError):
+    """A golden file that is missing, unreadable or not in the format above (field ``golden``)."""
+
+    def __init__(self, message: str, field: str = "golden"):
+        super().__init__(field, message)
+
+
+# What NumPy's and zipfile's readers raise on a damaged .npz: caught and turned into one error.
+_NPZ_ERRORS = (
+    OSError,
+    ValueError,
+    EOFError,
+    KeyError,
+    IndexError,
+    TypeError,
+    NotImplementedError,
+    OverflowError,
+    MemoryError,
+    RuntimeError,
+    struct.error,
+    zlib.error,
+    lzma.LZMAError,
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+)
 
 
 def golden_arrays(twin: Twin, cfg: Config) -> dict[str, np.ndarray]:
@@ -94,19 +128,72 @@ def write_golden(path: str | os.PathLike[str], arrays: dict[str, np.ndarray]) ->
 
 
 def read_golden(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load a golden file without unpickling anything; ``config`` comes back as a :class:`Config`."""
+    """Load a golden file without unpickling anything; ``config`` comes back as a :class:`Config`.
+
+    Every entry the config implies must be there with its shape and dtype; anything else about the
+    file (missing, empty, truncated, corrupt zip entries, a foreign .npz) is a :class:`GoldenFileError`.
+    """
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
+        # Opened here, not by np.load, so that the file is closed whatever the reader raises.
+        with open(path, "rb") as file:
+            data = np.load(file, allow_pickle=False)
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise GoldenFileError(f"{path}: a single .npy array, not a golden .npz file")
+            with data:
+                arrays = {key: data[key] for key in data.files}
     except FileNotFoundError:
         raise GoldenFileError(f"{path}: no such file") from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        raise GoldenFileError(f"{path}: not a readable golden file ({err})") from None
+    except IsADirectoryError:
+        raise GoldenFileError(f"{path}: is a directory, not a golden file") from None
+    except GoldenFileError:
+        raise
+    except _NPZ_ERRORS as err:
+        raise GoldenFileError(f"{path}: not a readable golden file ({type(err).__name__}: {err})") from None
     if "config" not in arrays:
         raise GoldenFileError(f"{path}: no 'config' entry; not a maml-parity golden file")
+    try:
+        cfg = Config.from_json(str(arrays["config"]))
+    except ConfigError as err:
+        raise GoldenFileError(f"{path}: the 'config' entry is not a valid config ({err})") from None
+    check_golden_layout(path, arrays, cfg)
     out: dict[str, Any] = dict(arrays)
-    out["config"] = Config.from_json(str(arrays["config"]))
+    out["config"] = cfg
     return out
+
+
+def golden_layout(cfg: Config) -> dict[str, tuple[tuple[int, ...], str | None]]:
+    """Every array a golden file of ``cfg`` holds: name → (shape, dtype; None for text entries)."""
+    B, K, Q, T = cfg.meta_batch, cfg.k_support, cfg.k_query, cfg.inner_steps
+    layout: dict[str, tuple[tuple[int, ...], str | None]] = {"config": ((), None), "framework": ((), None)}
+    layout["dtype"] = ((), None)
+    alpha_shapes = cfg.param_shapes if cfg.alpha_mode == "per_parameter" else None
+    for group in ("init", "grad"):
+        layout.update({f"{group}/{k}": (s, cfg.dtype) for k, s in cfg.param_shapes.items()})
+        if alpha_shapes is None:
+            layout[f"{group}/alpha"] = ((), cfg.dtype)
+        else:
+            layout.update({f"{group}/alpha/{k}": (s, cfg.dtype) for k, s in alpha_shapes.items()})
+    for key, P in zip(TASK_KEYS, (K, K, Q, Q), strict=True):
+        layout[f"tasks/{key}"] = ((B, P, 1), cfg.dtype)
+    layout["inner_losses"] = ((T,), cfg.dtype)
+    layout["outer_loss"] = ((), cfg.dtype)
+    return layout
+
+
+def check_golden_layout(path: Any, arrays: dict[str, np.ndarray], cfg: Config) -> None:
+    layout = golden_layout(cfg)
+    missing = sorted(set(layout) - set(arrays))
+    if missing:
+        raise GoldenFileError(f"{path}: entries missing for its config: {missing}")
+    for name, (shape, dtype) in layout.items():
+        got = arrays[name]
+        if dtype is None:
+            if got.shape != () or got.dtype.kind != "U":
+                raise GoldenFileError(f"{path}: entry {name!r} must be text; got {got.dtype}{list(got.shape)}")
+        elif got.shape != shape or got.dtype != np.dtype(dtype):
+            raise GoldenFileError(
+                f"{path}: entry {name!r} is {got.dtype}{list(got.shape)}, its config needs {dtype}{list(shape)}"
+            )
 
 
 def atomic_write(path: Path, write: Any) -> None:
@@ -272,7 +359,8 @@ def write_checkpoint(directory: str | os.PathLike[str], state: dict[str, Any], c
         "versions": library_versions(),
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    blob = save(arrays, metadata={"manifest": json.dumps(manifest, sort_keys=True)})
+    manifest_text = json.dumps(manifest, sort_keys=True)
+    blob = save(arrays, metadata={"manifest": manifest_text, "checksum": checksum(manifest_text, arrays)})
     path = directory / CHECKPOINT_FILE
     atomic_write(path, lambda f: f.write(blob))
     copy = {**manifest, "file": CHECKPOINT_FILE, "sha256": hashlib.sha256(blob).hexdigest()}
@@ -283,33 +371,71 @@ def write_checkpoint(directory: str | os.PathLike[str], state: dict[str, Any], c
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
-    """Read ``DIR`` or ``DIR/checkpoint.safetensors``: manifest, config and neutral state."""
+    """Read ``DIR`` or ``DIR/checkpoint.safetensors``: manifest, config and neutral state.
+
+    Anything but an intact checkpoint raises :class:`CheckpointError` naming the file and what is
+    wrong with it; nothing is unpickled.
+    """
     from safetensors import SafetensorError, safe_open
 
     file = checkpoint_path(path)
+    where = repr(str(file))
     if not file.exists():
-        raise CheckpointError(f"no checkpoint at {str(file)!r} (train with --out DIR to make one)")
+        raise CheckpointError(f"no checkpoint at {where} (train with --out DIR to make one)")
+    if not file.is_file():
+        raise CheckpointError(f"{where} is not a file")
     try:
         with safe_open(str(file), framework="numpy") as f:
             header = f.metadata() or {}
             arrays = {key: f.get_tensor(key) for key in f.keys()}
-    except (OSError, SafetensorError, ValueError) as err:
-        raise CheckpointError(f"{str(file)!r} is not a readable safetensors file ({err})") from None
+    except (OSError, SafetensorError, ValueError, TypeError, OverflowError, MemoryError) as err:
+        reason = str(err) or type(err).__name__
+        raise CheckpointError(f"{where} is not a readable safetensors file ({reason})") from None
     if "manifest" not in header:
-        raise CheckpointError(f"{str(file)!r} has no embedded manifest; not a maml-parity checkpoint")
+        raise CheckpointError(f"{where} has no embedded manifest; not a maml-parity checkpoint")
+    if "checksum" in header and header["checksum"] != checksum(header["manifest"], arrays):
+        raise CheckpointError(f"{where} is corrupt: its contents do not match the checksum written with them")
     try:
         manifest = json.loads(header["manifest"])
     except json.JSONDecodeError as err:
-        raise CheckpointError(f"{str(file)!r}: embedded manifest is not JSON ({err.msg})") from None
-    if manifest.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{str(file)!r}: format {manifest.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
-    cfg = Config.from_dict(manifest["config"])
+        raise CheckpointError(f"{where}: embedded manifest is not JSON ({err.msg})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") not in READABLE_FORMATS:
+        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise CheckpointError(f"{where}: format {got!r}, expected {CHECKPOINT_FORMAT!r}")
+    if "checksum" not in header and manifest["format"] != READABLE_FORMATS[0]:
+        raise CheckpointError(f"{where} is corrupt: no checksum in its header")
+    try:
+        cfg = Config.from_dict(manifest.get("config"))
+    except ConfigError as err:
+        raise CheckpointError(f"{where}: the embedded config is not valid ({err})") from None
     state = unflatten_state(arrays, cfg)
-    if state["step"] != manifest["step"]:
-        raise CheckpointError(
-            f"{str(file)!r}: arrays are at step {state['step']}, the manifest says {manifest['step']}"
-        )
+    if state["step"] != manifest.get("step"):
+        raise CheckpointError(f"{where}: arrays are at step {state['step']}, the manifest says {manifest.get('step')}")
+    if state["step"] < 0:
+        raise CheckpointError(f"{where}: step {state['step']} is negative")
     return Checkpoint(manifest=manifest, config=cfg, step=state["step"], state=state)
+
+
+def checksum(manifest_text: str, arrays: dict[str, np.ndarray]) -> str:
+    """``sha256:<hex>`` of the manifest text and every array's name, dtype, shape and bytes."""
+    digest = hashlib.sha256(manifest_text.encode())
+    for name in sorted(arrays):
+        array = np.asarray(arrays[name])
+        little = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+        digest.update(f"\0{name}\0{array.dtype.name}\0{list(array.shape)}\0".encode())
+        digest.update(little.tobytes())
+    return f"sha256:{digest.hexdigest()}"
+
+
+def remove_stale_temporaries(directory: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files an :func:`atomic_write` killed mid-write leaves in ``directory``
+    (``.<name>.<random>.tmp``); the files they were to replace are intact. Returns what it deleted."""
+    removed = []
+    for name in (CHECKPOINT_FILE, MANIFEST_FILE, "metrics.jsonl", "config.json", "final.npz"):
+        for tmp in Path(directory).glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def check_resumable(saved: Config, cfg: Config) -> None:

@@ -1,12 +1,14 @@
 """``maml-parity``: one entry point, subcommands. Parses and dispatches; the logic lives elsewhere.
 
-Bad input ends in one line naming the field and what is allowed, and exit status 2.
+Bad input ends in one line naming the field and what is allowed, and exit status 2. A training
+run that diverges (a loss or gradient not finite) ends in one line and exit status 3.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +18,7 @@ from parity.config import DTYPES, PRESETS, Config, ConfigError, get_preset
 
 EXIT_MISMATCH = 1
 EXIT_USAGE = 2
+EXIT_DIVERGED = 3
 
 
 class UsageError(Exception):
@@ -24,7 +27,9 @@ class UsageError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, no usage dump
-        raise UsageError(message)
+        # "argument --inner-steps: inner_steps: must be ..." -> "inner_steps: must be ...": the field first.
+        match = re.fullmatch(r"argument [^:]+: ([a-z_]+: .*)", message, flags=re.DOTALL)
+        raise UsageError(match.group(1) if match else message)
 
 
 # --- shared flags ------------------------------------------------------------------------------
@@ -39,6 +44,11 @@ def _add_config_flags(p: argparse.ArgumentParser, default_preset: str, framework
     p.add_argument("--seed", type=_int_flag("seed"), help="sampler and init seed")
     p.add_argument("--inner-steps", type=_int_flag("inner_steps"), help="T, inner SGD steps")
     p.add_argument("--iterations", type=_int_flag("iterations"), help="outer steps")
+    p.add_argument(
+        "--alpha-parametrisation",
+        metavar="P",
+        help="identity | softplus: learn alpha itself, or rho with alpha = softplus(rho) > 0 (default: the config's)",
+    )
 
 
 def _int_flag(field: str) -> Any:
@@ -56,6 +66,16 @@ def _nonneg_int_flag(field: str) -> Any:
         value = _int_flag(field)(text)
         if value < 0:
             raise argparse.ArgumentTypeError(f"{field}: must be an integer >= 0, got {value}")
+        return value
+
+    return parse
+
+
+def _positive_int_flag(field: str) -> Any:
+    def parse(text: str) -> int:
+        value = _int_flag(field)(text)
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{field}: must be an integer >= 1, got {value}")
         return value
 
     return parse
@@ -82,20 +102,61 @@ def resolve_config(args: argparse.Namespace) -> Config:
     if args.config:
         path = Path(args.config)
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
         except OSError as err:
             raise ConfigError("config", f"cannot read {str(path)!r} ({err.strerror})") from None
+        except UnicodeDecodeError:
+            raise ConfigError("config", f"{str(path)!r} is not a UTF-8 text file (a JSON object is needed)") from None
         cfg = Config.from_json(text, base=cfg)
     overrides: dict[str, Any] = {}
     if args.dtype is not None:
         if args.dtype not in DTYPES:
             raise ConfigError("dtype", f"must be one of {', '.join(DTYPES)}; got {args.dtype!r}")
         overrides["dtype"] = args.dtype
-    for flag, field in (("seed", "seed"), ("inner_steps", "inner_steps"), ("iterations", "iterations")):
+    flags = ("seed", "inner_steps", "iterations", "alpha_parametrisation")
+    for flag, field in zip(flags, flags, strict=True):
         value = getattr(args, flag, None)
         if value is not None:
             overrides[field] = value
     return cfg.replace(**overrides) if overrides else cfg
+
+
+def _output_file(path: str, field: str, suffix: str | None = None) -> Path:
+    """A file the command will write: refused now, before any work, if it cannot be one."""
+    out = Path(path)
+    if suffix is not None and out.suffix != suffix:
+        raise ConfigError(field, f"must be a file name ending in {suffix}, got {path!r}")
+    if out.is_dir():
+        raise ConfigError(field, f"{path!r} is a directory; give a file name")
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(field, f"cannot write {path!r}: {str(parent)!r} is not a directory")
+    return out
+
+
+def _output_dir(path: str, field: str = "out") -> Path:
+    """A directory the command will write into: refused now if it is (or lies under) a file."""
+    out = Path(path)
+    for candidate in (out, *out.parents):
+        if candidate.exists() and not candidate.is_dir():
+            raise ConfigError(field, f"{str(candidate)!r} exists and is not a directory")
+    return out
+
+
+def _run_dir(path: str) -> Path:
+    """An existing training run (``eval`` and ``report`` read one)."""
+    from parity.checkpoint import CHECKPOINT_FILE
+
+    run_dir = Path(path)
+    if not run_dir.exists():
+        raise ConfigError("dir", f"no such directory {path!r}")
+    if not run_dir.is_dir():
+        raise ConfigError("dir", f"{path!r} is not a directory (give the run's --out DIR)")
+    if not (run_dir / CHECKPOINT_FILE).exists() and not (run_dir / "config.json").exists():
+        raise ConfigError(
+            "dir", f"{path!r} holds no training run (no {CHECKPOINT_FILE}); make one with train --out DIR"
+        )
+    return run_dir
 
 
 def _load_twin(framework: str, dtype: str) -> Any:
@@ -113,6 +174,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     from parity import harness
     from parity.twins import enable_jax_x64
 
+    if args.json:
+        _output_file(args.json, "json")
     enable_jax_x64()
     cases = harness.all_cases(quick=args.quick)
     if args.cases:
@@ -141,33 +204,46 @@ def cmd_dump(args: argparse.Namespace) -> int:
     from parity.checkpoint import golden_arrays, write_golden
 
     cfg = resolve_config(args)
+    out = _output_file(args.out, "out", suffix=".npz")
     twin = _load_twin(args.framework, cfg.dtype)
-    path = write_golden(Path(args.out), golden_arrays(twin, cfg))
+    path = write_golden(out, golden_arrays(twin, cfg))
     print(f"wrote {path} ({args.framework}, {cfg.dtype}, T={cfg.inner_steps}, B={cfg.meta_batch})")
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from parity.checkpoint import CHECKPOINT_FILE
     from parity.run import train_run
-
+    from parity.training import TrainingDiverged
     from parity.twins import placement_for
 
     cfg = resolve_config(args)
+    out = _output_dir(args.out)
+    if not args.resume and ((out / CHECKPOINT_FILE).exists() or (out / "metrics.jsonl").exists()):
+        raise ConfigError(
+            "out",
+            f"{args.out!r} already holds a training run; pass --resume to continue it, or choose another --out "
+            "(nothing was overwritten)",
+        )
     twin = _load_twin(args.framework, cfg.dtype)
     placement = placement_for(args.framework, cfg, args.devices, args.coordinator, args.num_processes, args.process_id)
     if placement is not None and placement.is_main:
         print(f"{args.framework}: meta-batch of {cfg.meta_batch} split over {placement.devices} devices", flush=True)
-    out = Path(args.out)
-    _, rows = train_run(
-        twin,
-        cfg,
-        out,
-        print_every=args.print_every,
-        progress=not args.no_progress,
-        resume=args.resume,
-        checkpoint_every=args.checkpoint_every,
-        placement=placement,
-    )
+    try:
+        _, rows = train_run(
+            twin,
+            cfg,
+            out,
+            print_every=args.print_every,
+            progress=not args.no_progress,
+            resume=args.resume,
+            checkpoint_every=args.checkpoint_every or 0,
+            placement=placement,
+        )
+    except TrainingDiverged as err:
+        if placement is None or placement.is_main:  # every process stops; one says why
+            print(f"maml-parity: training diverged at {err}; {_kept_checkpoint(out)}", file=sys.stderr)
+        return EXIT_DIVERGED
     if placement is not None and not placement.is_main:
         return 0
     if rows:
@@ -175,6 +251,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"{args.framework}: {len(rows)} steps, last outer loss {last['outer_loss']:.4f}, alpha {last['alpha']}")
     print(f"wrote {out}/config.json, {out}/metrics.jsonl, {out}/checkpoint.safetensors, {out}/final.npz")
     return 0
+
+
+def _kept_checkpoint(out: Path) -> str:
+    from parity.checkpoint import CHECKPOINT_FILE, CheckpointError, read_checkpoint
+
+    if not (out / CHECKPOINT_FILE).exists():
+        return "no checkpoint was written (use --checkpoint-every N to keep one)"
+    try:
+        return f"the checkpoint of step {read_checkpoint(out).step} in {str(out)!r} is kept"
+    except CheckpointError:
+        return f"{str(out / CHECKPOINT_FILE)!r} was left as it was"
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -190,8 +277,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     }
     if args.phase_shift is not None:
         spec_args["phase_shifts"] = tuple(args.phase_shift)
-    run_dir = Path(args.dir)
-    result = evaluate_run(run_dir, framework=args.framework, dtype=args.dtype, spec=EvalSpec(**spec_args))
+    spec = EvalSpec(**spec_args)  # a bad --tasks, --shots ... is named before the run is looked at
+    run_dir = _run_dir(args.dir)
+    result = evaluate_run(run_dir, framework=args.framework, dtype=args.dtype, spec=spec)
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "fits"}, indent=1))
     else:
@@ -203,7 +291,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from parity.report import write_report
 
-    path = write_report(Path(args.dir))
+    path = write_report(_run_dir(args.dir))
     print(f"wrote {path}")
     return 0
 
@@ -211,9 +299,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from parity import bench
 
-    mode = "quick" if args.quick else "full"
-    print(f"bench: {mode} run on {args.device}, {args.threads} thread(s)", flush=True)
-    print(bench.TABLE_HEADER, flush=True)
+    for flag in ("json", "plot"):
+        if getattr(args, flag):
+            _output_file(getattr(args, flag), flag)
     result = bench.run_bench(
         quick=args.quick,
         device=args.device,
@@ -221,6 +309,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         progress=lambda line: print(line, flush=True),
         command=_bench_command(args),
+        unroll=args.unroll,
+        chunk=args.chunk,
     )
     for line in bench.summary_lines(result):
         print(line)
@@ -235,14 +325,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def _bench_command(args: argparse.Namespace) -> str:
     words = ["maml-parity bench", "--quick" if args.quick else "", f"--device {args.device} --threads {args.threads}"]
-    words += [f"--{flag} {getattr(args, flag)}" for flag in ("repeats", "json", "plot") if getattr(args, flag)]
+    flags = ("repeats", "unroll", "chunk", "json", "plot")
+    words += [f"--{flag} {getattr(args, flag)}" for flag in flags if getattr(args, flag) is not None]
     return " ".join(w for w in words if w)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from parity.demo import run_demo
 
-    return run_demo(Path(args.out), iterations=args.iterations, progress=not args.no_progress)
+    return run_demo(_output_dir(args.out), iterations=args.iterations, progress=not args.no_progress)
 
 
 # --- parser ----------------------------------------------------------------------------------------
@@ -267,25 +358,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="meta-train in one twin; writes config.json, metrics.jsonl, final.npz")
     _add_config_flags(p, "seed-alpha")
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--print-every", type=_int_flag("print_every"), default=0, metavar="N", help="the seed's printout every N steps")
+    p.add_argument(
+        "--print-every",
+        type=_nonneg_int_flag("print_every"),
+        default=0,
+        metavar="N",
+        help="the seed's printout every N steps",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--resume", action="store_true", help="continue from DIR's checkpoint (either twin's), bit for bit")
     p.add_argument(
         "--devices",
-        type=_int_flag("devices"),
+        type=_positive_int_flag("devices"),
         metavar="N",
         help="split each meta-batch over N devices (JAX: default the most local devices that divide it; "
         "PyTorch: the torchrun world size)",
     )
     p.add_argument("--coordinator", metavar="HOST:PORT", help="JAX multi-host: jax.distributed coordinator address")
-    p.add_argument("--num-processes", type=_int_flag("num_processes"), metavar="N", help="JAX multi-host: processes")
-    p.add_argument("--process-id", type=_int_flag("process_id"), metavar="I", help="JAX multi-host: this process")
+    p.add_argument(
+        "--num-processes", type=_positive_int_flag("num_processes"), metavar="N", help="JAX multi-host: processes"
+    )
+    p.add_argument(
+        "--process-id", type=_nonneg_int_flag("process_id"), metavar="I", help="JAX multi-host: this process"
+    )
     p.add_argument(
         "--checkpoint-every",
-        type=_nonneg_int_flag("checkpoint_every"),
-        default=0,
+        type=_positive_int_flag("checkpoint_every"),
         metavar="N",
-        help="also checkpoint every N steps (default: only at the end)",
+        help="also checkpoint every N >= 1 steps (default: only at the end)",
     )
     p.set_defaults(func=cmd_train)
 
@@ -323,14 +423,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="only seed-alpha at B=1 and B=25, T=5 (under two minutes)")
     p.add_argument("--json", metavar="FILE", help="write {machine, rows, targets, skipped} as JSON")
     p.add_argument("--device", default="cpu", help="cpu | gpu (default cpu; gpu fails where none is visible)")
-    p.add_argument("--threads", type=_int_flag("threads"), default=1, metavar="N", help="CPU threads (default 1)")
-    p.add_argument("--repeats", type=_int_flag("repeats"), metavar="N", help="timed calls per row (3 quick, 5 full)")
+    p.add_argument(
+        "--threads", type=_positive_int_flag("threads"), default=1, metavar="N", help="CPU threads (default 1)"
+    )
+    p.add_argument(
+        "--repeats", type=_positive_int_flag("repeats"), metavar="N", help="timed rounds per setting (default 5)"
+    )
     p.add_argument("--plot", metavar="FILE.png", help="time per task-step against B and T, log axes")
+    p.add_argument("--unroll", type=_int_flag("unroll"), metavar="T", help="JAX: unroll inner loops up to T steps")
+    p.add_argument("--chunk", type=_int_flag("chunk"), metavar="N", help="JAX: outer steps per compiled call")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="the main job: seed-alpha in JAX and PyTorch, compared")
     p.add_argument("--out", default="runs/demo", metavar="DIR")
-    p.add_argument("--iterations", type=_int_flag("iterations"), default=5000)
+    p.add_argument("--iterations", type=_positive_int_flag("iterations"), default=5000)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
     return parser
@@ -350,6 +456,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("maml-parity: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as err:  # training that diverged elsewhere than in `train` (eval's pretrained baseline)
+        from parity.training import TrainingDiverged
+
+        if not isinstance(err, TrainingDiverged):
+            raise
+        print(f"maml-parity: training diverged at {err}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except OSError as err:  # a file that cannot be read or written (permissions, a full disk): one line
+        where = f" ({err.filename!r})" if err.filename else ""
+        print(f"maml-parity: error: io: {err.strerror or err}{where}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

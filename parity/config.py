@@ -8,13 +8,16 @@ Presets are plain instances (``PRESETS``), not code paths.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 from typing import Any
 
 ACTIVATIONS = ("tanh", "relu")
+INIT_SCHEMES = ("seed", "maml")
 LOSSES = ("l1", "mse")
 ALPHA_MODES = ("fixed", "scalar", "per_parameter")
+ALPHA_PARAMETRISATIONS = ("identity", "softplus")
 OPTIMIZERS = ("sgd", "adam")
 DTYPES = ("float32", "float64")
 
@@ -47,12 +50,22 @@ class Config:
     # --- model: MLP 1 → hidden... → 1, parameters {"w0","b0",...}, weights (out, in)
     hidden: tuple[int, ...] = (32, 32)
     activation: str = "tanh"  # tanh | relu
+    # seed: first weight U(-1, 1), later weights U(±1/√fan_in), biases 0 (the seed lab's).
+    # maml: every weight N(0, 0.01²) truncated at 2σ, biases 0 (Finn et al.'s reference code).
+    init_scheme: str = "seed"
     # --- inner loop: T steps of w ← w − α·∇L_support(w)
     loss: str = "l1"  # l1 (mean absolute error, the seed's) | mse
     inner_steps: int = 3  # T; 0 means no adaptation
     alpha_mode: str = "fixed"  # fixed | scalar (seed part 4) | per_parameter (Meta-SGD)
     alpha_init: float = 0.03  # α, or the initial value of every entry of a learned α
+    # What the outer loop learns for a learned α: α itself (identity), or ρ with α = softplus(ρ)
+    # (softplus), which keeps α > 0 whatever the updates; ρ starts where softplus(ρ) = alpha_init.
+    alpha_parametrisation: str = "identity"
     first_order: bool = False  # treat inner gradients as constants (FOMAML); α still gets a gradient
+    # Rematerialise the inner loop: keep only each step's parameters for the backward pass and
+    # recompute the rest (activations, inner gradients) there; less memory for long unrolls
+    # (T in the hundreds), about one more forward pass of time. Same gradients.
+    remat: bool = False
     # --- outer loop
     outer_optimizer: str = "sgd"  # for the initial parameters: sgd | adam
     outer_lr: float = 1e-2
@@ -78,12 +91,23 @@ class Config:
             _check_int("hidden", width, minimum=1)
         object.__setattr__(self, "hidden", hidden)
         _check_choice("activation", self.activation, ACTIVATIONS)
+        _check_choice("init_scheme", self.init_scheme, INIT_SCHEMES)
         _check_choice("loss", self.loss, LOSSES)
         _check_int("inner_steps", self.inner_steps, minimum=0)
         _check_choice("alpha_mode", self.alpha_mode, ALPHA_MODES)
         _check_float("alpha_init", self.alpha_init)
+        _check_choice("alpha_parametrisation", self.alpha_parametrisation, ALPHA_PARAMETRISATIONS)
+        if self.alpha_parametrisation == "softplus":
+            if self.alpha_mode == "fixed":
+                raise ConfigError(
+                    "alpha_parametrisation",
+                    "softplus applies to a learned alpha (alpha_mode scalar or per_parameter); alpha_mode is fixed",
+                )
+            _check_float("alpha_init", self.alpha_init, positive=True, why=" (alpha_parametrisation softplus)")
         if not isinstance(self.first_order, bool):
             raise ConfigError("first_order", f"must be true or false, got {self.first_order!r}")
+        if not isinstance(self.remat, bool):
+            raise ConfigError("remat", f"must be true or false, got {self.remat!r}")
         _check_choice("outer_optimizer", self.outer_optimizer, OPTIMIZERS)
         _check_float("outer_lr", self.outer_lr, positive=True)
         _check_choice("alpha_optimizer", self.alpha_optimizer, OPTIMIZERS)
@@ -119,7 +143,7 @@ class Config:
         """Shape of every parameter; weights are (out, in) as in ``torch.nn.Linear``."""
         sizes = self.layer_sizes
         shapes: dict[str, tuple[int, ...]] = {}
-        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
             shapes[f"w{i}"] = (n_out, n_in)
             shapes[f"b{i}"] = (n_out,)
         return shapes
@@ -137,6 +161,7 @@ class Config:
             # fixed and scalar α run the same computation; only the outer loop differs.
             alpha_mode="per_parameter" if self.alpha_mode == "per_parameter" else "scalar",
             first_order=self.first_order,
+            remat=self.remat,
             dtype=self.dtype,
         )
 
@@ -146,7 +171,7 @@ class Config:
         """A copy with some fields changed (validated like any other config)."""
         unknown = sorted(set(changes) - set(field_names()))
         if unknown:
-            raise ConfigError(unknown[0], f"unknown config field; allowed: {', '.join(field_names())}")
+            raise _unknown_field(unknown[0])
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -167,7 +192,7 @@ class Config:
             raise ConfigError("config", f"must be a JSON object, got {type(data).__name__}")
         unknown = sorted(set(data) - set(field_names()))
         if unknown:
-            raise ConfigError(unknown[0], f"unknown config field; allowed: {', '.join(field_names())}")
+            raise _unknown_field(unknown[0])
         return (base or cls()).replace(**data)
 
     @classmethod
@@ -176,11 +201,20 @@ class Config:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             raise ConfigError("config", f"not valid JSON ({err.msg} at line {err.lineno})") from None
+        except (ValueError, RecursionError) as err:  # an integer of > 4300 digits, nesting too deep
+            raise ConfigError("config", f"not valid JSON ({type(err).__name__}: {str(err)[:80]})") from None
         return cls.from_dict(data, base=base)
 
 
 def field_names() -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(Config))
+
+
+def _unknown_field(key: Any) -> ConfigError:
+    allowed = ", ".join(field_names())
+    if isinstance(key, str) and key.isidentifier():
+        return ConfigError(key, f"unknown config field; allowed: {allowed}")
+    return ConfigError("config", f"unknown field {str(key)[:40]!r}; allowed: {allowed}")  # keep the message one line
 
 
 # --- validation helpers -----------------------------------------------------------------
@@ -194,13 +228,20 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
         raise ConfigError(name, f"must be an integer >= {minimum}, got {value}")
 
 
-def _check_float(name: str, value: Any, positive: bool = False) -> None:
+def _check_float(name: str, value: Any, positive: bool = False, why: str = "") -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(name, f"must be a finite number, got {value!r}")
-    if not math.isfinite(value):
+    if not _is_finite(value):
         raise ConfigError(name, f"must be a finite number, got {value}")
     if positive and value <= 0:
-        raise ConfigError(name, f"must be a finite number > 0, got {value}")
+        raise ConfigError(name, f"must be a finite number > 0{why}, got {value}")
+
+
+def _is_finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # a JSON integer too large for a float
+        return False
 
 
 def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -213,7 +254,7 @@ def _check_range(name: str, value: Any) -> tuple[float, float]:
         raise ConfigError(name, f"must be a pair [low, high], got {value!r}")
     low, high = value
     for end in (low, high):
-        if isinstance(end, bool) or not isinstance(end, (int, float)) or not math.isfinite(end):
+        if isinstance(end, bool) or not isinstance(end, (int, float)) or not _is_finite(end):
             raise ConfigError(name, f"must hold two finite numbers, got {list(value)!r}")
     if low > high:
         raise ConfigError(name, f"must satisfy low <= high, got [{low}, {high}]")
@@ -238,6 +279,7 @@ MAML_PAPER = Config(
     k_query=10,
     hidden=(40, 40),
     activation="relu",
+    init_scheme="maml",
     loss="mse",
     inner_steps=1,
     alpha_mode="fixed",

@@ -41,7 +41,7 @@ import numpy as np
 from parity import training
 from parity.checkpoint import atomic_write, library_versions, read_checkpoint
 from parity.config import Config, ConfigError
-from parity.init import init_params
+from parity.init import alpha_from_variable, init_params
 from parity.tasks import EVAL_STREAM, sample_batch, sinusoid
 from parity.twins import Twin
 
@@ -216,7 +216,7 @@ def evaluate_run(
     cfg = ckpt.config if dtype is None else ckpt.config.replace(dtype=dtype)
     twin = load(framework, cfg.dtype)
     twin.model.check_dtype(cfg.dtype)
-    alpha = _cast(ckpt.state["alpha"], cfg.dtype)
+    alpha = _cast(alpha_from_variable(ckpt.state["alpha"], ckpt.config), cfg.dtype)  # α, whatever was learned
     t0 = time.perf_counter()
     body = evaluate(twin, cfg, ckpt.state["params"], alpha, spec)
     out = {
@@ -242,7 +242,20 @@ def read_eval(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "eval.json"
     if not path.exists():
         raise ConfigError("dir", f"no eval.json in {str(run_dir)!r}; run `maml-parity eval {run_dir}` first")
-    return json.loads(path.read_text())
+    result = read_json(path, "dir")
+    if not isinstance(result, dict) or result.get("format") != "maml-parity-eval/1":
+        raise ConfigError(
+            "dir", f"{str(path)!r} is not a maml-parity-eval/1 file; run `maml-parity eval {run_dir}` again"
+        )
+    return result
+
+
+def read_json(path: Path, field: str) -> Any:
+    """A JSON file, or a ConfigError naming ``field`` and the file if it is not valid JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(field, f"{str(path)!r} is not valid JSON ({err}); delete it or write it again") from None
 
 
 def summary_lines(result: dict[str, Any], steps: tuple[int, ...] | None = None) -> list[str]:

@@ -1,7 +1,9 @@
 """Initial parameters, made once in NumPy and handed to either twin.
 
-The seed's scheme: the first weight ``U(-1, 1)``, every later weight ``U(±1/√fan_in)``
-(``1/√32`` at the seed's size), every bias zero. Weights are stored ``(out, in)``.
+``init_scheme="seed"`` (the default, the seed lab's): the first weight ``U(-1, 1)``, every later
+weight ``U(±1/√fan_in)`` (``1/√32`` at the seed's size), every bias zero. ``"maml"`` (Finn et
+al.'s reference code): every weight ``N(0, 0.01²)`` truncated at two standard deviations, biases
+zero. Weights are stored ``(out, in)``.
 """
 
 from __future__ import annotations
@@ -21,11 +23,22 @@ def init_params(cfg: Config, seed: int | None = None) -> Params:
     for name, shape in cfg.param_shapes.items():
         if name.startswith("b"):
             params[name] = np.zeros(shape, dtype=cfg.dtype)
-            continue
-        fan_in = shape[1]
-        bound = 1.0 if name == "w0" else 1.0 / np.sqrt(fan_in)
-        params[name] = rng.uniform(-bound, bound, size=shape).astype(cfg.dtype)
+        elif cfg.init_scheme == "maml":
+            params[name] = (0.01 * truncated_normal(rng, shape)).astype(cfg.dtype)
+        else:
+            bound = 1.0 if name == "w0" else 1.0 / np.sqrt(shape[1])  # shape is (out, in)
+            params[name] = rng.uniform(-bound, bound, size=shape).astype(cfg.dtype)
     return params
+
+
+def truncated_normal(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Standard normal draws redrawn until inside [-2, 2] (``tf.truncated_normal``'s rule)."""
+    z = rng.standard_normal(shape)
+    outside = np.abs(z) > 2
+    while outside.any():
+        z[outside] = rng.standard_normal(int(outside.sum()))
+        outside = np.abs(z) > 2
+    return z
 
 
 def init_alpha(cfg: Config) -> np.ndarray | Params:
@@ -33,3 +46,25 @@ def init_alpha(cfg: Config) -> np.ndarray | Params:
     if cfg.alpha_mode == "per_parameter":
         return {name: np.full(shape, cfg.alpha_init, dtype=cfg.dtype) for name, shape in cfg.param_shapes.items()}
     return np.asarray(cfg.alpha_init, dtype=cfg.dtype)
+
+
+def init_alpha_variable(cfg: Config) -> np.ndarray | Params:
+    """The initial value of what the outer loop learns for α: α itself, or (``alpha_parametrisation``
+    softplus) ρ = softplus⁻¹(alpha_init) = log(expm1(alpha_init)), so that α starts at alpha_init."""
+    alpha = init_alpha(cfg)
+    if cfg.alpha_parametrisation != "softplus":
+        return alpha
+    # log(e^a − 1) = a + log(1 − e^−a): no overflow for large a, no cancellation for small a.
+    rho = cfg.alpha_init + np.log(-np.expm1(-cfg.alpha_init))
+    if isinstance(alpha, dict):
+        return {name: np.full_like(a, rho) for name, a in alpha.items()}
+    return np.asarray(rho, dtype=cfg.dtype)
+
+
+def alpha_from_variable(variable: np.ndarray | Params, cfg: Config) -> np.ndarray | Params:
+    """α from the learned variable in NumPy (a checkpoint's ``alpha``): itself, or softplus(ρ)."""
+    if cfg.alpha_parametrisation != "softplus":
+        return variable
+    if isinstance(variable, dict):
+        return {name: np.logaddexp(v, 0.0).astype(v.dtype) for name, v in variable.items()}
+    return np.asarray(np.logaddexp(variable, 0.0), dtype=np.asarray(variable).dtype)

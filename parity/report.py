@@ -16,7 +16,7 @@ from typing import Any
 
 from parity.checkpoint import MANIFEST_FILE, library_versions
 from parity.config import Config, ConfigError
-from parity.eval import STARTS, read_eval
+from parity.eval import STARTS, read_eval, read_json
 from parity.plots import LABELS, write_figures
 from parity.run import read_metrics
 
@@ -34,10 +34,15 @@ def write_report(run_dir: Path) -> Path:
     """Write the figures and ``run_dir/report.md``; returns the report's path."""
     if not (run_dir / "config.json").exists():
         raise ConfigError("dir", f"{str(run_dir)!r} is not a training run (no config.json); train with --out DIR")
-    cfg = Config.from_json((run_dir / "config.json").read_text())
+    cfg = Config.from_dict(read_json(run_dir / "config.json", "dir"))
     result = read_eval(run_dir)
-    rows = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
-    manifest = json.loads((run_dir / MANIFEST_FILE).read_text()) if (run_dir / MANIFEST_FILE).exists() else {}
+    try:
+        rows = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(
+            "dir", f"{str(run_dir / 'metrics.jsonl')!r} is not JSON lines ({err}); resume the run with train --resume"
+        ) from None
+    manifest = read_json(run_dir / MANIFEST_FILE, "dir") if (run_dir / MANIFEST_FILE).exists() else {}
     figures = write_figures(run_dir, result, rows, cfg)
     path = run_dir / "report.md"
     path.write_text(render(run_dir, cfg, result, rows, manifest, [f.name for f in figures]))

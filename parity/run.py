@@ -19,7 +19,14 @@ from typing import Any, TextIO
 import numpy as np
 
 from parity import training
-from parity.checkpoint import atomic_write, check_resumable, checkpoint_path, read_checkpoint, write_checkpoint
+from parity.checkpoint import (
+    atomic_write,
+    check_resumable,
+    checkpoint_path,
+    read_checkpoint,
+    remove_stale_temporaries,
+    write_checkpoint,
+)
 from parity.config import Config, ConfigError
 from parity.twins import Twin
 
@@ -80,6 +87,10 @@ def train_run(
     checkpoint's step first so no step is logged twice. Without a checkpoint the run starts at 0.
     ``print_every`` > 0 also prints the seed lab's own lines every that many steps.
     Returns the final state and the metric rows (those kept from before a resume included).
+
+    At a step whose loss, gradient or new state is not finite, :class:`parity.training.TrainingDiverged` is
+    raised: ``metrics.jsonl`` holds the steps before it, the last checkpoint written (if any) is
+    left as it was, and no final checkpoint or ``final.npz`` is written.
     """
     if checkpoint_every < 0:
         raise ConfigError("checkpoint_every", f"must be an integer >= 0, got {checkpoint_every}")
@@ -87,6 +98,8 @@ def train_run(
         return _train_share(twin, cfg, out, chunk, resume, checkpoint_every, placement), []
     out.mkdir(parents=True, exist_ok=True)
     state, start, rows = None, 0, []
+    if resume:
+        remove_stale_temporaries(out)  # left by a process killed while writing
     if resume and checkpoint_path(out).exists():
         ckpt = read_checkpoint(out)
         check_resumable(ckpt.config, cfg)
@@ -124,23 +137,29 @@ def train_run(
             os.fsync(log.fileno())
             write_checkpoint(out, twin.train.state_to_numpy(state, cfg), cfg, twin.name)
 
-        state = training.run(
-            twin,
-            cfg,
-            state=state,
-            start=start,
-            iterations=cfg.iterations - start,
-            chunk=chunk,
-            on_chunk=on_chunk,
-            checkpoint_every=checkpoint_every,
-            on_checkpoint=on_checkpoint,
-            placement=placement,
-        )
+        try:
+            state = training.run(
+                twin,
+                cfg,
+                state=state,
+                start=start,
+                iterations=cfg.iterations - start,
+                chunk=chunk,
+                on_chunk=on_chunk,
+                checkpoint_every=checkpoint_every,
+                on_checkpoint=on_checkpoint,
+                placement=placement,
+            )
+        except training.TrainingDiverged:
+            os.fsync(log.fileno())  # the finite steps' metrics stay; nothing else is written
+            if bar is not None:
+                bar.close()
+            raise
         if checkpoint_every == 0 or cfg.iterations % checkpoint_every != 0 or cfg.iterations == start:
             on_checkpoint(cfg.iterations, state)
     if bar is not None:
         bar.close()
-    final = training.final_values(twin, state)
+    final = training.final_values(twin, state, cfg)
     atomic_write(out / "final.npz", lambda f: np.savez(f, **final))  # type: ignore[arg-type]
     return state, rows
 

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +22,8 @@ from parity.checkpoint import (
     expected_layout,
     flatten_state,
     read_checkpoint,
+    remove_stale_temporaries,
+    unflatten_state,
     write_checkpoint,
 )
 from parity.compare import compare_trees
@@ -136,3 +143,90 @@ def test_arrays_that_do_not_fit_the_config_are_refused(tmp_path) -> None:
     with pytest.raises(CheckpointError, match=r"missing \['opt/alpha/count', 'opt/alpha/mu', 'opt/alpha/nu'\]"):
         write_checkpoint(tmp_path, state, SMALL, "jax")
     assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+# A child process that writes one checkpoint and is made to stop inside ``atomic_write``: after
+# half the safetensors bytes reached the disk (mid-write), or after the safetensors file was
+# renamed into place but before checkpoint.json was (between the two renames). It prints
+# "paused" and sleeps until the parent SIGKILLs it.
+PAUSED_WRITER = r"""
+import io, os, sys, time
+from pathlib import Path
+import numpy as np
+from parity import checkpoint
+from parity.config import Config
+
+out, target, cfg = Path(sys.argv[1]), sys.argv[2], Config.from_json(sys.argv[3])
+real = checkpoint.atomic_write
+
+def paused(path, write):
+    if path.name != target:
+        return real(path, write)
+    def half_then_wait(f):
+        buffer = io.BytesIO()
+        write(buffer)
+        data = buffer.getvalue()
+        f.write(data[: len(data) // 2])
+        f.flush()
+        os.fsync(f.fileno())
+        print("paused", flush=True)
+        time.sleep(120)
+    return real(path, half_then_wait)
+
+checkpoint.atomic_write = paused
+flat = checkpoint.flatten_state(checkpoint.read_checkpoint(out).state)  # step 4 -> step 8, values + 1
+flat = {k: v + 1.0 if k.startswith(("params", "alpha")) else v for k, v in flat.items()}
+flat["step"] = np.asarray(8, dtype=np.int64)
+checkpoint.write_checkpoint(out, checkpoint.unflatten_state(flat, cfg), cfg, "torch")
+"""
+
+
+def _state_at(cfg, step: int) -> dict:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(step)
+    arrays = {
+        name: np.asarray(step if name == "step" else 2, dtype=np.int64) if dtype == "int64" else rng.random(shape)
+        for name, (shape, dtype) in expected_layout(cfg).items()
+    }
+    return unflatten_state(arrays, cfg)
+
+
+@pytest.mark.parametrize("target", [CHECKPOINT_FILE, MANIFEST_FILE], ids=["mid-write", "between-renames"])
+def test_sigkill_inside_a_checkpoint_write_leaves_a_loadable_checkpoint(tmp_path, target: str) -> None:
+    cfg = SMALL
+    previous = _state_at(cfg, 4)
+    write_checkpoint(tmp_path, previous, cfg, "jax")
+    before = (tmp_path / CHECKPOINT_FILE).read_bytes()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    child = subprocess.Popen(
+        [sys.executable, "-c", PAUSED_WRITER, str(tmp_path), target, cfg.to_json()],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "paused\n", child.stderr
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait(timeout=30)
+        for stream in (child.stdout, child.stderr):
+            if stream is not None:
+                stream.close()
+    assert child.returncode == -signal.SIGKILL
+    stale = sorted(p.name for p in tmp_path.glob(f".{target}.*.tmp"))
+    assert len(stale) == 1  # the kill did land inside the write
+    ckpt = read_checkpoint(tmp_path)
+    if target == CHECKPOINT_FILE:  # the old checkpoint, byte for byte
+        assert (tmp_path / CHECKPOINT_FILE).read_bytes() == before
+        assert ckpt.step == 4
+        expected = flatten_state(previous)
+    else:  # the new one is in place; checkpoint.json is the previous copy, which loading does not need
+        assert ckpt.step == 8 and json.loads((tmp_path / MANIFEST_FILE).read_text())["step"] == 4
+        expected = {k: v + 1.0 if k.startswith(("params", "alpha")) else v for k, v in flatten_state(previous).items()}
+        expected["step"] = np.asarray(8)
+    got = flatten_state(ckpt.state)
+    assert all(np.array_equal(got[k], expected[k]) for k in expected)
+    # --resume sweeps the leftovers; the next write is whole again.
+    assert [p.name for p in remove_stale_temporaries(tmp_path)] == stale
+    write_checkpoint(tmp_path, previous, cfg, "jax")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [MANIFEST_FILE, CHECKPOINT_FILE]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -165,3 +166,46 @@ def test_sigkill_mid_run_then_resume(tmp_path) -> None:
     expected, actual = final_arrays(reference), final_arrays(out)
     assert all(np.array_equal(expected[k], actual[k]) for k in expected)
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == list(range(steps))
+
+
+@pytest.mark.parametrize("framework", ["jax", "torch"])
+def test_sigkill_at_a_random_moment_then_resume_is_bit_identical(tmp_path, framework: str) -> None:
+    """``python -m parity train`` killed with SIGKILL at a random (seeded) moment: mid-step,
+    mid-checkpoint or mid-log-line, wherever it lands. ``--resume`` then ends bit for bit where
+    the run that was never killed ends: every array of the final checkpoint and every logged step."""
+    steps, every = 200, 5
+    rng = random.Random(f"sigkill-{framework}")  # the same moments on every run of the test
+    kill_after_rows, extra_sleep_s = rng.randint(1, steps - 60), rng.uniform(0.0, 0.05)
+    config = tmp_path / "config_in.json"
+    config.write_text(CFG.replace(iterations=steps).to_json())
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "parity", "train", "--config", str(config), "--framework", framework]
+    cmd += ["--out", str(out), "--checkpoint-every", str(every), "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        log = out / "metrics.jsonl"
+        while time.monotonic() < deadline and proc.poll() is None:
+            if log.exists() and log.read_bytes().count(b"\n") >= kill_after_rows:
+                break
+            time.sleep(0.002)
+        time.sleep(extra_sleep_s)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before the kill: make it longer"
+    killed_at = read_checkpoint(out).step if (out / "checkpoint.safetensors").exists() else 0
+    assert killed_at % every == 0 and killed_at < steps
+
+    done = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert (f"resuming {out} at step {killed_at}" if killed_at else "starting at step 0") in done.stderr
+    reference = tmp_path / "reference"
+    train(framework, reference, steps, checkpoint_every=every)  # the same chunks, never stopped
+    expected, actual = final_arrays(reference), final_arrays(out)
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert np.array_equal(expected[name], actual[name]), name
+    assert without_wall(read_metrics(out / "metrics.jsonl")) == without_wall(read_metrics(reference / "metrics.jsonl"))
+    assert not list(out.glob(".*.tmp"))  # --resume swept what the kill left half-written

@@ -7,10 +7,21 @@ from typing import Any
 import numpy as np
 import torch
 
+from parity.config import Config
+from parity.validate import ArrayTypeError, Spec, check_call
+
 Params = dict[str, torch.Tensor]
 
 
 def forward(params: Params, x: torch.Tensor, activation: str) -> torch.Tensor:
+    """MLP 1 → hidden… → 1 on points ``x`` [..., P, 1] → [..., P, 1], after checking ``x``'s shape
+    and dtype (:func:`mlp` is the same without the checks, for the inner loop).
+    """
+    check_inputs("forward", None, params=params, x=x)
+    return mlp(params, x, activation)
+
+
+def mlp(params: Params, x: torch.Tensor, activation: str) -> torch.Tensor:
     """MLP 1 → hidden… → 1 on points ``x`` [..., P, 1] → [..., P, 1].
 
     Weights are (out, in); parameters may carry the same leading task axes as ``x``.
@@ -55,3 +66,32 @@ def to_numpy(tree: Any) -> Any:
         items = [to_numpy(v) for v in tree]
         return type(tree)(*items) if hasattr(tree, "_fields") else type(tree)(items)
     return tree.detach().cpu().numpy()
+
+
+def check_inputs(function: str, cfg: Config | None, batched_params: bool = False, **arrays: Any) -> None:
+    """Shape and dtype checks of a public function's arguments (``parity.validate.check_call``).
+
+    Reads shapes and dtypes only; raises ``ArrayShapeError`` / ``ArrayTypeError`` naming the argument.
+    """
+    specs = {name: describe(function, name, value) for name, value in arrays.items()}
+    check_call(function, cfg, batched_params=batched_params, **specs)
+
+
+def describe(function: str, argument: str, value: Any) -> Any:
+    """The :class:`parity.validate.Spec` tree of ``value`` (an array, or a dict / tuple of them)."""
+    if isinstance(value, torch.Tensor):
+        return Spec(tuple(value.shape), str(value.dtype).removeprefix("torch."))
+    if isinstance(value, dict):
+        items = list(value.items())
+    elif isinstance(value, (tuple, list)):
+        items = list(enumerate(value))
+    else:
+        raise ArrayTypeError(f"{function}: {argument} must be a torch.Tensor; got {type(value).__name__}")
+    # Arrays directly; only what is not one pays for its argument's name (the checks are per call).
+    specs = [
+        Spec(tuple(v.shape), str(v.dtype).removeprefix("torch."))
+        if isinstance(v, torch.Tensor)
+        else describe(function, f"{argument}[{k!r}]", v)
+        for k, v in items
+    ]
+    return dict(zip(value, specs, strict=True)) if isinstance(value, dict) else specs
