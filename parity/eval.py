@@ -133,17 +133,37 @@ def adaptation_curves(
     return np.stack(preds)  # [S+1, N, P]
 
 
-def error_summary(preds: np.ndarray, y: np.ndarray) -> dict[str, list[float]]:
+# Query MSE above this is a diverged fit (sinusoid amplitudes here are at most a few units).
+DIVERGED_MSE = 1e6
+
+
+def error_summary(preds: np.ndarray, y: np.ndarray) -> dict[str, list[Any]]:
     """MSE and L1 per task on the query points, then mean and 95% CI over tasks, per step.
 
-    ``preds`` [S+1, N, P], ``y`` [N, P]; statistics in float64 whatever the run's dtype.
+    ``preds`` [S+1, N, P], ``y`` [N, P]; statistics in float64 whatever the run's dtype. A task
+    whose prediction is no longer finite has diverged: ``diverged`` counts them per step, the
+    statistics are over the other tasks, and a step where every task diverged has ``None``
+    (JSON null) rather than a NaN passed along. A fit with MSE above ``DIVERGED_MSE`` counts as
+    diverged too: its prediction is already off by a thousand times the largest amplitude, and one
+    such number would otherwise be the whole mean.
     """
     err = preds.astype(np.float64) - y.astype(np.float64)[None]  # [S+1, N, P]
-    out: dict[str, list[float]] = {"steps": list(range(preds.shape[0]))}
-    for name, per_task in (("mse", np.mean(err**2, axis=-1)), ("l1", np.mean(np.abs(err), axis=-1))):  # [S+1, N]
-        n = per_task.shape[1]
-        out[f"{name}_mean"] = [float(v) for v in per_task.mean(axis=1)]
-        out[f"{name}_ci95"] = [float(v) for v in Z95 * per_task.std(axis=1, ddof=1) / math.sqrt(n)]
+    with np.errstate(over="ignore", invalid="ignore"):  # diverged tasks are dropped just below
+        per_point = {"mse": err**2, "l1": np.abs(err)}
+        finite = np.all(np.isfinite(err), axis=-1) & (np.mean(per_point["mse"], axis=-1) <= DIVERGED_MSE)  # [S+1, N]
+    out: dict[str, list[Any]] = {"steps": list(range(preds.shape[0]))}
+    out["diverged"] = [int(finite.shape[1] - f.sum()) for f in finite]
+    for name, values in per_point.items():
+        per_task = np.mean(values, axis=-1)  # [S+1, N]
+        means: list[float | None] = []
+        cis: list[float | None] = []
+        for k in range(per_task.shape[0]):
+            kept = per_task[k][finite[k]]
+            means.append(float(kept.mean()) if kept.size else None)
+            cis.append(
+                float(Z95 * kept.std(ddof=1) / math.sqrt(kept.size)) if kept.size > 1 else (0.0 if kept.size else None)
+            )
+        out[f"{name}_mean"], out[f"{name}_ci95"] = means, cis
     return out
 
 
@@ -234,7 +254,9 @@ def evaluate_run(
         "versions": library_versions(),
     }
     if write:
-        atomic_write(run_dir / "eval.json", lambda f: f.write((json.dumps(out, indent=1) + "\n").encode()))
+        atomic_write(
+            run_dir / "eval.json", lambda f: f.write((json.dumps(out, indent=1, allow_nan=False) + "\n").encode())
+        )
     return out
 
 
@@ -266,12 +288,23 @@ def summary_lines(result: dict[str, Any], steps: tuple[int, ...] | None = None) 
         f"{result['tasks']} held-out tasks, {result['shots']} shots, {result['framework']} {result['dtype']}, "
         f"alpha {_short(result['alpha'])}; query MSE (mean ± 95% CI) after k adaptation steps"
     ]
+    notes = []
     for i, shift in enumerate(result["phase_shifts"]):
         lines.append(f"phase shift {shift:.4g}:" + "".join(f"{f'k={k}':>20}" for k in steps))
         for name in STARTS:
             rec = result[name][i]
             cells = "".join(f"{_pm(rec['mse_mean'][k], rec['mse_ci95'][k]):>20}" for k in steps)
             lines.append(f"  {name:<15}{cells}")
+            diverged = rec.get("diverged", [0] * (S + 1))
+            if any(diverged[k] for k in steps):
+                counts = ", ".join(f"k={k}: {diverged[k]}" for k in steps if diverged[k])
+                notes.append(
+                    f"  {name}, phase shift {shift:.4g}: tasks diverged "
+                    f"(non-finite or MSE > {DIVERGED_MSE:g}; left out) {counts}"
+                )
+    if notes:
+        lines.append(f"diverged tasks, of {result['tasks']}:")
+        lines.extend(notes)
     return lines
 
 
@@ -318,7 +351,11 @@ def _alpha_summary(alpha: Any) -> Any:
     return float(alpha)
 
 
-def _pm(mean: float, ci: float) -> str:
+def _pm(mean: float | None, ci: float | None) -> str:
+    if mean is None or ci is None:
+        return "all diverged"
+    if abs(mean) >= 1e3:  # keep the table's columns: the digits after the point say nothing here
+        return f"{mean:.3e} ± {ci:.1e}"
     return f"{mean:.4f} ± {ci:.4f}"
 
 
@@ -328,9 +365,10 @@ def _short(value: Any) -> str:
     return f"{value:.4g}"
 
 
-def _rounded(values: np.ndarray) -> list[float]:
-    # Six significant digits: enough to draw a curve, and eval.json stays readable.
-    return [float(f"{v:.6g}") for v in np.asarray(values, dtype=np.float64)]
+def _rounded(values: np.ndarray) -> list[float | None]:
+    # Six significant digits: enough to draw a curve, and eval.json stays readable. A diverged
+    # prediction is null: JSON has no NaN or infinity, and none is passed along.
+    return [float(f"{v:.6g}") if np.isfinite(v) else None for v in np.asarray(values, dtype=np.float64)]
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:

@@ -70,9 +70,15 @@ def fit_figure(result: dict[str, Any], cfg: Config, path: Path) -> Path:
             ax = axes[r][c]
             ax.plot(fit["x"], fit["y"], color="black", lw=2, label="true sinusoid")
             ax.plot(
-                fit["x"], fit[name][0], color=COLORS[name], lw=1.3, ls="--", alpha=0.7, label="network before adapting"
+                fit["x"],
+                _nan(fit[name][0]),
+                color=COLORS[name],
+                lw=1.3,
+                ls="--",
+                alpha=0.7,
+                label="network before adapting",
             )
-            ax.plot(fit["x"], fit[name][T], color=COLORS[name], lw=2, label=f"after {T} gradient steps")
+            ax.plot(fit["x"], _nan(fit[name][T]), color=COLORS[name], lw=2, label=f"after {T} gradient steps")
             ax.scatter(
                 fit["x_support"],
                 fit["y_support"],
@@ -105,7 +111,7 @@ def adaptation_figure(result: dict[str, Any], cfg: Config, path: Path) -> Path:
     for ax, i in zip(axes, panels, strict=True):
         for name in LABELS:
             rec = result[name][i]
-            steps, mean, ci = np.array(rec["steps"]), np.array(rec["mse_mean"]), np.array(rec["mse_ci95"])
+            steps, mean, ci = np.array(rec["steps"]), _nan(rec["mse_mean"]), _nan(rec["mse_ci95"])
             ax.plot(steps, mean, marker="o", ms=3.5, color=COLORS[name], label=LABELS[name])
             ax.fill_between(steps, mean - ci, mean + ci, color=COLORS[name], alpha=0.2, lw=0)
         ax.axvline(
@@ -132,9 +138,9 @@ def phase_shift_figure(result: dict[str, Any], cfg: Config, path: Path) -> Path:
     fig = _figure(7.5, 5.4)
     ax = fig.subplots()
     for name in LABELS:
-        mean = np.array([result[name][i]["mse_mean"][T] for i in order])
-        ci = np.array([result[name][i]["mse_ci95"][T] for i in order])
-        before = np.array([result[name][i]["mse_mean"][0] for i in order])
+        mean = _nan([result[name][i]["mse_mean"][T] for i in order])
+        ci = _nan([result[name][i]["mse_ci95"][T] for i in order])
+        before = _nan([result[name][i]["mse_mean"][0] for i in order])
         ax.errorbar(
             shifts[order],
             mean,
@@ -269,3 +275,8 @@ def _alpha_text(alpha: Any) -> str:
     if isinstance(alpha, dict):
         return f"{alpha['mean']:.3g} (mean of a per-parameter α)"
     return f"{alpha:.3g}"
+
+
+def _nan(values: list[float | None]) -> np.ndarray:
+    """eval.json writes null where every task diverged; matplotlib leaves NaN points out."""
+    return np.array([np.nan if v is None else v for v in values], dtype=float)

@@ -88,7 +88,7 @@ def render(
             out.append("|---|" + "---:|" * len(steps))
             for name in STARTS:
                 rec = result[name][i]
-                cells = [f"{rec[f'{metric}_mean'][k]:.4f} ± {rec[f'{metric}_ci95'][k]:.4f}" for k in steps]
+                cells = [_pm(rec[f"{metric}_mean"][k], rec[f"{metric}_ci95"][k]) for k in steps]
                 out.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
             out.append("")
     if figures:
@@ -128,19 +128,35 @@ def _headline(result: dict[str, Any], T: int) -> list[str]:
     lines = [
         "## Summary",
         "",
-        f"- After {T} adaptation steps (T of meta-training), query MSE: meta **{meta0:.4f}**, "
-        f"random **{rand0:.4f}** ({rand0 / meta0:.1f}× the meta init's), pretrained **{pre0:.4f}** "
-        f"({pre0 / meta0:.1f}×).",
+        f"- After {T} adaptation steps (T of meta-training), query MSE: meta **{_num(meta0)}**, "
+        f"random **{_num(rand0)}** ({_ratio(rand0, meta0)} the meta init's), pretrained **{_num(pre0)}** "
+        f"({_ratio(pre0, meta0)}).",
     ]
     if len(result["phase_shifts"]) > 1:
         i = max(range(len(result["phase_shifts"])), key=lambda j: abs(result["phase_shifts"][j]))
         shifted, shifted_random = result["meta"][i]["mse_mean"][T], result["random"][i]["mse_mean"][T]
         lines.append(
             f"- Phase-shifted tasks (B = {result['phase_shifts'][i]:.4g}): meta MSE after {T} steps "
-            f"**{shifted:.4f}**, {shifted / meta0:.1f}× the unshifted {meta0:.4f}; random init {shifted_random:.4f}."
+            f"**{_num(shifted)}**, {_ratio(shifted, meta0)} the unshifted {_num(meta0)}; "
+            f"random init {_num(shifted_random)}."
         )
     lines.append("")
     return lines
+
+
+# eval.json holds null where every task diverged (see parity.eval.error_summary).
+
+
+def _num(value: float | None) -> str:
+    return "all diverged" if value is None else f"{value:.4f}"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return "n/a" if a is None or b is None or b == 0 else f"{a / b:.1f}×"
+
+
+def _pm(mean: float | None, ci: float | None) -> str:
+    return "all diverged" if mean is None or ci is None else f"{mean:.4f} ± {ci:.4f}"
 
 
 def _alpha_text(alpha: Any) -> str:

@@ -65,6 +65,18 @@ def test_error_summary_against_hand_computed_numbers() -> None:
     assert out["mse_ci95"][1] == out["l1_ci95"][1] == 0.0
 
 
+def test_diverged_tasks_are_counted_and_left_out_never_passed_along_as_nan() -> None:
+    y = np.array([[1.0, -1.0], [2.0, 2.0], [0.0, 3.0]])  # [N=3, P=2]
+    preds = np.stack([np.zeros_like(y), y, y])  # [S+1=3, N, P]
+    preds[1, 0, 0] = np.nan  # task 0 diverged at step 1
+    preds[2] = 1e5  # every task off by ~1e5 at step 2: MSE ~1e10 > DIVERGED_MSE
+    out = error_summary(preds, y)
+    assert out["diverged"] == [0, 1, 3]
+    assert out["mse_mean"][1] == 0.0  # tasks 1 and 2 fit perfectly; task 0 is left out
+    assert out["mse_mean"][2] is None and out["mse_ci95"][2] is None and out["l1_mean"][2] is None
+    json.dumps(out, allow_nan=False)  # strict JSON: no NaN anywhere
+
+
 @pytest.mark.parametrize("framework", ["jax", "torch"])
 def test_adaptation_steps_equal_the_training_inner_loop(framework: str) -> None:
     """Step k of the evaluation equals the twin's own ``adapt`` with T = k (another code path:
@@ -121,7 +133,15 @@ def test_eval_json_layout_and_cli(jax_run, capsys) -> None:
     for start in STARTS:
         assert [r["phase_shift"] for r in result[start]] == [0.0, math.pi / 2]
         assert result[start][0]["steps"] == [0, 1, 2]
-        assert set(result[start][0]) == {"phase_shift", "steps", "mse_mean", "mse_ci95", "l1_mean", "l1_ci95"}
+        assert set(result[start][0]) == {
+            "phase_shift",
+            "steps",
+            "diverged",
+            "mse_mean",
+            "mse_ci95",
+            "l1_mean",
+            "l1_ci95",
+        }
     # Before adapting, `meta` is the checkpoint's network: its error by a NumPy forward pass.
     params = read_checkpoint(jax_run).state["params"]
     tasks = eval_tasks(CFG, 20, CFG.k_support, 0.0)
