@@ -10,25 +10,37 @@ the functions below are written for the points of one task and any leading task 
 from __future__ import annotations
 
 import functools
+import math
+from collections.abc import Callable
 from typing import Union
 
 import jax
 import jax.numpy as jnp
 
-from jax_impl.model import Params, forward, point_loss
+from jax_impl.model import Params, check_inputs, mlp, point_loss
 from parity.config import Config
 
 Alpha = Union[jax.Array, Params]  # a 0-d array, or one array per parameter (per_parameter mode)
 Tasks = tuple[jax.Array, jax.Array, jax.Array, jax.Array]
 
 # Inner loops up to this length are unrolled into straight-line code; longer ones stay a rolled
-# scan. 0: never unroll (XLA CPU compiles a rolled scan 1.5-2x faster at T = 5-10, runs as fast).
+# scan. 0: never unroll. On one CPU core at seed-alpha (T = 5; docs/performance.md) unrolling
+# saves 11-13% per outer step at B = 1 and 20-30% at B = 25, and costs ~1 s more compile (3.05 s
+# against 2.05 s); `maml-parity bench --quick --unroll 5` measures both.
 UNROLL_UP_TO = 0
 
 
 def inner_loss(params: Params, x: jax.Array, y: jax.Array, cfg: Config) -> jax.Array:
-    """Loss of each task on points ``x``, ``y`` [..., P, 1] → [...]."""
-    return point_loss(forward(params, x, cfg.activation), y, cfg.loss)
+    """Loss of each task on points ``x``, ``y`` [..., P, 1] → [...]; ``params`` may carry the
+    leading task axes of ``x``. Checks shapes and dtypes first (:func:`_inner_loss` does not).
+    """
+    check_inputs("inner_loss", cfg, batched_params=True, params=params, x=x, y=y)
+    return _inner_loss(params, x, y, cfg)
+
+
+def _inner_loss(params: Params, x: jax.Array, y: jax.Array, cfg: Config) -> jax.Array:
+    # inner_loss without the input checks: the inner loop calls it every step.
+    return point_loss(mlp(params, x, cfg.activation), y, cfg.loss)
 
 
 def alpha_for(alpha: Alpha, name: str) -> jax.Array:
@@ -48,7 +60,7 @@ def inner_step(params: Params, alpha: Alpha, x: jax.Array, y: jax.Array, cfg: Co
     def summed(p: Params) -> tuple[jax.Array, jax.Array]:
         # Each task's parameters see only that task's loss, so the gradient of the sum over
         # tasks is every task's own gradient.
-        losses = inner_loss(p, x, y, cfg)
+        losses = _inner_loss(p, x, y, cfg)
         return losses.sum(), losses
 
     (_, losses), grads = jax.value_and_grad(summed, has_aux=True)(params)
@@ -60,26 +72,62 @@ def inner_step(params: Params, alpha: Alpha, x: jax.Array, y: jax.Array, cfg: Co
 
 def adapt(params: Params, alpha: Alpha, x: jax.Array, y: jax.Array, cfg: Config) -> tuple[Params, jax.Array]:
     """``cfg.inner_steps`` steps on the support set; returns (adapted params, losses [..., T])."""
+    check_inputs("adapt", cfg, params=params, alpha=alpha, x=x, y=y)
     params = broadcast_to_tasks(params, x)
     T = cfg.inner_steps
 
     def step(p: Params, _: None) -> tuple[Params, jax.Array]:
         return inner_step(p, alpha, x, y, cfg)
 
-    unroll = T if 0 < T <= UNROLL_UP_TO else 1
-    params, losses = jax.lax.scan(step, params, None, length=T, unroll=unroll)  # losses [T, ...]
+    if cfg.remat:
+        params, losses = rematerialised_loop(params, alpha, x, y, cfg)  # losses [T, ...]
+    else:
+        unroll = T if 0 < T <= UNROLL_UP_TO else 1
+        params, losses = jax.lax.scan(step, params, None, length=T, unroll=unroll)  # losses [T, ...]
     return params, jnp.moveaxis(losses, 0, -1)
+
+
+def rematerialised_loop(
+    params: Params, alpha: Alpha, x: jax.Array, y: jax.Array, cfg: Config
+) -> tuple[Params, jax.Array]:
+    """``adapt``'s inner loop with O(√T) memory: returns (adapted params, losses [T, ...]).
+
+    √T checkpointing (Chen et al. 2016, "Training deep nets with sublinear memory cost"): the
+    loop runs in segments of k = ⌈√T⌉ steps; only each segment's input parameters are kept for
+    the backward pass, which recomputes one segment at a time. Memory ≈ T/k saved parameter sets
+    plus one segment's intermediates, instead of every step's; time ≈ one more forward pass.
+    (Checkpointing each step alone keeps T parameter sets: at the seed's size, with 4 points per
+    task, that is already a third of what the plain loop keeps.)
+    """
+    T = cfg.inner_steps
+    k = max(1, math.ceil(math.sqrt(T)))
+    n_segments, tail = divmod(T, k)
+
+    def step(p: Params, _: None) -> tuple[Params, jax.Array]:
+        return inner_step(p, alpha, x, y, cfg)
+
+    def segment(length: int) -> Callable[[Params, None], tuple[Params, jax.Array]]:
+        # jax.checkpoint: the segment's residuals are not stored but recomputed from its input.
+        return jax.checkpoint(lambda p, _: jax.lax.scan(step, p, None, length=length))
+
+    params, losses = jax.lax.scan(segment(k), params, None, length=n_segments)  # losses [n, k, ...]
+    losses = losses.reshape((n_segments * k, *losses.shape[2:]))
+    if tail:
+        params, tail_losses = segment(tail)(params, None)  # [tail, ...]
+        losses = jnp.concatenate([losses, tail_losses])
+    return params, losses
 
 
 def task_losses(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config) -> tuple[jax.Array, jax.Array]:
     """Adapt on each task's support set; returns (query loss [...], support losses [..., T])."""
     x_support, y_support, x_query, y_query = tasks
     adapted, support_losses = adapt(params, alpha, x_support, y_support, cfg)
-    return inner_loss(adapted, x_query, y_query, cfg), support_losses
+    return _inner_loss(adapted, x_query, y_query, cfg), support_losses
 
 
 def meta_loss(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config) -> tuple[jax.Array, jax.Array]:
     """The meta-objective: (mean query loss over the meta-batch [], mean support losses [T])."""
+    check_inputs("meta_loss", cfg, params=params, alpha=alpha, tasks=tasks)
     outer, inner = jax.vmap(lambda task: task_losses(params, alpha, task, cfg))(tasks)  # [B], [B, T]
     return outer.mean(), inner.mean(0)
 
@@ -88,6 +136,7 @@ def meta_value_and_grad(
     params: Params, alpha: Alpha, tasks: Tasks, cfg: Config
 ) -> tuple[tuple[jax.Array, jax.Array], tuple[Params, Alpha]]:
     """((outer loss [], support losses [T]), (dL/dparams, dL/dα)), differentiated through T steps."""
+    check_inputs("meta_value_and_grad", cfg, params=params, alpha=alpha, tasks=tasks)
     # Compiled once per meta_signature: seeds, α values and learning rates share one executable.
     return _meta_value_and_grad(params, alpha, tasks, cfg.meta_signature())
 
@@ -100,9 +149,7 @@ def _meta_value_and_grad(
     return (loss, inner), grads
 
 
-def inner_step_gains(
-    params: Params, alpha: Alpha, tasks: Tasks, cfg: Config, iterations: int = 30
-) -> jax.Array:
+def inner_step_gains(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config, iterations: int = 30) -> jax.Array:
     """Gain of each inner step of each task, max|1 − α·λ(H_t)| [B, T], for the stability gate.
 
     H_t is the support-loss Hessian at w_t. Power iteration runs on the linearised step
@@ -121,7 +168,7 @@ def _inner_step_gains(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config, i
 
         def step(p: Params, _: None) -> tuple[Params, jax.Array]:
             gain = _step_gain(p, alpha, x, y, cfg, iterations)
-            p, _ = inner_step(p, alpha, x, y, cfg)
+            p, _losses = inner_step(p, alpha, x, y, cfg)
             return p, gain
 
         _, gains = jax.lax.scan(step, broadcast_to_tasks(params, x), None, length=cfg.inner_steps)
@@ -138,7 +185,7 @@ def _step_gain(params: Params, alpha: Alpha, x: jax.Array, y: jax.Array, cfg: Co
         return jax.jvp(grad_fn, (params,), (v,))[1]
 
     def power_step(_: int, carry: tuple[Params, jax.Array]) -> tuple[Params, jax.Array]:
-        v, _ = carry
+        v, _previous_gain = carry
         hv = hvp(v)
         jv = {name: v[name] - alpha_for(alpha, name) * hv[name] for name in v}
         gain = jnp.sqrt(_dot(jv, jv))

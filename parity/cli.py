@@ -311,6 +311,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         command=_bench_command(args),
         unroll=args.unroll,
         chunk=args.chunk,
+        pin=not args.no_pin,
     )
     for line in bench.summary_lines(result):
         print(line)
@@ -325,6 +326,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def _bench_command(args: argparse.Namespace) -> str:
     words = ["maml-parity bench", "--quick" if args.quick else "", f"--device {args.device} --threads {args.threads}"]
+    words.append("--no-pin" if args.no_pin else "")
     flags = ("repeats", "unroll", "chunk", "json", "plot")
     words += [f"--{flag} {getattr(args, flag)}" for flag in flags if getattr(args, flag) is not None]
     return " ".join(w for w in words if w)
@@ -432,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="FILE.png", help="time per task-step against B and T, log axes")
     p.add_argument("--unroll", type=_int_flag("unroll"), metavar="T", help="JAX: unroll inner loops up to T steps")
     p.add_argument("--chunk", type=_int_flag("chunk"), metavar="N", help="JAX: outer steps per compiled call")
+    p.add_argument("--no-pin", action="store_true", help="do not bind the process to --threads cores")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="the main job: seed-alpha in JAX and PyTorch, compared")
