@@ -22,6 +22,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jax_impl import train
+from jax_impl.meta import Tasks
 from parity.config import Config, ConfigError
 
 TASKS_AXIS = "tasks"
@@ -67,15 +68,17 @@ class Placement:
     def state(self, state: Any) -> Any:
         return jax.device_put(state, NamedSharding(self.mesh, PartitionSpec()))
 
-    def tasks(self, tasks: tuple[np.ndarray, ...], dtype: str) -> tuple[jax.Array, ...]:
+    def tasks(self, tasks: tuple[np.ndarray, ...], dtype: str) -> Tasks:
         """NumPy ``[N, B, P, 1]`` → global arrays sharded on B; each process fills its own shards."""
         sharding = NamedSharding(self.mesh, PartitionSpec(None, TASKS_AXIS))
-        return tuple(
-            jax.make_array_from_callback(t.shape, sharding, lambda index, t=t: np.asarray(t[index], dtype=dtype))
-            for t in tasks
-        )
 
-    def train_chunk(self, state: Any, tasks: tuple[jax.Array, ...], cfg: Config) -> tuple[Any, dict[str, Any]]:
+        def place(t: np.ndarray) -> jax.Array:
+            return jax.make_array_from_callback(t.shape, sharding, lambda index: np.asarray(t[index], dtype=dtype))
+
+        x_support, y_support, x_query, y_query = (place(t) for t in tasks)
+        return x_support, y_support, x_query, y_query
+
+    def train_chunk(self, state: Any, tasks: Tasks, cfg: Config) -> tuple[Any, dict[str, Any]]:
         return train.train_chunk(state, tasks, cfg)  # partitioned by the shardings of its inputs
 
 

@@ -8,4 +8,4 @@ from parity.config import PRESETS, Config, ConfigError, get_preset
 
 __version__ = "0.1.0"
 
-__all__ = ["PRESETS", "Config", "ConfigError", "get_preset", "__version__"]
+__all__ = ["PRESETS", "Config", "ConfigError", "__version__", "get_preset"]

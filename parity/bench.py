@@ -318,6 +318,7 @@ def prepare_jax(setting: Setting, device: str, steps: int | None = None) -> Prep
     }
     with contextlib.suppress(Exception):  # not every backend reports it
         ma = compiled.memory_analysis()
+        assert ma is not None
         extra["xla_temp_mb"] = ma.temp_size_in_bytes / 2**20
         extra["xla_total_mb"] = (ma.temp_size_in_bytes + ma.argument_size_in_bytes + ma.output_size_in_bytes) / 2**20
 
@@ -334,7 +335,10 @@ def _xla_peak(extra: dict[str, Any], rss: bool) -> Callable[[], contextlib.Abstr
     @contextlib.contextmanager
     def peak() -> Iterator[dict[str, float]]:
         out: dict[str, float] = {}
-        with host_peak() if rss else contextlib.nullcontext({}) as host:
+        measured: contextlib.AbstractContextManager[dict[str, float]] = (
+            host_peak() if rss else contextlib.nullcontext({})
+        )
+        with measured as host:
             yield out
         if "mb" in host:
             extra["rss_peak_mb"] = host["mb"]
@@ -415,7 +419,8 @@ def prepare_seed_loop(setting: Setting, device: str, min_call_s: float) -> Prepa
 
         def call() -> None:
             for i in range(steps):
-                seed_loop.seed_step(state, *(t[i] for t in tasks), cfg)
+                x, y, v_x, v_y = (t[i] for t in tasks)
+                seed_loop.seed_step(state, x, y, v_x, v_y, cfg)
             sync()
 
         return call
@@ -424,7 +429,8 @@ def prepare_seed_loop(setting: Setting, device: str, min_call_s: float) -> Prepa
     probe_setting = dataclasses.replace(setting, B=min(setting.B, 2))
     probe_tasks = seed_loop.to_tensors(sample_batches(probe_setting.cfg(), 0, 1), cfg.dtype, dev)
     t = time.perf_counter()
-    seed_loop.seed_step(state, *(x[0] for x in probe_tasks), cfg)
+    x, y, v_x, v_y = (t[0] for t in probe_tasks)
+    seed_loop.seed_step(state, x, y, v_x, v_y, cfg)
     sync()
     per_task = (time.perf_counter() - t) / probe_setting.B
     steps = _steps_for(per_task * setting.B, min_call_s, 200)

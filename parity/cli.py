@@ -36,7 +36,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_config_flags(p: argparse.ArgumentParser, default_preset: str, framework: bool = True) -> None:
-    p.add_argument("--preset", default=default_preset, help=f"named config ({', '.join(PRESETS)}); default {default_preset}")
+    p.add_argument(
+        "--preset", default=default_preset, help=f"named config ({', '.join(PRESETS)}); default {default_preset}"
+    )
     p.add_argument("--config", metavar="FILE.json", help="JSON config; its keys override the preset's")
     if framework:
         p.add_argument("--framework", default="jax", help="jax | torch (default jax)")
@@ -302,6 +304,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for flag in ("json", "plot"):
         if getattr(args, flag):
             _output_file(getattr(args, flag), flag)
+    if args.scaling:
+        return _bench_scaling(args)
     result = bench.run_bench(
         quick=args.quick,
         device=args.device,
@@ -320,6 +324,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"wrote {args.json}")
     if args.plot:
         bench.write_plot(result, Path(args.plot))
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _bench_scaling(args: argparse.Namespace) -> int:
+    from parity import scaling
+
+    if args.device not in ("cpu", "gpu"):
+        raise ConfigError("device", f"must be one of cpu, gpu; got {args.device!r}")
+    print(f"bench --scaling: JAX twin, sharded meta-batch, {args.device} devices {list(scaling.DEVICE_COUNTS)}")
+    print(scaling.SCALING_HEADER, flush=True)
+    kwargs = {"repeats": args.repeats} if args.repeats else {}
+    result = scaling.run_scaling(device=args.device, progress=lambda line: print(line, flush=True), **kwargs)
+    result["machine"]["command"] = _bench_command(args) + " --scaling"
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    if args.plot:
+        scaling.write_scaling_plot(result, Path(args.plot))
         print(f"wrote {args.plot}")
     return 0
 
@@ -435,6 +458,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unroll", type=_int_flag("unroll"), metavar="T", help="JAX: unroll inner loops up to T steps")
     p.add_argument("--chunk", type=_int_flag("chunk"), metavar="N", help="JAX: outer steps per compiled call")
     p.add_argument("--no-pin", action="store_true", help="do not bind the process to --threads cores")
+    p.add_argument(
+        "--scaling",
+        action="store_true",
+        help="instead: JAX tasks/s against 1, 2, 4 devices, strong and weak (forced host devices on a CPU)",
+    )
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="the main job: seed-alpha in JAX and PyTorch, compared")

@@ -135,3 +135,22 @@ def test_gpu_request_without_gpu_fails_clearly(capsys, restore_env):
     assert captured.out == ""
     err = captured.err.strip().splitlines()
     assert len(err) == 1 and "device" in err[0] and "gpu" in err[0]
+
+
+def test_scaling_rows_from_forced_host_devices():
+    """bench --scaling machinery on a tiny setting: structure and self-consistent ratios, no timing claims."""
+    from parity.scaling import run_scaling
+
+    result = run_scaling(counts=(1, 2), strong_batch=4, weak_batch=2, inner_steps=1, steps=2, repeats=1)
+    rows = result["rows"]
+    assert [(r["mode"], r["devices"], r["B"]) for r in rows] == [
+        ("strong", 1, 4),
+        ("strong", 2, 4),
+        ("weak", 1, 2),
+        ("weak", 2, 4),
+    ]
+    for r in rows:
+        assert r["platform"] == "cpu" and r["tasks_per_s"] > 0 and math.isfinite(r["us_per_step"])
+        assert r["tasks_per_s"] == pytest.approx(r["B"] / (r["us_per_step"] * 1e-6), rel=1e-9)
+    assert rows[0]["speedup"] == rows[2]["speedup"] == 1.0
+    assert rows[1]["efficiency"] == pytest.approx(rows[1]["speedup"] / 2)

@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 from parity.config import Config, ConfigError
 from torch_impl import meta, train
+from torch_impl.meta import Tasks
 from torch_impl.model import to_arrays
 
 
@@ -86,11 +87,14 @@ class Placement:
     def state(self, state: Any) -> Any:
         return state  # every rank builds the same state from the same seed or checkpoint
 
-    def tasks(self, tasks: tuple[np.ndarray, ...], dtype: str) -> tuple[torch.Tensor, ...]:
+    def tasks(self, tasks: tuple[np.ndarray, ...], dtype: str) -> Tasks:
         b = tasks[0].shape[1] // self.world
-        return tuple(to_arrays(t[:, self.rank * b : (self.rank + 1) * b], dtype) for t in tasks)
+        x_support, y_support, x_query, y_query = (
+            to_arrays(t[:, self.rank * b : (self.rank + 1) * b], dtype) for t in tasks
+        )
+        return x_support, y_support, x_query, y_query
 
-    def train_chunk(self, state: Any, tasks: tuple[torch.Tensor, ...], cfg: Config) -> tuple[Any, dict[str, Any]]:
+    def train_chunk(self, state: Any, tasks: Tasks, cfg: Config) -> tuple[Any, dict[str, Any]]:
         if self.world == 1:
             return train.train_chunk(state, tasks, cfg)
         return train.train_chunk(state, tasks, cfg, grad_fn=all_reduced_meta_value_and_grad)

@@ -122,8 +122,8 @@ def run(cfg: Config, iterations: int | None = None, state: SeedState | None = No
     state = init_state(cfg) if state is None else state
     n = cfg.iterations if iterations is None else iterations
     for _ in range(n):
-        tasks = to_tensors(sample_batch(cfg, state.step), cfg.dtype)
-        seed_step(state, *tasks, cfg)
+        x, y, v_x, v_y = to_tensors(sample_batch(cfg, state.step), cfg.dtype)
+        seed_step(state, x, y, v_x, v_y, cfg)
     return state
 
 
