@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,12 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ["train", "--preset", "seed-alpha", "--dtype", "float64", "--iterations", "12", "--no-progress"]
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return int(sock.getsockname()[1])
+
+
 def run(args: list[str], devices: int = 1, torchrun: int = 0) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
@@ -26,7 +33,9 @@ def run(args: list[str], devices: int = 1, torchrun: int = 0) -> subprocess.Comp
             sys.executable,
             "-m",
             "torch.distributed.run",
-            "--standalone",
+            "--nnodes=1",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint=localhost:{free_port()}",  # never a port a previous run still holds
             f"--nproc_per_node={torchrun}",
             "-m",
             "parity",
@@ -119,7 +128,7 @@ def test_torch_two_process_gloo_group_matches_one_process(tmp_path, config_b8):
     assert one.returncode == 0, one.stderr
     two = run([*TRAIN, "--framework", "torch", "--config", config_b8, "--out", str(tmp_path / "two")], torchrun=2)
     assert two.returncode == 0, two.stderr
-    assert "split over 2 devices" in two.stdout
+    assert "split over 2 devices" in two.stdout, (two.stdout, two.stderr)
     assert_same_run(tmp_path / "two", tmp_path / "one")
 
 
