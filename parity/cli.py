@@ -53,31 +53,16 @@ def _add_config_flags(p: argparse.ArgumentParser, default_preset: str, framework
     )
 
 
-def _int_flag(field: str) -> Any:
+def _int_flag(field: str, minimum: int | None = None) -> Any:
+    """An argparse type: an integer, at least ``minimum`` when given; errors name the field."""
+
     def parse(text: str) -> int:
         try:
-            return int(text)
+            value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{field}: must be an integer, got {text!r}") from None
-
-    return parse
-
-
-def _nonneg_int_flag(field: str) -> Any:
-    def parse(text: str) -> int:
-        value = _int_flag(field)(text)
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"{field}: must be an integer >= 0, got {value}")
-        return value
-
-    return parse
-
-
-def _positive_int_flag(field: str) -> Any:
-    def parse(text: str) -> int:
-        value = _int_flag(field)(text)
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{field}: must be an integer >= 1, got {value}")
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"{field}: must be an integer >= {minimum}, got {value}")
         return value
 
     return parse
@@ -385,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument(
         "--print-every",
-        type=_nonneg_int_flag("print_every"),
+        type=_int_flag("print_every", 0),
         default=0,
         metavar="N",
         help="the seed's printout every N steps",
@@ -394,21 +379,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from DIR's checkpoint (either twin's), bit for bit")
     p.add_argument(
         "--devices",
-        type=_positive_int_flag("devices"),
+        type=_int_flag("devices", 1),
         metavar="N",
         help="split each meta-batch over N devices (JAX: default the most local devices that divide it; "
         "PyTorch: the torchrun world size)",
     )
     p.add_argument("--coordinator", metavar="HOST:PORT", help="JAX multi-host: jax.distributed coordinator address")
-    p.add_argument(
-        "--num-processes", type=_positive_int_flag("num_processes"), metavar="N", help="JAX multi-host: processes"
-    )
-    p.add_argument(
-        "--process-id", type=_nonneg_int_flag("process_id"), metavar="I", help="JAX multi-host: this process"
-    )
+    p.add_argument("--num-processes", type=_int_flag("num_processes", 1), metavar="N", help="JAX multi-host: processes")
+    p.add_argument("--process-id", type=_int_flag("process_id", 0), metavar="I", help="JAX multi-host: this process")
     p.add_argument(
         "--checkpoint-every",
-        type=_positive_int_flag("checkpoint_every"),
+        type=_int_flag("checkpoint_every", 1),
         metavar="N",
         help="also checkpoint every N >= 1 steps (default: only at the end)",
     )
@@ -448,12 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="only seed-alpha at B=1 and B=25, T=5 (under two minutes)")
     p.add_argument("--json", metavar="FILE", help="write {machine, rows, targets, skipped} as JSON")
     p.add_argument("--device", default="cpu", help="cpu | gpu (default cpu; gpu fails where none is visible)")
-    p.add_argument(
-        "--threads", type=_positive_int_flag("threads"), default=1, metavar="N", help="CPU threads (default 1)"
-    )
-    p.add_argument(
-        "--repeats", type=_positive_int_flag("repeats"), metavar="N", help="timed rounds per setting (default 5)"
-    )
+    p.add_argument("--threads", type=_int_flag("threads", 1), default=1, metavar="N", help="CPU threads (default 1)")
+    p.add_argument("--repeats", type=_int_flag("repeats", 1), metavar="N", help="timed rounds per setting (default 5)")
     p.add_argument("--plot", metavar="FILE.png", help="time per task-step against B and T, log axes")
     p.add_argument("--unroll", type=_int_flag("unroll"), metavar="T", help="JAX: unroll inner loops up to T steps")
     p.add_argument("--chunk", type=_int_flag("chunk"), metavar="N", help="JAX: outer steps per compiled call")
@@ -467,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job: seed-alpha in JAX and PyTorch, compared")
     p.add_argument("--out", default="runs/demo", metavar="DIR")
-    p.add_argument("--iterations", type=_positive_int_flag("iterations"), default=5000)
+    p.add_argument("--iterations", type=_int_flag("iterations", 1), default=5000)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
     return parser

@@ -100,12 +100,9 @@ def train_run(
     state, start, rows = None, 0, []
     if resume:
         remove_stale_temporaries(out)  # left by a process killed while writing
-    if resume and checkpoint_path(out).exists():
-        ckpt = read_checkpoint(out)
-        check_resumable(ckpt.config, cfg)
-        if ckpt.step > cfg.iterations:
-            raise ConfigError("iterations", f"the checkpoint is at step {ckpt.step}, past this run's {cfg.iterations}")
-        state, start = twin.train.state_from_numpy(ckpt.state, cfg), ckpt.step
+    ckpt = read_checkpoint(out) if resume and checkpoint_path(out).exists() else None
+    if ckpt is not None:
+        state, start = resumed_state(twin, cfg, ckpt)
         rows = truncate_metrics(out / "metrics.jsonl", start)
         print(f"resuming {out} at step {start} (checkpoint written by {ckpt.manifest['framework']})", file=stream)
     elif resume:
@@ -164,6 +161,14 @@ def train_run(
     return state, rows
 
 
+def resumed_state(twin: Twin, cfg: Config, ckpt: Any) -> tuple[Any, int]:
+    """The twin's training state from a checkpoint this run may continue, and its step."""
+    check_resumable(ckpt.config, cfg)
+    if ckpt.step > cfg.iterations:
+        raise ConfigError("iterations", f"the checkpoint is at step {ckpt.step}, past this run's {cfg.iterations}")
+    return twin.train.state_from_numpy(ckpt.state, cfg), ckpt.step
+
+
 def _train_share(
     twin: Twin, cfg: Config, out: Path, chunk: int, resume: bool, checkpoint_every: int, placement: Any
 ) -> Any:
@@ -174,9 +179,7 @@ def _train_share(
     """
     state, start = None, 0
     if resume and checkpoint_path(out).exists():
-        ckpt = read_checkpoint(out)
-        check_resumable(ckpt.config, cfg)
-        state, start = twin.train.state_from_numpy(ckpt.state, cfg), ckpt.step
+        state, start = resumed_state(twin, cfg, read_checkpoint(out))
     return training.run(
         twin,
         cfg,
