@@ -21,6 +21,26 @@ def test_seed_presets_match_the_seed_lab():
     assert (alpha.alpha_optimizer, alpha.alpha_lr, alpha.outer_lr) == ("adam", 1e-4, 1e-2)
 
 
+def test_paper_presets_match_the_papers():
+    paper = get_preset("maml-paper")  # Finn, Abbeel & Levine 2017, section 5.1
+    assert (paper.amplitude_range, paper.phase_range, paper.x_range) == ((0.1, 5.0), (0.0, math.pi), (-5.0, 5.0))
+    assert paper.frequency_range == (1.0, 1.0) and (paper.hidden, paper.activation, paper.loss) == (
+        (40, 40),
+        "relu",
+        "mse",
+    )
+    assert (paper.alpha_mode, paper.alpha_init, paper.inner_steps, paper.k_support, paper.k_query) == (
+        "fixed",
+        0.01,
+        1,
+        10,
+        10,
+    )
+    assert (paper.meta_batch, paper.outer_optimizer, paper.outer_lr, paper.iterations) == (25, "adam", 1e-3, 70_000)
+    assert get_preset("maml-paper-code") == paper.replace(alpha_init=0.001)
+    assert get_preset("meta-sgd") == paper.replace(alpha_mode="per_parameter", alpha_lr=1e-3)
+
+
 def test_param_shapes_are_out_by_in():
     cfg = Config(hidden=(40, 20))
     assert cfg.param_shapes == {"w0": (40, 1), "b0": (40,), "w1": (20, 40), "b1": (20,), "w2": (1, 20), "b2": (1,)}
