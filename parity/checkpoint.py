@@ -92,17 +92,25 @@ _NPZ_ERRORS = (
 )
 
 
-def golden_arrays(twin: Twin, cfg: Config) -> dict[str, np.ndarray]:
-    """Everything a golden file holds, computed by ``twin`` at the initial parameters, step 0."""
-    params = init_params(cfg)
-    alpha = init_alpha(cfg)
-    batch = sample_batch(cfg, 0)
-    tasks = tuple(batch[:4])
+def meta_results(twin: Twin, cfg: Config, params: Any, alpha: Any, tasks: tuple[np.ndarray, ...]) -> dict[str, Any]:
+    """``twin``'s meta-gradient on NumPy inputs, flat NumPy out: ``outer_loss``, ``inner_losses``,
+    ``grad/<name>``, ``grad/alpha`` (or ``grad/alpha/<name>``)."""
     model = twin.model
     out = twin.meta.meta_value_and_grad(
         model.to_arrays(params, cfg.dtype), model.to_arrays(alpha, cfg.dtype), model.to_arrays(tasks, cfg.dtype), cfg
     )
     (loss, inner), (grad_params, grad_alpha) = model.to_numpy(out)
+    results = {"outer_loss": np.asarray(loss), "inner_losses": np.asarray(inner)}
+    results.update({f"grad/{k}": v for k, v in grad_params.items()})
+    results.update(_flat("grad/alpha", grad_alpha))
+    return results
+
+
+def golden_arrays(twin: Twin, cfg: Config) -> dict[str, np.ndarray]:
+    """Everything a golden file holds, computed by ``twin`` at the initial parameters, step 0."""
+    params = init_params(cfg)
+    alpha = init_alpha(cfg)
+    tasks = tuple(sample_batch(cfg, 0)[:4])
     arrays: dict[str, np.ndarray] = {
         "config": np.asarray(cfg.to_json()),
         "framework": np.asarray(twin.name),
@@ -111,10 +119,7 @@ def golden_arrays(twin: Twin, cfg: Config) -> dict[str, np.ndarray]:
     arrays.update({f"init/{k}": v for k, v in params.items()})
     arrays.update(_flat("init/alpha", alpha))
     arrays.update({f"tasks/{k}": v for k, v in zip(TASK_KEYS, tasks, strict=True)})
-    arrays["inner_losses"] = np.asarray(inner)
-    arrays["outer_loss"] = np.asarray(loss)
-    arrays.update({f"grad/{k}": v for k, v in grad_params.items()})
-    arrays.update(_flat("grad/alpha", grad_alpha))
+    arrays.update(meta_results(twin, cfg, params, alpha, tasks))
     return arrays
 
 

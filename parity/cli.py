@@ -314,17 +314,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _bench_scaling(args: argparse.Namespace) -> int:
-    from parity import scaling
+    from parity import bench, scaling
 
-    if args.device not in ("cpu", "gpu"):
-        raise ConfigError("device", f"must be one of cpu, gpu; got {args.device!r}")
+    if args.device not in bench.DEVICES:
+        raise ConfigError("device", f"must be one of {', '.join(bench.DEVICES)}; got {args.device!r}")
     print(f"bench --scaling: JAX twin, sharded meta-batch, {args.device} devices {list(scaling.DEVICE_COUNTS)}")
     print(scaling.SCALING_HEADER, flush=True)
     kwargs = {"repeats": args.repeats} if args.repeats else {}
     result = scaling.run_scaling(device=args.device, progress=lambda line: print(line, flush=True), **kwargs)
     result["machine"]["command"] = _bench_command(args) + " --scaling"
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        bench.write_json(result, Path(args.json))
         print(f"wrote {args.json}")
     if args.plot:
         scaling.write_scaling_plot(result, Path(args.plot))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from parity.checkpoint import meta_results
 from parity.compare import compare_trees
 from parity.config import SEED_ALPHA
 from parity.run import train_run
@@ -93,21 +94,8 @@ def evaluate_and_report(run_dir: Path, tasks: int, say) -> Path:  # type: ignore
 
 
 def _meta_grads(twin: Twin, cfg, params: dict[str, np.ndarray], alpha: float) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
-    model = twin.model
     tasks = tuple(sample_batch(cfg, 10_000_000)[:4])  # a step the training run never reached
-    out = twin.meta.meta_value_and_grad(
-        model.to_arrays(params, cfg.dtype),
-        model.to_arrays(np.asarray(alpha), cfg.dtype),
-        model.to_arrays(tasks, cfg.dtype),
-        cfg,
-    )
-    (loss, inner), (grad_params, grad_alpha) = model.to_numpy(out)
-    return {
-        "outer_loss": loss,
-        "inner_losses": inner,
-        "grad/alpha": grad_alpha,
-        **{f"grad/{k}": v for k, v in grad_params.items()},
-    }
+    return meta_results(twin, cfg, params, np.asarray(alpha), tasks)
 
 
 def _printer():  # type: ignore[no-untyped-def]
