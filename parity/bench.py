@@ -154,10 +154,10 @@ def configure(device: str, threads: int, pin: bool = True) -> dict[str, Any]:
     applied["torch_threads"] = torch.get_num_threads()
     if device == "gpu":
         _require_gpu()
-        from parity.twins import full_precision_matmuls
+        from parity.twins import load
 
-        full_precision_matmuls("jax")
-        full_precision_matmuls("torch")
+        for name in ("jax", "torch"):
+            load(name).set_precision("highest")
     return applied
 
 

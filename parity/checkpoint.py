@@ -1,13 +1,4 @@
-"""Framework-neutral files: golden files (``.npz``) that any implementation can check itself against.
-
-Golden file layout (``maml-parity dump``; load with ``numpy.load(path, allow_pickle=False)``):
-
-- ``config``: the config as JSON text; ``framework``: which twin computed it; ``dtype``
-- ``init/<name>``, ``init/alpha`` (per-parameter α: ``init/alpha/<name>``)
-- ``tasks/x_support``, ``tasks/y_support`` [B, K, 1]; ``tasks/x_query``, ``tasks/y_query`` [B, Q, 1]
-- ``inner_losses`` [T]: meta-batch mean support loss before each inner step
-- ``outer_loss`` []: meta-batch mean query loss after T steps
-- ``grad/<name>``, ``grad/alpha`` (or ``grad/alpha/<name>``): the meta-gradient
+"""Framework-neutral training checkpoints (the golden-file format is in ``parity.golden``).
 
 Training checkpoint (``maml-parity train --out DIR``): ``DIR/checkpoint.safetensors`` plus the
 manifest ``DIR/checkpoint.json``. The safetensors file holds, framework-neutrally:
@@ -30,20 +21,16 @@ dtype, shape, bytes; names sorted), so a flipped bit anywhere is an error, not a
 different state (format ``maml-parity-checkpoint/2``; ``/1`` files, written before the checksum,
 are still read). Loading reads the embedded copy and never unpickles anything; any file that is
 not such a checkpoint (missing, empty, truncated, corrupt, foreign, another config's) raises
-:class:`CheckpointError`, and reading golden files raises :class:`GoldenFileError` likewise.
+:class:`CheckpointError`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import lzma
 import os
-import struct
 import tempfile
 import time
-import zipfile
-import zlib
 from importlib import metadata
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -51,154 +38,15 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from parity.config import Config, ConfigError
-from parity.init import init_alpha, init_params
-from parity.tasks import TRAIN_STREAM, sample_batch
-from parity.twins import Twin
+from parity.registry import versioned_packages
+from parity.tasks import TRAIN_STREAM
 
-TASK_KEYS = ("x_support", "y_support", "x_query", "y_query")
 CHECKPOINT_FILE = "checkpoint.safetensors"
 MANIFEST_FILE = "checkpoint.json"
 CHECKPOINT_FORMAT = "maml-parity-checkpoint/2"
 READABLE_FORMATS = ("maml-parity-checkpoint/1", CHECKPOINT_FORMAT)  # /1: no checksum
 # Config fields a resumed run may change: the number of steps does not alter any step's arithmetic.
 RESUMABLE_CHANGES = ("iterations",)
-VERSIONED_PACKAGES = ("numpy", "jax", "jaxlib", "optax", "torch", "safetensors")
-
-
-class GoldenFileError(ConfigError):
-    """A golden file that is missing, unreadable or not in the format above (field ``golden``)."""
-
-    def __init__(self, message: str, field: str = "golden"):
-        super().__init__(field, message)
-
-
-# What NumPy's and zipfile's readers raise on a damaged .npz: caught and turned into one error.
-_NPZ_ERRORS = (
-    OSError,
-    ValueError,
-    EOFError,
-    KeyError,
-    IndexError,
-    TypeError,
-    NotImplementedError,
-    OverflowError,
-    MemoryError,
-    RuntimeError,
-    struct.error,
-    zlib.error,
-    lzma.LZMAError,
-    zipfile.BadZipFile,
-    zipfile.LargeZipFile,
-)
-
-
-def meta_results(twin: Twin, cfg: Config, params: Any, alpha: Any, tasks: tuple[np.ndarray, ...]) -> dict[str, Any]:
-    """``twin``'s meta-gradient on NumPy inputs, flat NumPy out: ``outer_loss``, ``inner_losses``,
-    ``grad/<name>``, ``grad/alpha`` (or ``grad/alpha/<name>``)."""
-    model = twin.model
-    out = twin.meta.meta_value_and_grad(
-        model.to_arrays(params, cfg.dtype), model.to_arrays(alpha, cfg.dtype), model.to_arrays(tasks, cfg.dtype), cfg
-    )
-    (loss, inner), (grad_params, grad_alpha) = model.to_numpy(out)
-    results = {"outer_loss": np.asarray(loss), "inner_losses": np.asarray(inner)}
-    results.update({f"grad/{k}": v for k, v in grad_params.items()})
-    results.update(_flat("grad/alpha", grad_alpha))
-    return results
-
-
-def golden_arrays(twin: Twin, cfg: Config) -> dict[str, np.ndarray]:
-    """Everything a golden file holds, computed by ``twin`` at the initial parameters, step 0."""
-    params = init_params(cfg)
-    alpha = init_alpha(cfg)
-    tasks = tuple(sample_batch(cfg, 0)[:4])
-    arrays: dict[str, np.ndarray] = {
-        "config": np.asarray(cfg.to_json()),
-        "framework": np.asarray(twin.name),
-        "dtype": np.asarray(cfg.dtype),
-    }
-    arrays.update({f"init/{k}": v for k, v in params.items()})
-    arrays.update(_flat("init/alpha", alpha))
-    arrays.update({f"tasks/{k}": v for k, v in zip(TASK_KEYS, tasks, strict=True)})
-    arrays.update(meta_results(twin, cfg, params, alpha, tasks))
-    return arrays
-
-
-def write_golden(path: str | os.PathLike[str], arrays: dict[str, np.ndarray]) -> Path:
-    """Write atomically: a temporary file in the same folder, flushed, then renamed over ``path``."""
-    path = Path(path)
-    if path.suffix != ".npz":
-        raise ConfigError("out", f"a golden file must end in .npz, got {str(path)!r}")
-    atomic_write(path, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]  # numpy stubs: a key could be "allow_pickle"
-    return path
-
-
-def read_golden(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load a golden file without unpickling anything; ``config`` comes back as a :class:`Config`.
-
-    Every entry the config implies must be there with its shape and dtype; anything else about the
-    file (missing, empty, truncated, corrupt zip entries, a foreign .npz) is a :class:`GoldenFileError`.
-    """
-    try:
-        # Opened here, not by np.load, so that the file is closed whatever the reader raises.
-        with open(path, "rb") as file:
-            data = np.load(file, allow_pickle=False)
-            if not isinstance(data, np.lib.npyio.NpzFile):
-                raise GoldenFileError(f"{path}: a single .npy array, not a golden .npz file")
-            with data:
-                arrays = {key: data[key] for key in data.files}
-    except FileNotFoundError:
-        raise GoldenFileError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise GoldenFileError(f"{path}: is a directory, not a golden file") from None
-    except GoldenFileError:
-        raise
-    except _NPZ_ERRORS as err:
-        raise GoldenFileError(f"{path}: not a readable golden file ({type(err).__name__}: {err})") from None
-    if "config" not in arrays:
-        raise GoldenFileError(f"{path}: no 'config' entry; not a maml-parity golden file")
-    try:
-        cfg = Config.from_json(str(arrays["config"]))
-    except ConfigError as err:
-        raise GoldenFileError(f"{path}: the 'config' entry is not a valid config ({err})") from None
-    check_golden_layout(path, arrays, cfg)
-    out: dict[str, Any] = dict(arrays)
-    out["config"] = cfg
-    return out
-
-
-def golden_layout(cfg: Config) -> dict[str, tuple[tuple[int, ...], str | None]]:
-    """Every array a golden file of ``cfg`` holds: name → (shape, dtype; None for text entries)."""
-    B, K, Q, T = cfg.meta_batch, cfg.k_support, cfg.k_query, cfg.inner_steps
-    layout: dict[str, tuple[tuple[int, ...], str | None]] = {"config": ((), None), "framework": ((), None)}
-    layout["dtype"] = ((), None)
-    alpha_shapes = cfg.param_shapes if cfg.alpha_mode == "per_parameter" else None
-    for group in ("init", "grad"):
-        layout.update({f"{group}/{k}": (s, cfg.dtype) for k, s in cfg.param_shapes.items()})
-        if alpha_shapes is None:
-            layout[f"{group}/alpha"] = ((), cfg.dtype)
-        else:
-            layout.update({f"{group}/alpha/{k}": (s, cfg.dtype) for k, s in alpha_shapes.items()})
-    for key, P in zip(TASK_KEYS, (K, K, Q, Q), strict=True):
-        layout[f"tasks/{key}"] = ((B, P, 1), cfg.dtype)
-    layout["inner_losses"] = ((T,), cfg.dtype)
-    layout["outer_loss"] = ((), cfg.dtype)
-    return layout
-
-
-def check_golden_layout(path: Any, arrays: dict[str, np.ndarray], cfg: Config) -> None:
-    layout = golden_layout(cfg)
-    missing = sorted(set(layout) - set(arrays))
-    if missing:
-        raise GoldenFileError(f"{path}: entries missing for its config: {missing}")
-    for name, (shape, dtype) in layout.items():
-        got = arrays[name]
-        if dtype is None:
-            if got.shape != () or got.dtype.kind != "U":
-                raise GoldenFileError(f"{path}: entry {name!r} must be text; got {got.dtype}{list(got.shape)}")
-        elif got.shape != shape or got.dtype != np.dtype(dtype):
-            raise GoldenFileError(
-                f"{path}: entry {name!r} is {got.dtype}{list(got.shape)}, its config needs {dtype}{list(shape)}"
-            )
 
 
 def atomic_write(path: Path, write: Any) -> None:
@@ -256,7 +104,7 @@ def library_versions() -> dict[str, str]:
     import platform
 
     out = {"python": platform.python_version()}
-    for name in VERSIONED_PACKAGES:
+    for name in versioned_packages():
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

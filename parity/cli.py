@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from parity.config import DTYPES, PRESETS, Config, ConfigError, get_preset
+from parity.registry import DEFAULT_TWIN, TWINS
 
 EXIT_MISMATCH = 1
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
+_TWIN_CHOICES = " | ".join(TWINS)
 
 
 class UsageError(Exception):
@@ -41,7 +43,7 @@ def _add_config_flags(p: argparse.ArgumentParser, default_preset: str, framework
     )
     p.add_argument("--config", metavar="FILE.json", help="JSON config; its keys override the preset's")
     if framework:
-        p.add_argument("--framework", default="jax", help="jax | torch (default jax)")
+        p.add_argument("--framework", default=DEFAULT_TWIN, help=f"{_TWIN_CHOICES} (default {DEFAULT_TWIN})")
     p.add_argument("--dtype", help="float32 | float64 (default: the config's)")
     p.add_argument("--seed", type=_int_flag("seed"), help="sampler and init seed")
     p.add_argument("--inner-steps", type=_int_flag("inner_steps"), help="T, inner SGD steps")
@@ -149,9 +151,7 @@ def _run_dir(path: str) -> Path:
 def _load_twin(framework: str, dtype: str) -> Any:
     from parity.twins import load
 
-    twin = load(framework, dtype)
-    twin.model.check_dtype(dtype)
-    return twin
+    return load(framework, dtype)
 
 
 # --- subcommands ---------------------------------------------------------------------------------
@@ -159,41 +159,52 @@ def _load_twin(framework: str, dtype: str) -> Any:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from parity import harness
-    from parity.twins import enable_jax_x64
 
     if args.json:
         _output_file(args.json, "json")
-    enable_jax_x64()
     cases = harness.all_cases(quick=args.quick)
     if args.cases:
         cases = [c for c in cases if args.cases in c.name]
         if not cases:
             raise ConfigError("cases", f"no case name contains {args.cases!r}")
-    print(f"parity check: {len(cases)} cases, JAX vs PyTorch, float64 and float32", flush=True)
+    impls = harness.load_impls(args.impl)
+    names = [impl.name for impl in impls]
+    print(
+        f"parity check: {len(cases)} cases; reference {names[0]}, checked: {', '.join(names[1:])}; float64 and float32",
+        flush=True,
+    )
     print(harness.TABLE_HEADER, flush=True)
 
     def on_case(case: Any, rows: list[Any]) -> None:
         for line in harness.table_lines(rows, verbose=args.verbose):
             print(line, flush=True)
 
-    rows = harness.run_check(cases, on_case=on_case)
-    ok = harness.overall_ok(rows)
-    print(harness.summary(rows))
+    rows = harness.run_check(cases, on_case=on_case, impls=impls)
+    ok = harness.overall_ok(rows, strict=args.strict)
+    print(harness.summary(rows, strict=args.strict))
     if args.json:
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"ok": ok, "rows": [harness.row_dict(r) for r in rows]}, indent=1) + "\n")
+        document = {"ok": ok, "implementations": names, "rows": [harness.row_dict(r) for r in rows]}
+        out.write_text(json.dumps(document, indent=1) + "\n")
         print(f"wrote {out}")
     return 0 if ok else EXIT_MISMATCH
 
 
 def cmd_dump(args: argparse.Namespace) -> int:
-    from parity.checkpoint import golden_arrays, write_golden
+    from parity.golden import golden_arrays, write_golden
+    from parity.registry import resolve
 
     cfg = resolve_config(args)
     out = _output_file(args.out, "out", suffix=".npz")
-    twin = _load_twin(args.framework, cfg.dtype)
-    path = write_golden(out, golden_arrays(twin, cfg))
+    impl = resolve(args.framework)
+    prepare = getattr(impl, "prepare", None)
+    if prepare is not None:
+        prepare(cfg.dtype)
+    set_precision = getattr(impl, "set_precision", None)
+    if set_precision is not None:
+        set_precision("highest")
+    path = write_golden(out, golden_arrays(impl, cfg))
     print(f"wrote {path} ({args.framework}, {cfg.dtype}, T={cfg.inner_steps}, B={cfg.meta_batch})")
     return 0
 
@@ -202,7 +213,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     from parity.checkpoint import CHECKPOINT_FILE
     from parity.run import train_run
     from parity.training import TrainingDiverged
-    from parity.twins import placement_for
 
     cfg = resolve_config(args)
     out = _output_dir(args.out)
@@ -213,7 +223,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             "(nothing was overwritten)",
         )
     twin = _load_twin(args.framework, cfg.dtype)
-    placement = placement_for(args.framework, cfg, args.devices, args.coordinator, args.num_processes, args.process_id)
+    placement = twin.placement(cfg, args.devices, args.coordinator, args.num_processes, args.process_id)
     if placement is not None and placement.is_main:
         print(f"{args.framework}: meta-batch of {cfg.meta_batch} split over {placement.devices} devices", flush=True)
     try:
@@ -358,6 +368,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", metavar="SUBSTRING", help="only cases whose name contains this")
     p.add_argument("--json", metavar="FILE", help="write {ok, rows} as JSON")
     p.add_argument("--verbose", action="store_true", help="a line per quantity, not per case and pair")
+    p.add_argument(
+        "--impl",
+        action="append",
+        metavar="SPEC",
+        help="an implementation: jax | torch | numpy | package.module:NAME | path/file.py:NAME | an entry point "
+        "(group maml_parity.implementations), optionally @DEVICE; repeat it: the first is the reference, every other "
+        "is checked against it (default: --impl jax --impl torch)",
+    )
+    p.add_argument("--strict", action="store_true", help="unsupported cases fail the check (exit 1)")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("dump", help="write a golden .npz file any implementation can check itself against")
@@ -397,7 +416,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="adapt meta / random / pretrained inits on held-out tasks; writes DIR/eval.json")
     p.add_argument("dir", metavar="DIR", help="a training run (its checkpoint.safetensors)")
-    p.add_argument("--framework", default="jax", help="jax | torch (default jax), whichever twin trained the run")
+    p.add_argument(
+        "--framework",
+        default=DEFAULT_TWIN,
+        help=f"{_TWIN_CHOICES} (default {DEFAULT_TWIN}), whichever twin trained the run",
+    )
     p.add_argument("--dtype", help="float32 | float64 (default: the run's)")
     p.add_argument("--tasks", type=_int_flag("tasks"), default=600, metavar="N", help="held-out tasks (default 600)")
     p.add_argument("--shots", type=_int_flag("shots"), metavar="K", help="support points per task (default: the run's)")

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from parity.checkpoint import meta_results
 from parity.compare import compare_trees
 from parity.config import SEED_ALPHA
+from parity.registry import TWINS
 from parity.run import train_run
 from parity.tasks import sample_batch
-from parity.twins import Twin, enable_jax_x64, load
+from parity.twins import Twin, load, meta_results
 
 # What the seed printed for α (part 4): a stochastic run, so the shape, not the digits.
 SEED_ALPHA_SEEN = {500: 0.08678, 1000: 0.07558, 2000: 0.04408, 3000: 0.01924, 4000: 0.01521, 4500: 0.01537}
@@ -23,7 +23,8 @@ DEMO_PHASE_SHIFTS = (0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4, np.pi)
 
 
 def run_demo(out: Path, iterations: int = 5000, progress: bool = True, eval_tasks: int = 200) -> int:
-    enable_jax_x64()
+    reference, other = TWINS
+    load(reference, "float64")  # float64 for the parity check at the end: switched on before any array
     cfg = SEED_ALPHA.replace(iterations=iterations)
     say = _printer()
     say(
@@ -31,39 +32,39 @@ def run_demo(out: Path, iterations: int = 5000, progress: bool = True, eval_task
         f"SGD {cfg.outer_lr}, {iterations} steps, one task per step, {cfg.dtype}"
     )
     runs = {}
-    for name in ("jax", "torch"):
+    for name in TWINS:
         t0 = time.perf_counter()
         _, rows = train_run(load(name), cfg, out / name, progress=progress)
         runs[name] = rows
         say(f"{name}: trained in {time.perf_counter() - t0:.1f} s -> {out / name}")
 
     say("\nalpha over training (the seed saw 0.087 at step 500, falling to about 0.015 by 4500):")
-    say(f"{'step':>6} {'jax':>9} {'torch':>9} {'seed':>9}")
+    say(f"{'step':>6} {reference:>9} {other:>9} {'seed':>9}")
     for step in range(0, iterations, 500):
         seen = SEED_ALPHA_SEEN.get(step)
         say(
-            f"{step:>6} {runs['jax'][step]['alpha']:>9.5f} {runs['torch'][step]['alpha']:>9.5f} "
+            f"{step:>6} {runs[reference][step]['alpha']:>9.5f} {runs[other][step]['alpha']:>9.5f} "
             f"{'' if seen is None else f'{seen:.5f}':>9}"
         )
 
-    say("\nparity at the JAX-learned initialisation (a fresh meta-batch of 25 tasks):")
+    say(f"\nparity at the {reference}-learned initialisation (a fresh meta-batch of 25 tasks):")
     ok = True
-    final = dict(np.load(out / "jax" / "final.npz"))
+    final = dict(np.load(out / reference / "final.npz"))
     params = {k.split("/", 1)[1]: v for k, v in final.items() if k.startswith("params/")}
     for dtype in ("float64", "float32"):
         results = {}
-        for name in ("jax", "torch"):
+        for name in TWINS:
             twin = load(name, dtype)
             results[name] = _meta_grads(twin, cfg.replace(dtype=dtype, meta_batch=25), params, float(final["alpha"]))
-        leaves = compare_trees(results["jax"], results["torch"], dtype)
+        leaves = compare_trees(results[reference], results[other], dtype)
         worst = max(leaves, key=lambda leaf: leaf.max_rel_err)
         ok &= all(leaf.ok for leaf in leaves)
         say(
             f"  {dtype}: {len(leaves)} quantities, worst {worst.name} relative error {worst.max_rel_err:.2e} "
             f"(tolerance {worst.tol.rtol:g}) -> {'ok' if all(leaf.ok for leaf in leaves) else 'MISMATCH'}"
         )
-    report = evaluate_and_report(out / "jax", eval_tasks, say)
-    say(f"\nfull matrix: maml-parity check   |   outputs: {out}/jax, {out}/torch")
+    report = evaluate_and_report(out / reference, eval_tasks, say)
+    say(f"\nfull matrix: maml-parity check   |   outputs: {out}/{reference}, {out}/{other}")
     say(f"report: {report}")
     return 0 if ok else 1
 
@@ -75,9 +76,12 @@ def evaluate_and_report(run_dir: Path, tasks: int, say) -> Path:  # type: ignore
     from parity.report import write_report
 
     spec = EvalSpec(tasks=tasks, max_steps=10, phase_shifts=DEMO_PHASE_SHIFTS, pretrain_steps=1000)
-    say(f"\nevaluation (JAX): {tasks} held-out tasks, adapted from the meta-learned, a random and a pretrained init:")
+    say(
+        f"\nevaluation ({TWINS[0]}): {tasks} held-out tasks, "
+        "adapted from the meta-learned, a random and a pretrained init:"
+    )
     t0 = time.perf_counter()
-    result = evaluate_run(run_dir, framework="jax", spec=spec)
+    result = evaluate_run(run_dir, framework=TWINS[0], spec=spec)
     for line in summary_lines(result):
         say("  " + line)
     T = SEED_ALPHA.inner_steps

@@ -42,6 +42,7 @@ from parity import training
 from parity.checkpoint import atomic_write, library_versions, read_checkpoint
 from parity.config import Config, ConfigError
 from parity.init import alpha_from_variable, init_params
+from parity.registry import DEFAULT_TWIN
 from parity.tasks import EVAL_STREAM, sample_batch, sinusoid
 from parity.twins import Twin
 
@@ -119,17 +120,17 @@ def adaptation_curves(
     # Evaluation never differentiates through the steps: first order spares torch the
     # second-order graph (and JAX a no-op stop_gradient); the step itself is the same.
     step_cfg = cfg.replace(first_order=True)
-    x_s, y_s, x_q = model.to_arrays((tasks.x_support, tasks.y_support, tasks.x_query), cfg.dtype)
+    x_s, y_s, x_q = twin.to_arrays((tasks.x_support, tasks.y_support, tasks.x_query), cfg.dtype)
     n = tasks.x_support.shape[0]
     if isinstance(alpha, dict):  # per-parameter α gets the task axis too (no implicit rank promotion)
         alpha = {k: np.array(np.broadcast_to(v, (n, *np.shape(v)))) for k, v in alpha.items()}
-    alpha_t = model.to_arrays(alpha, cfg.dtype)
-    adapted = meta.broadcast_to_tasks(model.to_arrays(params, cfg.dtype), x_s)  # leaves [N, ...]
+    alpha_t = twin.to_arrays(alpha, cfg.dtype)
+    adapted = meta.broadcast_to_tasks(twin.to_arrays(params, cfg.dtype), x_s)  # leaves [N, ...]
     preds = []
     for step in range(max_steps + 1):
         if step > 0:
-            adapted, _ = meta.inner_step(_differentiable(twin, adapted), alpha_t, x_s, y_s, step_cfg)
-        preds.append(model.to_numpy(model.forward(adapted, x_q, cfg.activation))[..., 0])  # [N, P]
+            adapted, _ = meta.inner_step(twin.differentiable(adapted), alpha_t, x_s, y_s, step_cfg)
+        preds.append(twin.to_numpy(model.forward(adapted, x_q, cfg.activation))[..., 0])  # [N, P]
     return np.stack(preds)  # [S+1, N, P]
 
 
@@ -226,7 +227,11 @@ def evaluate(twin: Twin, cfg: Config, meta_params: dict[str, np.ndarray], alpha:
 
 
 def evaluate_run(
-    run_dir: Path, framework: str = "jax", dtype: str | None = None, spec: EvalSpec | None = None, write: bool = True
+    run_dir: Path,
+    framework: str = DEFAULT_TWIN,
+    dtype: str | None = None,
+    spec: EvalSpec | None = None,
+    write: bool = True,
 ) -> dict[str, Any]:
     """Evaluate the checkpoint in ``run_dir`` in one twin; writes ``run_dir/eval.json``."""
     from parity.twins import load
@@ -235,7 +240,6 @@ def evaluate_run(
     ckpt = read_checkpoint(run_dir)
     cfg = ckpt.config if dtype is None else ckpt.config.replace(dtype=dtype)
     twin = load(framework, cfg.dtype)
-    twin.model.check_dtype(cfg.dtype)
     alpha = _cast(alpha_from_variable(ckpt.state["alpha"], ckpt.config), cfg.dtype)  # α, whatever was learned
     t0 = time.perf_counter()
     body = evaluate(twin, cfg, ckpt.state["params"], alpha, spec)
@@ -249,7 +253,7 @@ def evaluate_run(
         "alpha": _alpha_summary(alpha),
         **body,
         "wall_s": round(time.perf_counter() - t0, 3),
-        "device": device_description(framework),
+        "device": twin.device_description(),
         "hardware": hardware(),
         "versions": library_versions(),
     }
@@ -308,34 +312,11 @@ def summary_lines(result: dict[str, Any], steps: tuple[int, ...] | None = None) 
     return lines
 
 
-def device_description(framework: str) -> str:
-    """The device the twin computes on, e.g. ``cpu (TFRT_CPU_0)`` or a GPU's name."""
-    if framework == "jax":
-        import jax
-
-        dev = jax.devices()[0]
-        if dev.platform == "cpu":
-            return f"cpu ({platform.processor() or platform.machine()}, JAX)"
-        return f"{dev.platform} ({dev.device_kind})"
-    import torch
-
-    # The twins keep tensors on the CPU unless told otherwise (torch_impl.model.to_arrays).
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
 def hardware() -> dict[str, Any]:
     return {"platform": platform.platform(), "machine": platform.machine(), "cpu_count": os.cpu_count()}
 
 
 # --- helpers --------------------------------------------------------------------------------------
-
-
-def _differentiable(twin: Twin, params: Any) -> Any:
-    # torch_impl.meta.inner_step takes the gradient with torch.autograd.grad, which needs leaf
-    # tensors that require grad; JAX differentiates any array.
-    if twin.name == "torch":
-        return {name: p.detach().clone().requires_grad_() for name, p in params.items()}
-    return params
 
 
 def _cast(tree: Any, dtype: str) -> Any:

@@ -1,10 +1,11 @@
-"""Run both twins on the same cases and compare them (the twins are imported lazily).
+"""Run implementations of the contract on the same cases and compare them with the first.
 
 A case is named data: a config (always described in float64; the float32 runs replace the
 dtype) and a kind, ``gradient`` (losses and meta-gradients at the initial parameters on the
 step-0 meta-batch) or ``trajectory`` (parameters and α after N outer steps from the same
-start). Every float64 result is compared between the twins; every float32 result is compared
-between the twins and with the float64 JAX reference.
+start). The first implementation is the reference (by default the twins, JAX first): every
+float64 result of every other is compared with it, and every float32 result both with its
+float32 and its float64 results. Implementations are resolved lazily (``parity.registry``).
 """
 
 from __future__ import annotations
@@ -17,15 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from parity import training
-from parity.checkpoint import golden_arrays
 from parity.compare import StructureError, compare_trees, is_stable, stability_factor
-from parity.config import SEED_ALPHA, Config
-from parity.init import init_alpha, init_params
-from parity.tasks import sample_batch
-from parity.twins import Twin, full_precision_matmuls, load
+from parity.config import SEED_ALPHA, Config, ConfigError
+from parity.contract import ContractError, describe, unsupported_reason
+from parity.registry import TWINS, resolve
+from parity.twins import meta_results, step0_inputs
 
-# The matrix DESIGN.md asks for.
+# The matrix of docs/design.md.
 INNER_STEPS = (0, 1, 2, 3, 5, 10)
 ALPHAS = (0.001, 0.01, 0.05, 0.1)
 LOSSES = ("l1", "mse")
@@ -47,10 +46,10 @@ class Case:
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-    """One (case, framework pair, dtype, quantity) comparison; the JSON row of ``check``."""
+    """One (case, implementation pair, dtype, quantity) comparison; the JSON row of ``check``."""
 
     case: str
-    framework_pair: str  # "reference~actual", e.g. "jax~torch", "jax64~torch"
+    framework_pair: str  # "reference~actual", e.g. "jax~torch", "jax64~torch", "numpy~mine"
     dtype: str  # the tolerance class: dtype of the results being judged
     quantity: str  # outer_loss | inner_losses | grad/<name> | grad/alpha[/<name>] | params/<name> | alpha
     max_abs_err: float
@@ -61,12 +60,13 @@ class Row:
     stable: bool
     stability: float  # ∏_t max(1, gain_t), worst task
     ok: bool  # within tolerance (and finite)
+    verdict: str = ""  # ok | unstable | FAIL | unsupported; derived from the numbers when empty
+    detail: str = ""  # why: an exception's message, the reason a case is unsupported
 
-    @property
-    def verdict(self) -> str:
-        if self.ok:
-            return "ok"
-        return "unstable" if excused(self) else "FAIL"
+    def __post_init__(self) -> None:
+        if not self.verdict:
+            verdict = "ok" if self.ok else ("unstable" if excused(self) else "FAIL")
+            object.__setattr__(self, "verdict", verdict)
 
 
 def excused(row: Row) -> bool:
@@ -120,75 +120,157 @@ def all_cases(quick: bool = False) -> list[Case]:
     return gradient_cases(quick) + trajectory_cases()
 
 
-# --- running one twin ------------------------------------------------------------------------
+# --- running one implementation ---------------------------------------------------------------
 
 
-def gradient_results(twin: Twin, cfg: Config) -> dict[str, np.ndarray]:
-    """Losses and meta-gradients at the initial parameters on the step-0 meta-batch (NumPy out)."""
-    arrays = golden_arrays(twin, cfg)
-    results = {k: v for k, v in arrays.items() if k in ("outer_loss", "inner_losses") or k.startswith("grad/")}
-    check_dtypes(results, cfg.dtype, twin.name)
-    return results
+class Unsupported(Exception):
+    """An implementation does not support a case (its reason); reported, never counted as passing."""
 
 
-def trajectory_results(twin: Twin, cfg: Config, steps: int) -> dict[str, np.ndarray]:
-    """Parameters and α after ``steps`` outer steps, and the outer loss at every step."""
-    losses: list[np.ndarray] = []
-    state = training.run(twin, cfg, iterations=steps, chunk=steps, on_chunk=lambda _, m: losses.append(m["outer_loss"]))
-    results = training.final_values(twin, state)
-    results["outer_loss"] = np.concatenate(losses)
-    check_dtypes(results, cfg.dtype, twin.name)
-    return results
+def results_for(impl: Any, case: Case, dtype: str) -> dict[str, np.ndarray]:
+    """One implementation's results on a case in ``dtype``, flat NumPy leaves.
+
+    Gradient cases: losses and meta-gradients at the initial parameters on the step-0 meta-batch.
+    Trajectories: parameters and α after ``case.steps`` outer steps, and every step's outer loss.
+    Raises :class:`Unsupported` with the reason when the implementation cannot run the case.
+    """
+    cfg = case.cfg.replace(dtype=dtype)
+    reason = unsupported_reason(impl, cfg)
+    if reason is not None:
+        raise Unsupported(reason)
+    if case.kind == "trajectory":
+        train = getattr(impl, "train_trajectory", None)
+        if train is None:
+            raise Unsupported("no train_trajectory capability (trajectories need training)")
+        results = {k: np.asarray(v) for k, v in train(cfg, case.steps).items()}
+        check_dtypes(results, cfg.dtype, describe(impl))
+        return results
+    params, alpha, tasks = step0_inputs(cfg)
+    return meta_results(impl, cfg, params, alpha, tasks)
 
 
-def check_dtypes(results: dict[str, np.ndarray], dtype: str, framework: str) -> None:
-    """A twin that silently changed precision is a failure of its own, not a tolerance question."""
+def check_dtypes(results: dict[str, np.ndarray], dtype: str, who: str) -> None:
+    """An implementation that silently changed precision is a failure of its own, not a tolerance question."""
     for name, value in results.items():
         if np.asarray(value).dtype != np.dtype(dtype):
-            raise TypeError(f"{framework} returned {name} as {np.asarray(value).dtype}, expected {dtype}")
+            raise ContractError(f"{who} returned {name} as {np.asarray(value).dtype}, expected {dtype}")
 
 
-def case_stability(case: Case, reference: Twin) -> float:
-    """The stability gate's product for a case, from the float64 reference twin."""
+def case_stability(case: Case, gauges: list[Any]) -> float:
+    """The stability gate's product for a case, in float64, from the first implementation that
+    measures gains (``stability_gains``); NaN when none of them does."""
     if case.kind == "trajectory" or case.cfg.inner_steps == 0:
         return 1.0
-    cfg = case.cfg
-    model = reference.model
-    gains = reference.meta.inner_step_gains(
-        model.to_arrays(init_params(cfg), "float64"),
-        model.to_arrays(init_alpha(cfg), "float64"),
-        model.to_arrays(tuple(sample_batch(cfg, 0)[:4]), "float64"),
-        cfg,
-    )
-    return stability_factor(model.to_numpy(gains))
+    for impl in gauges:
+        if getattr(impl, "stability_gains", None) is None or unsupported_reason(impl, case.cfg) is not None:
+            continue
+        params, alpha, tasks = step0_inputs(case.cfg)
+        return stability_factor(impl.stability_gains(params, alpha, tasks, case.cfg))
+    return math.nan
 
 
 # --- comparing --------------------------------------------------------------------------------
 
 
-def run_case(case: Case, twins: dict[str, Twin]) -> list[Row]:
-    """All comparisons of one case: float64 jax~torch; float32 jax~torch, jax64~jax, jax64~torch."""
-    reference = twins["jax"]
+@dataclasses.dataclass(frozen=True)
+class Side:
+    """One side of a comparison: an implementation in a dtype, with its label (``jax``, ``jax64``)."""
 
-    def results(twin: Twin, dtype: str) -> dict[str, np.ndarray]:
-        cfg = case.cfg.replace(dtype=dtype)
-        if case.kind == "trajectory":
-            return trajectory_results(twin, cfg, case.steps)
-        return gradient_results(twin, cfg)
+    label: str
+    impl: Any
+    dtype: str
 
-    factor = case_stability(case, reference)
-    stable = is_stable(factor)
-    r64 = {name: results(twin, "float64") for name, twin in twins.items()}
-    r32 = {name: results(twin, "float32") for name, twin in twins.items()}
-    pairs = [
-        ("jax~torch", "float64", r64["jax"], r64["torch"]),
-        ("jax~torch", "float32", r32["jax"], r32["torch"]),
-        ("jax64~jax", "float32", r64["jax"], r32["jax"]),
-        ("jax64~torch", "float32", r64["jax"], r32["torch"]),
-    ]
-    rows = []
-    for pair, dtype, expected, actual in pairs:
-        for leaf in compare_trees(expected, actual, dtype):
+
+def comparisons(impls: list[Any]) -> list[tuple[str, Side, Side]]:
+    """What a case compares: for the reference R and each other implementation X, float64 R~X; float32
+    R~X, R64~R and R64~X (the float32 results held to the float64 reference too).
+
+    Returns ``(tolerance dtype, reference side, actual side)`` triples.
+    """
+    ref, others = impls[0], impls[1:]
+    r64, r32 = Side(ref.name, ref, "float64"), Side(ref.name, ref, "float32")
+    ref64 = Side(f"{ref.name}64", ref, "float64")
+    pairs = [("float64", r64, Side(x.name, x, "float64")) for x in others]
+    pairs += [("float32", r32, Side(x.name, x, "float32")) for x in others]
+    pairs.append(("float32", ref64, r32))
+    pairs += [("float32", ref64, Side(x.name, x, "float32")) for x in others]
+    return pairs
+
+
+def run_case(case: Case, impls: list[Any], gauges: list[Any] | None = None) -> list[Row]:
+    """All comparisons of one case (see :func:`comparisons`); an implementation that raises or
+    returns the wrong structure gives a FAIL row with its message, one that cannot run the case an
+    ``unsupported`` row with its reason."""
+    try:
+        factor = case_stability(case, gauges if gauges is not None else impls)
+    except Exception as err:  # a gauge that fails: the case is still compared, the gate unknown
+        factor = math.nan
+        gate_note = f"stability gains failed: {type(err).__name__}: {err}"
+    else:
+        gate_note = ""
+    stable = math.isnan(factor) or is_stable(factor)
+    cache: dict[tuple[int, str], dict[str, np.ndarray] | BaseException] = {}
+
+    def results(side: Side) -> dict[str, np.ndarray] | BaseException:
+        key = (id(side.impl), side.dtype)
+        if key not in cache:
+            try:
+                cache[key] = results_for(side.impl, case, side.dtype)
+            except Unsupported as err:
+                cache[key] = err
+            except Exception as err:  # the implementation's own failure is a result, not a crash
+                cache[key] = err
+        return cache[key]
+
+    # The case's reference: the first implementation that can run it (an oracle without training
+    # leaves the trajectories to the twins); those before it are reported unsupported once.
+    runnable = [impl for impl in impls if _can_run(impl, case)]
+    ordered = runnable + [impl for impl in impls if impl not in runnable] if runnable else impls
+    rows: list[Row] = []
+    for dtype, ref, actual in comparisons(ordered):
+        pair = f"{ref.label}~{actual.label}"
+
+        def note_row(quantity: str, verdict: str, detail: str, pair: str = pair, dtype: str = dtype) -> Row:
+            return Row(
+                case.name,
+                pair,
+                dtype,
+                quantity,
+                math.nan,
+                math.nan,
+                [],
+                0.0,
+                0.0,
+                stable,
+                factor,
+                False,
+                verdict=verdict,
+                detail=detail,
+            )
+
+        expected, got = results(ref), results(actual)
+        problem = next((r for r in (expected, got) if isinstance(r, BaseException)), None)
+        if isinstance(problem, Unsupported):
+            who = ref.impl if problem is expected else actual.impl
+            rows.append(
+                note_row(
+                    "-",
+                    "unsupported",
+                    f"{describe(who)} ({actual.dtype if who is actual.impl else ref.dtype}): {problem}",
+                )
+            )
+            continue
+        if problem is not None:
+            who = ref.impl if problem is expected else actual.impl
+            rows.append(note_row("error", "FAIL", f"{describe(who)} raised {type(problem).__name__}: {problem}"))
+            continue
+        assert isinstance(expected, dict) and isinstance(got, dict)
+        try:
+            leaves = compare_trees(expected, got, dtype)
+        except StructureError as err:
+            rows.append(note_row("structure", "FAIL", str(err)))
+            continue
+        for leaf in leaves:
             rows.append(
                 Row(
                     case=case.name,
@@ -203,35 +285,59 @@ def run_case(case: Case, twins: dict[str, Twin]) -> list[Row]:
                     stable=stable,
                     stability=factor,
                     ok=leaf.ok,
+                    detail=gate_note,
                 )
             )
     return rows
 
 
-def run_check(cases: list[Case], on_case: Callable[[Case, list[Row]], None] | None = None) -> list[Row]:
-    """Run every case in both twins; ``on_case`` sees each case's rows as they come."""
-    twins = {name: load(name, "float64") for name in ("jax", "torch")}
-    for name in twins:
-        full_precision_matmuls(name)
+def _can_run(impl: Any, case: Case) -> bool:
+    if case.kind == "trajectory" and getattr(impl, "train_trajectory", None) is None:
+        return False
+    return unsupported_reason(impl, case.cfg) is None
+
+
+DEFAULT_IMPLS = TWINS  # a plain `check`: the twins, the first the reference
+
+
+def load_impls(specs: list[str] | None = None) -> list[Any]:
+    """Resolve SPECs (``parity.registry``); the twins by default. Full float32 matmuls for the twins."""
+    impls = [resolve(spec) for spec in (specs or list(DEFAULT_IMPLS))]
+    if len(impls) < 2:
+        raise ConfigError("impl", "give at least two implementations: a reference first, then one to check")
+    names = [impl.name for impl in impls]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError("impl", f"{duplicates} named twice; each implementation needs its own name")
+    for impl in impls:
+        set_precision = getattr(impl, "set_precision", None)
+        if set_precision is not None:
+            set_precision("highest")
+    return impls
+
+
+def run_check(
+    cases: list[Case], on_case: Callable[[Case, list[Row]], None] | None = None, impls: list[Any] | None = None
+) -> list[Row]:
+    """Run every case in every implementation (the first is the reference; default: the twins);
+    ``on_case`` sees each case's rows as they come."""
+    impls = impls if impls is not None else load_impls()
     rows: list[Row] = []
     for case in cases:
-        try:
-            case_rows = run_case(case, twins)
-        except StructureError as err:
-            raise StructureError(f"{case.name}: {err}") from None
+        case_rows = run_case(case, impls)
         rows.extend(case_rows)
         if on_case is not None:
             on_case(case, case_rows)
     return rows
 
 
-def overall_ok(rows: list[Row]) -> bool:
-    return all(row.ok or excused(row) for row in rows)
+def overall_ok(rows: list[Row], strict: bool = False) -> bool:
+    """No FAIL row; with ``strict``, no unsupported row either."""
+    return all(row.verdict in ("ok", "unstable") or (row.verdict == "unsupported" and not strict) for row in rows)
 
 
 def row_dict(row: Row) -> dict[str, Any]:
     out = dataclasses.asdict(row)
-    out["verdict"] = row.verdict
     for key in ("max_abs_err", "max_rel_err", "stability"):
         if not math.isfinite(out[key]):
             out[key] = str(out[key])  # JSON has no inf / nan; keep them visible as strings
@@ -253,33 +359,72 @@ def _badness(row: Row) -> float:
     return row.max_rel_err / row.rtol if row.rtol else 0.0
 
 
+def _rank(row: Row) -> tuple[int, float]:
+    # a failing row first, then unsupported, then the one nearest its tolerance
+    return ({"FAIL": 3, "unsupported": 2}.get(row.verdict, 1), _badness(row) if row.verdict != "unsupported" else 0)
+
+
 def table_lines(rows: list[Row], verbose: bool = False) -> list[str]:
-    """A line per (case, pair, dtype) naming its worst quantity; every row with ``verbose``."""
+    """A line per (case, pair, dtype) naming its worst quantity; every row with ``verbose``.
+
+    A FAIL or unsupported row without numbers (an exception, a wrong structure, a case the
+    implementation cannot run) prints its reason instead.
+    """
     if verbose:
         shown = rows
     else:
         groups: dict[tuple[str, str, str], list[Row]] = {}
         for row in rows:
             groups.setdefault((row.case, row.framework_pair, row.dtype), []).append(row)
-        # a failing row first, else the one nearest its tolerance
-        shown = [max(g, key=lambda r: (r.verdict == "FAIL", _badness(r))) for g in groups.values()]
-    return [
-        f"{r.case:<34} {r.framework_pair:<12} {r.dtype:<8} {r.quantity:<16} {r.max_abs_err:>11.2e} "
-        f"{r.max_rel_err:>11.2e} {r.rtol:>7.0e} {r.stability:>7.3g}  {r.verdict}"
-        for r in shown
-    ]
+        shown = [max(g, key=_rank) for g in groups.values()]
+        # one line per case and reason for what an implementation cannot run, naming its pairs
+        kept: list[Row] = []
+        seen: dict[tuple[str, str], int] = {}
+        for r in shown:
+            key = (r.case, r.detail)
+            if r.verdict != "unsupported":
+                kept.append(r)
+            elif key in seen:
+                first = kept[seen[key]]
+                kept[seen[key]] = dataclasses.replace(
+                    first, framework_pair=f"{first.framework_pair},{r.framework_pair}"
+                )
+            else:
+                seen[key] = len(kept)
+                kept.append(r)
+        shown = kept
+    lines = []
+    for r in shown:
+        head = f"{r.case:<34} {r.framework_pair:<12} {r.dtype:<8} {r.quantity:<16} "
+        if math.isnan(r.max_abs_err) and r.detail:
+            lines.append(f"{head}{'':>11} {'':>11} {'':>7} {r.stability:>7.3g}  {r.verdict}: {r.detail}")
+        else:
+            lines.append(
+                f"{head}{r.max_abs_err:>11.2e} {r.max_rel_err:>11.2e} {r.rtol:>7.0e} {r.stability:>7.3g}  {r.verdict}"
+            )
+    return lines
 
 
-def summary(rows: list[Row]) -> str:
+def summary(rows: list[Row], strict: bool = False) -> str:
     cases = {r.case for r in rows}
     failed = sorted({r.case for r in rows if r.verdict == "FAIL"})
+    unsupported = sorted({r.case for r in rows if r.verdict == "unsupported"})
     unstable = sorted({r.case for r in rows if not r.stable})
-    worst64 = max((r.max_rel_err for r in rows if r.dtype == "float64" and r.stable), default=0.0)
-    verdict = "PASS" if not failed else "FAIL"
+    numbers = [r.max_rel_err for r in rows if r.dtype == "float64" and r.stable and not math.isnan(r.max_rel_err)]
+    worst64 = max(numbers, default=0.0)
+    verdict = "PASS" if overall_ok(rows, strict) else "FAIL"
+    compared = sum(1 for r in rows if r.verdict in ("ok", "unstable", "FAIL"))
     line = (
-        f"{verdict}: {len(cases)} cases, {len(rows)} comparisons; {len(failed)} failing, "
-        f"{len(unstable)} unstable (reported, not asserted); worst stable float64 relative error {worst64:.2e}"
+        f"{verdict}: {len(cases)} cases, {compared} comparisons; {len(failed)} failing, "
+        f"{len(unstable)} unstable (reported, not asserted), {len(unsupported)} with unsupported pairs"
+        f"{' (--strict: counted as failing)' if strict and unsupported else ''}; "
+        f"worst stable float64 relative error {worst64:.2e}"
     )
     if failed:
-        line += "\nfailing cases: " + ", ".join(failed)
+        where = []
+        for case in failed:
+            bad = [r for r in rows if r.case == case and r.verdict == "FAIL"]
+            quantities = sorted({f"{r.framework_pair} {r.dtype} {r.quantity}" for r in bad})
+            where.append(f"{case} ({'; '.join(quantities[:3])}{' ...' if len(quantities) > 3 else ''})")
+        line += "\nfailing: " + ", ".join(where)
     return line

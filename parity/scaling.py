@@ -36,13 +36,13 @@ def measure(devices: int, meta_batch: int, inner_steps: int, steps: int, repeats
 
     from parity import training
     from parity.tasks import sample_batches
-    from parity.twins import load, placement_for
+    from parity.twins import load
 
     if jax.device_count() < devices:
         raise ConfigError("devices", f"{devices} requested, JAX sees {jax.device_count()}")
     cfg = SEED_ALPHA.replace(meta_batch=meta_batch, inner_steps=inner_steps)
     twin = load("jax")
-    placement = placement_for("jax", cfg, devices)
+    placement = twin.placement(cfg, devices)
     state = placement.state(training.initial_state(twin, cfg))
     tasks = placement.tasks(tuple(sample_batches(cfg, 0, steps)[:4]), cfg.dtype)
     t0 = time.perf_counter()

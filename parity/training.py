@@ -49,9 +49,8 @@ class TrainingDiverged(RuntimeError):
 
 def initial_state(twin: Twin, cfg: Config) -> Any:
     """The twin's training state at step 0 from the shared NumPy initial parameters."""
-    model = twin.model
     return twin.train.init_state(
-        model.to_arrays(init_params(cfg), cfg.dtype), model.to_arrays(init_alpha_variable(cfg), cfg.dtype), cfg
+        twin.to_arrays(init_params(cfg), cfg.dtype), twin.to_arrays(init_alpha_variable(cfg), cfg.dtype), cfg
     )
 
 
@@ -74,7 +73,7 @@ def run(
     after every step that is a multiple of it (after that chunk's ``on_chunk``).
     At the first step whose loss, gradient or new state is not finite, ``on_chunk`` receives the chunk's
     steps before it and :class:`TrainingDiverged` is raised (no ``on_checkpoint`` after it).
-    ``placement`` (``jax_impl.distributed`` / ``torch_impl.distributed``) spreads each
+    ``placement`` (the twin adapter's ``placement``: its ``distributed`` module) spreads each
     meta-batch over devices or processes; None runs on one device.
     """
     if state is None:
@@ -88,10 +87,10 @@ def run(
         n = chunk_length(step, end, chunk, checkpoint_every)
         tasks = tuple(sample_batches(cfg, step, n)[:4])  # 4 × [N, B, P, 1]
         if placement is None:
-            state, metrics = twin.train.train_chunk(state, twin.model.to_arrays(tasks, cfg.dtype), cfg)
+            state, metrics = twin.train.train_chunk(state, twin.to_arrays(tasks, cfg.dtype), cfg)
         else:
             state, metrics = placement.train_chunk(state, placement.tasks(tasks, cfg.dtype), cfg)
-        metrics = twin.model.to_numpy(metrics)  # the one host transfer of the chunk
+        metrics = twin.to_numpy(metrics)  # the one host transfer of the chunk
         bad = first_nonfinite(metrics)
         if bad is not None:
             if on_chunk is not None and bad > 0:
@@ -154,8 +153,8 @@ def final_values(twin: Twin, state: Any, cfg: Config | None = None) -> dict[str,
     With ``cfg``, ``alpha`` is α itself (softplus(ρ) under ``alpha_parametrisation`` softplus);
     without, it is the learned variable as the state holds it.
     """
-    out = {f"params/{k}": v for k, v in twin.model.to_numpy(state.params).items()}
-    alpha = twin.model.to_numpy(state.alpha if cfg is None else twin.train.alpha_value(state.alpha, cfg))
+    out = {f"params/{k}": v for k, v in twin.to_numpy(state.params).items()}
+    alpha = twin.to_numpy(state.alpha if cfg is None else twin.train.alpha_value(state.alpha, cfg))
     if isinstance(alpha, dict):
         out.update({f"alpha/{k}": v for k, v in alpha.items()})
     else:

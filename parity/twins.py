@@ -1,94 +1,167 @@
-"""Lazy access to the twins, so that the framework-neutral code never imports JAX or PyTorch
-until a command actually needs one."""
+"""The built-in twins behind the contract: what their adapters share, and lazy loading.
+
+Each twin package has one adapter module (``jax_impl/adapter.py``, ``torch_impl/adapter.py``)
+whose class subclasses :class:`TwinAdapter`: it names the twin's ``model``, ``meta`` and
+``train`` modules and owns everything framework-specific the rest of ``parity/`` needs (switching
+precision and float64 on, placing arrays on a device, describing it, spreading a meta-batch over
+devices). :class:`TwinAdapter` adds, from those, the contract of :mod:`parity.contract` (NumPy in
+and out) and its optional capabilities. Nothing here imports a framework.
+"""
 
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
-from typing import Any, NamedTuple
+from typing import Any
 
-from parity.config import ConfigError
+import numpy as np
 
-FRAMEWORKS = ("jax", "torch")
+from parity.config import Config, ConfigError
+from parity.contract import MetaResult
+from parity.init import init_alpha, init_params
+from parity.registry import TWINS, resolve
+from parity.tasks import sample_batch
 
-
-class Twin(NamedTuple):
-    name: str
-    model: ModuleType  # forward, point_loss, to_arrays, to_numpy, check_dtype
-    meta: ModuleType  # inner_loss … meta_value_and_grad, inner_step_gains
-    train: ModuleType  # init_state, train_step, train_chunk
-
-
-def load(framework: str, dtype: str | None = None) -> Twin:
-    """Import one twin. With ``dtype="float64"`` JAX's x64 mode is switched on first."""
-    if framework not in FRAMEWORKS:
-        raise ConfigError("framework", f"must be one of {', '.join(FRAMEWORKS)}; got {framework!r}")
-    if framework == "jax" and dtype == "float64":
-        enable_jax_x64()
-    package = f"{framework}_impl"
-    return Twin(
-        name=framework,
-        model=importlib.import_module(f"{package}.model"),
-        meta=importlib.import_module(f"{package}.meta"),
-        train=importlib.import_module(f"{package}.train"),
-    )
+PRECISIONS = ("highest", "default")
 
 
-def enable_jax_x64() -> None:
-    """Turn on JAX's float64 support, unless the user switched it off explicitly.
+class TwinAdapter:
+    """A built-in twin: the contract plus every optional capability.
 
-    ``JAX_ENABLE_X64=0`` in the environment is a request for float32-only JAX: a float64 run
-    is then refused (by ``jax_impl.model.check_dtype``), never silently run in float32.
+    Subclasses set ``framework`` and the modules ``model`` (forward, point_loss, to_arrays,
+    to_numpy, check_dtype), ``meta`` (inner_loss … meta_value_and_grad, inner_step_gains) and
+    ``train`` (init_state, train_chunk, state_to_numpy, state_from_numpy, alpha_value), and
+    implement the framework-specific methods below.
     """
-    import os
 
-    if os.environ.get("JAX_ENABLE_X64", "").strip().lower() in ("0", "false", "no", "off"):
-        return
-    import jax
+    framework: str
+    model: ModuleType
+    meta: ModuleType
+    train: ModuleType
 
-    jax.config.update("jax_enable_x64", True)
+    def __init__(self, device: str | None = None):
+        self.device = device
+        self.name = self.framework if device is None else f"{self.framework}@{device}"
 
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
 
-def full_precision_matmuls(framework: str) -> None:
-    """Parity runs use full float32 matmuls on GPUs: no TF32, no bf16 passes."""
-    if framework == "jax":
-        import jax
+    # --- framework-specific: each adapter implements these ----------------------------------------
 
-        jax.config.update("jax_default_matmul_precision", "highest")
-    else:
-        import torch
+    def prepare(self, dtype: str) -> None:
+        """Make ``dtype`` computable (JAX: x64 mode for float64), or raise ConfigError("dtype")."""
+        raise NotImplementedError
 
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-        torch.set_float32_matmul_precision("highest")
+    def set_precision(self, precision: str) -> None:
+        """``highest``: full float32 matmuls (no TF32 / bf16 passes); ``default``: the framework's own."""
+        raise NotImplementedError
 
+    def device_description(self) -> str:
+        """The device the twin computes on, e.g. ``cpu (x86_64, JAX)`` or a GPU's name."""
+        raise NotImplementedError
 
-def placement_for(
-    framework: str,
-    cfg: Any,
-    devices: int | None = None,
-    coordinator: str | None = None,
-    num_processes: int | None = None,
-    process_id: int | None = None,
-) -> Any:
-    """How a training run spreads its meta-batch: a twin's ``distributed.Placement``, or None for
-    one device (JAX sees one device and none were asked for; PyTorch was not started by torchrun).
-    """
-    import os
+    def differentiable(self, params: Any) -> Any:
+        """Parameters in the form the twin's ``adapt`` differentiates (eval's adaptation)."""
+        return params
 
-    if framework == "jax":
-        from jax_impl import distributed as jax_distributed
+    def placement(
+        self,
+        cfg: Config,
+        devices: int | None = None,
+        coordinator: str | None = None,
+        num_processes: int | None = None,
+        process_id: int | None = None,
+    ) -> Any:
+        """How training spreads its meta-batch: a ``Placement``, or None for one device."""
+        raise NotImplementedError
 
-        jax_distributed.initialize(coordinator, num_processes, process_id)
-        import jax
+    # --- the NumPy boundary -------------------------------------------------------------------
 
-        if devices is None and jax.device_count() == 1:
-            return None
-        return jax_distributed.placement(cfg, devices)
-    if coordinator is not None:
-        raise ConfigError("coordinator", "is for the JAX twin; launch PyTorch on several hosts with torchrun")
-    from torch_impl import distributed as torch_distributed
+    def to_arrays(self, tree: Any, dtype: str) -> Any:
+        """NumPy leaves -> the twin's arrays of ``dtype`` on its device (the one way in)."""
+        if self.device is None:
+            return self.model.to_arrays(tree, dtype)
+        return self.model.to_arrays(tree, dtype, device=self.device)
 
-    if devices is None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+    def to_numpy(self, tree: Any) -> Any:
+        """The twin's arrays -> NumPy (the one way out)."""
+        return self.model.to_numpy(tree)
+
+    # --- the contract -------------------------------------------------------------------------
+
+    def supports(self, cfg: Config) -> str | None:
+        try:
+            self.prepare(cfg.dtype)
+        except ConfigError as err:
+            return str(err)
         return None
-    return torch_distributed.placement(cfg, devices)
+
+    def meta_value_and_grad(
+        self, params: dict[str, np.ndarray], alpha: Any, tasks: tuple[np.ndarray, ...], cfg: Config
+    ) -> MetaResult:
+        self.prepare(cfg.dtype)
+        out = self.meta.meta_value_and_grad(
+            self.to_arrays(params, cfg.dtype), self.to_arrays(alpha, cfg.dtype), self.to_arrays(tasks, cfg.dtype), cfg
+        )
+        (loss, inner), (grad_params, grad_alpha) = self.to_numpy(out)
+        return {
+            "outer_loss": np.asarray(loss),
+            "inner_losses": np.asarray(inner),
+            "grads": dict(grad_params),
+            "alpha_grad": dict(grad_alpha) if isinstance(grad_alpha, dict) else np.asarray(grad_alpha),
+        }
+
+    # --- optional capabilities ----------------------------------------------------------------
+
+    def stability_gains(self, params: Any, alpha: Any, tasks: tuple[np.ndarray, ...], cfg: Config) -> np.ndarray:
+        """The gate's per-step gains ``max|1 − α·λ(H_t)|`` [B, T] (see ``meta.inner_step_gains``)."""
+        self.prepare(cfg.dtype)
+        gains = self.meta.inner_step_gains(
+            self.to_arrays(params, cfg.dtype), self.to_arrays(alpha, cfg.dtype), self.to_arrays(tasks, cfg.dtype), cfg
+        )
+        return np.asarray(self.to_numpy(gains))
+
+    def train_trajectory(self, cfg: Config, steps: int) -> dict[str, np.ndarray]:
+        """Parameters and α after ``steps`` outer steps from the shared start, and every step's outer loss."""
+        from parity import training
+
+        self.prepare(cfg.dtype)
+        losses: list[np.ndarray] = []
+        state = training.run(
+            self, cfg, iterations=steps, chunk=steps, on_chunk=lambda _, m: losses.append(m["outer_loss"])
+        )
+        results = training.final_values(self, state)
+        results["outer_loss"] = np.concatenate(losses)
+        return results
+
+
+# The type the training, evaluation and benchmark code take: any built-in twin's adapter.
+Twin = TwinAdapter
+
+
+def load(framework: str, dtype: str | None = None, device: str | None = None) -> TwinAdapter:
+    """A built-in twin's adapter, ready for ``dtype`` (JAX: x64 switched on for float64)."""
+    if framework not in TWINS:
+        raise ConfigError("framework", f"must be one of {', '.join(TWINS)}; got {framework!r}")
+    twin = resolve(framework if device is None else f"{framework}@{device}")
+    assert isinstance(twin, TwinAdapter), type(twin)
+    if dtype is not None:
+        twin.prepare(dtype)
+    return twin
+
+
+def meta_results(twin: Any, cfg: Config, params: Any, alpha: Any, tasks: tuple[np.ndarray, ...]) -> dict[str, Any]:
+    """Any implementation's meta-gradient on NumPy inputs, flat NumPy out: ``outer_loss``,
+    ``inner_losses``, ``grad/<name>``, ``grad/alpha`` (or ``grad/alpha/<name>``), checked against the contract."""
+    from parity.contract import describe, flatten_result
+
+    return flatten_result(twin.meta_value_and_grad(params, alpha, tasks, cfg), cfg, describe(twin))
+
+
+def step0_inputs(cfg: Config) -> tuple[dict[str, np.ndarray], Any, tuple[np.ndarray, ...]]:
+    """The shared initial parameters, α and the sampler's step-0 meta-batch, in ``cfg.dtype``."""
+    dtype = np.dtype(cfg.dtype)
+    params = {k: v.astype(dtype) for k, v in init_params(cfg).items()}
+    alpha = init_alpha(cfg)
+    alpha = {k: v.astype(dtype) for k, v in alpha.items()} if isinstance(alpha, dict) else np.asarray(alpha, dtype)
+    tasks = tuple(np.asarray(t, dtype) for t in sample_batch(cfg, 0)[:4])
+    return params, alpha, tasks

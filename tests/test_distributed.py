@@ -89,11 +89,11 @@ def test_jax_sharded_step_reduces_with_collectives(config_b8):
 import jax, numpy as np
 from parity.config import Config
 from parity import training
-from parity.twins import load, placement_for
+from parity.twins import load
 from parity.tasks import sample_batches
 cfg = Config.from_json(open({config_b8!r}).read())
 twin = load("jax")
-p = placement_for("jax", cfg, 4)
+p = load("jax").placement(cfg, 4)
 state = p.state(training.initial_state(twin, cfg))
 tasks = p.tasks(tuple(sample_batches(cfg, 0, 2)[:4]), cfg.dtype)
 hlo = jax.jit(lambda s, t: twin.train.train_chunk(s, t, cfg)).lower(state, tasks).compile().as_text()

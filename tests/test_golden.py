@@ -6,8 +6,8 @@ import numpy as np
 import numpy_reference
 import pytest
 
-from parity.checkpoint import GoldenFileError, read_golden
 from parity.cli import main
+from parity.golden import GoldenFileError, read_golden
 
 
 @pytest.mark.parametrize("framework", ["jax", "torch"])

@@ -24,17 +24,15 @@ from parity.checkpoint import (
     CHECKPOINT_FILE,
     MANIFEST_FILE,
     CheckpointError,
-    GoldenFileError,
     expected_layout,
     flatten_state,
     read_checkpoint,
-    read_golden,
     unflatten_state,
     write_checkpoint,
-    write_golden,
 )
 from parity.cli import EXIT_DIVERGED, EXIT_USAGE, main
 from parity.config import SEED_ALPHA, Config, ConfigError, field_names
+from parity.golden import GoldenFileError, read_golden, write_golden
 from parity.init import alpha_from_variable, init_alpha, init_alpha_variable, init_params
 from parity.run import read_metrics, train_run
 from parity.tasks import sample_batch
@@ -556,7 +554,7 @@ def test_a_corrupt_checkpoint_is_one_cli_line_and_left_alone(tmp_path, capsys) -
 
 
 def golden_blob(tmp_path: Path) -> tuple[bytes, dict]:
-    from parity.checkpoint import golden_arrays
+    from parity.golden import golden_arrays
 
     cfg = SMALL.replace(meta_batch=2)
     path = write_golden(tmp_path / "golden.npz", golden_arrays(load("jax", "float64"), cfg))

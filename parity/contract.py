@@ -1,0 +1,139 @@
+"""The contract every implementation meets: the built-in twins, the NumPy oracle, and yours.
+
+A third party implements exactly :class:`Implementation` — an object with a ``name`` and one
+method — and nothing else is required::
+
+    class MyMAML:
+        name = "mine"
+
+        def meta_value_and_grad(self, params, alpha, tasks, cfg):
+            ...  # NumPy in, NumPy out
+            return {"outer_loss": loss, "inner_losses": inner, "grads": grads, "alpha_grad": dalpha}
+
+Arguments (all NumPy, in ``cfg.dtype``):
+
+- ``params``: ``{name: ndarray}``, names ``w0, b0, w1, b1, …``; weights are ``(out, in)`` as in
+  ``torch.nn.Linear``, biases ``(out,)``; the MLP is ``1 → cfg.hidden … → 1`` with
+  ``cfg.activation`` between layers and none after the last.
+- ``alpha``: a 0-d ndarray (the inner learning rate α itself, also under the softplus
+  parametrisation), or ``{name: ndarray}`` shaped like ``params`` when ``cfg.alpha_mode`` is
+  ``per_parameter``.
+- ``tasks``: ``(x_support [B, K, 1], y_support [B, K, 1], x_query [B, Q, 1], y_query [B, Q, 1])``.
+- ``cfg``: :class:`parity.config.Config` (read ``inner_steps``, ``loss``, ``activation``,
+  ``first_order``; the rest describes how the data were made).
+
+The objective: for each task, ``T = cfg.inner_steps`` SGD steps ``w ← w − α ⊙ ∇L_support(w)``
+from ``params``, differentiated through (second order) unless ``cfg.first_order`` (then each inner
+gradient is a constant; α still gets a gradient); the outer loss is ``L_query(w_T)``. Losses are
+the mean over points (``l1``: mean |error|; ``mse``: mean error²), then the mean over tasks.
+
+Returns a dict (NumPy, ``cfg.dtype``): ``outer_loss`` 0-d; ``inner_losses`` ``[T]`` (meta-batch
+mean support loss before each inner step); ``grads`` ``{name: ndarray}`` (dL/dparams);
+``alpha_grad`` 0-d or ``{name: ndarray}`` (dL/dα; under a fixed α it is still compared — return
+it, or declare the case unsupported with ``supports``).
+
+Optional capabilities, looked up by name (an implementation without one is reported
+``unsupported`` for the cases that need it, never as passing):
+
+- ``supports(cfg) -> str | None``: a reason when a case is not supported, else None;
+- ``train_trajectory(cfg, steps) -> dict``: ``params/<name>``, ``alpha`` (or ``alpha/<name>``) after
+  ``steps`` outer steps from ``parity.init``'s start on ``parity.tasks``' batches, and
+  ``outer_loss`` ``[steps]`` (the trajectory cases);
+- ``stability_gains(params, alpha, tasks, cfg) -> ndarray [B, T]``: the stability gate's per-step
+  gains (the harness takes them from the first implementation that offers them);
+- ``trace(params, alpha, tasks, cfg) -> dict``: per task and inner step values, for locating a
+  first divergence.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, TypedDict, runtime_checkable
+
+import numpy as np
+
+from parity.config import Config
+
+
+class MetaResult(TypedDict):
+    outer_loss: np.ndarray  # []
+    inner_losses: np.ndarray  # [T]
+    grads: dict[str, np.ndarray]  # dL/dparams, shaped like params
+    alpha_grad: Any  # [] or {name: ndarray}
+
+
+@runtime_checkable
+class Implementation(Protocol):
+    """The minimal contract: ``name`` and ``meta_value_and_grad`` (see the module docstring)."""
+
+    name: str
+
+    def meta_value_and_grad(
+        self, params: dict[str, np.ndarray], alpha: Any, tasks: tuple[np.ndarray, ...], cfg: Config
+    ) -> MetaResult: ...
+
+
+class ContractError(ValueError):
+    """An implementation returned something that is not what the contract asks for."""
+
+
+RESULT_KEYS = ("outer_loss", "inner_losses", "grads", "alpha_grad")
+
+
+def unsupported_reason(impl: Any, cfg: Config) -> str | None:
+    """The implementation's own reason for not supporting ``cfg`` (its optional ``supports``)."""
+    supports = getattr(impl, "supports", None)
+    if supports is None:
+        return None
+    reason = supports(cfg)
+    return None if reason is None else str(reason)
+
+
+def flatten_result(result: Any, cfg: Config, who: str) -> dict[str, np.ndarray]:
+    """A contract result as flat NumPy leaves (``outer_loss``, ``inner_losses``, ``grad/<name>``,
+    ``grad/alpha`` or ``grad/alpha/<name>``), after checking keys, shapes and dtype.
+
+    Raises :class:`ContractError` naming the implementation and the first thing that is wrong.
+    """
+    if not isinstance(result, dict):
+        raise ContractError(f"{who}: meta_value_and_grad must return a dict, got {type(result).__name__}")
+    missing = [key for key in RESULT_KEYS if key not in result]
+    if missing:
+        raise ContractError(f"{who}: the result lacks {missing} (needs {list(RESULT_KEYS)})")
+    shapes = cfg.param_shapes
+    flat: dict[str, Any] = {"outer_loss": result["outer_loss"], "inner_losses": result["inner_losses"]}
+    expected: dict[str, tuple[int, ...]] = {"outer_loss": (), "inner_losses": (cfg.inner_steps,)}
+    grads = result["grads"]
+    if not isinstance(grads, dict) or set(grads) != set(shapes):
+        got = sorted(grads) if isinstance(grads, dict) else type(grads).__name__
+        raise ContractError(f"{who}: grads must be a dict with keys {sorted(shapes)}, got {got}")
+    for name, shape in shapes.items():
+        flat[f"grad/{name}"] = grads[name]
+        expected[f"grad/{name}"] = shape
+    alpha_grad = result["alpha_grad"]
+    if cfg.alpha_mode == "per_parameter":
+        if not isinstance(alpha_grad, dict) or set(alpha_grad) != set(shapes):
+            raise ContractError(f"{who}: alpha_grad must be a dict with keys {sorted(shapes)} in per_parameter mode")
+        for name, shape in shapes.items():
+            flat[f"grad/alpha/{name}"] = alpha_grad[name]
+            expected[f"grad/alpha/{name}"] = shape
+    else:
+        if isinstance(alpha_grad, dict):
+            raise ContractError(f"{who}: alpha_grad must be a 0-d array for alpha_mode {cfg.alpha_mode!r}")
+        flat["grad/alpha"] = alpha_grad
+        expected["grad/alpha"] = ()
+    out: dict[str, np.ndarray] = {}
+    for key, value in flat.items():
+        if not isinstance(value, np.ndarray | np.generic):
+            raise ContractError(f"{who}: {key} must be a NumPy array, got {type(value).__name__}")
+        array = np.asarray(value)
+        if array.shape != expected[key]:
+            raise ContractError(f"{who}: {key} has shape {list(array.shape)}, expected {list(expected[key])}")
+        if array.dtype != np.dtype(cfg.dtype):
+            raise ContractError(f"{who}: {key} is {array.dtype}, expected {cfg.dtype} (no silent change of precision)")
+        out[key] = array
+    return out
+
+
+def describe(impl: Any) -> str:
+    """A short name for messages: the implementation's ``name``, else its type."""
+    return str(getattr(impl, "name", type(impl).__name__))

@@ -1,0 +1,165 @@
+"""``numpy``: a framework-free oracle implementing the contract (``parity.contract``).
+
+It shares no code with the twins. The inner gradient is written out by hand (backpropagation
+through the MLP); the outer gradient comes from complex-step differentiation,
+``f'(x)·v = Im f(x + i·h·v) / h`` with ``h = 1e-30``: no subtraction, so it is exact to
+rounding, one direction per basis vector of each parameter. Every non-analytic piece stays
+complex-step-safe: ``|z|`` is ``z·sign(Re z)`` and ``relu(z)`` is ``z·[Re z > 0]``. First order
+(FOMAML) holds each inner gradient constant by computing it from the real parts alone, so the
+perturbation flows only through ``w − α·g``.
+
+Float64 only (complex128 inside): it is the reference that both twins' float64 results, and
+their float32 results, are held to. It does not train (no trajectories).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from parity.config import Config
+from parity.contract import MetaResult
+
+H = 1e-30  # complex step
+
+
+def _act(z: np.ndarray, kind: str) -> np.ndarray:
+    return np.tanh(z) if kind == "tanh" else z * (z.real > 0)
+
+
+def _act_grad(z: np.ndarray, kind: str) -> np.ndarray:
+    return 1.0 - np.tanh(z) ** 2 if kind == "tanh" else (z.real > 0).astype(float)
+
+
+def forward(W: list[np.ndarray], b: list[np.ndarray], x: np.ndarray, act: str) -> tuple[np.ndarray, list, list]:
+    """W[i] [D, out, in], b[i] [D, out], x [P, 1] → (out [D, P, 1], layer inputs, pre-activations)."""
+    h = np.broadcast_to(x, (W[0].shape[0], *x.shape)).astype(complex)
+    inputs, pre = [], []
+    for i in range(len(W)):
+        inputs.append(h)
+        z = np.einsum("dpi,doi->dpo", h, W[i]) + b[i][:, None, :]
+        pre.append(z)
+        h = _act(z, act) if i < len(W) - 1 else z
+    return h, inputs, pre
+
+
+def loss_and_grad_out(out: np.ndarray, y: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Mean loss over P points [D] and its gradient with respect to ``out`` [D, P, 1]."""
+    r = out - y
+    P = r.shape[1]
+    if kind == "l1":
+        s = np.sign(r.real)
+        return np.sum(r * s, axis=(1, 2)) / P, s / P
+    return np.sum(r * r, axis=(1, 2)) / P, 2.0 * r / P
+
+
+def loss_grads(W: list, b: list, x: np.ndarray, y: np.ndarray, act: str, loss: str) -> tuple[np.ndarray, list, list]:
+    """Support loss [D] and its gradient by hand-written backpropagation: (value, dW, db)."""
+    out, inputs, pre = forward(W, b, x, act)
+    value, g = loss_and_grad_out(out, y, loss)
+    gW: list[Any] = [None] * len(W)
+    gb: list[Any] = [None] * len(W)
+    for i in reversed(range(len(W))):
+        gW[i] = np.einsum("dpo,dpi->doi", g, inputs[i])
+        gb[i] = g.sum(axis=1)
+        if i > 0:
+            g = np.einsum("dpo,doi->dpi", g, W[i]) * _act_grad(pre[i - 1], act)
+    return value, gW, gb
+
+
+def meta_loss(params: dict[str, np.ndarray], alpha: Any, tasks: tuple, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
+    """Mean outer loss [D] and mean support losses [D, T]; every leaf carries a leading D axis."""
+    n = len(params) // 2
+    x_s, y_s, x_q, y_q = tasks
+    outer, inner = [], []
+    for task in range(x_s.shape[0]):
+        W = [params[f"w{i}"] for i in range(n)]
+        b = [params[f"b{i}"] for i in range(n)]
+        losses = []
+        for _ in range(cfg.inner_steps):
+            if cfg.first_order:  # the inner gradient is a constant: computed from the real parts
+                value, gW, gb = loss_grads(
+                    [w.real for w in W], [c.real for c in b], x_s[task], y_s[task], cfg.activation, cfg.loss
+                )
+                value = loss_grads(W, b, x_s[task], y_s[task], cfg.activation, cfg.loss)[0]
+            else:
+                value, gW, gb = loss_grads(W, b, x_s[task], y_s[task], cfg.activation, cfg.loss)
+            losses.append(value)
+            if isinstance(alpha, dict):
+                W = [W[i] - alpha[f"w{i}"] * gW[i] for i in range(n)]
+                b = [b[i] - alpha[f"b{i}"] * gb[i] for i in range(n)]
+            else:
+                a = alpha.reshape(-1, 1, 1)
+                W = [W[i] - a * gW[i] for i in range(n)]
+                b = [b[i] - a[:, :, 0] * gb[i] for i in range(n)]
+        out, _, _ = forward(W, b, x_q[task], cfg.activation)
+        outer.append(loss_and_grad_out(out, y_q[task], cfg.loss)[0])
+        inner.append(np.stack(losses, axis=-1) if losses else np.zeros((W[0].shape[0], 0)))
+    return np.mean(outer, axis=0), np.mean(inner, axis=0)
+
+
+class NumpyOracle:
+    """The contract in NumPy: hand-written backprop inside, complex-step differentiation outside."""
+
+    name = "numpy"
+
+    def supports(self, cfg: Config) -> str | None:
+        if cfg.dtype != "float64":
+            return "the NumPy oracle computes in float64 only (it is the float64 reference)"
+        return None
+
+    def meta_value_and_grad(
+        self, params: dict[str, np.ndarray], alpha: Any, tasks: tuple[np.ndarray, ...], cfg: Config
+    ) -> MetaResult:
+        params = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
+        per_parameter = isinstance(alpha, dict)
+        if per_parameter:
+            alpha = {k: np.asarray(v, dtype=np.float64) for k, v in alpha.items()}
+        else:
+            alpha = np.asarray(alpha, dtype=np.float64)
+        tasks = tuple(np.asarray(t, dtype=np.float64) for t in tasks)
+        names = list(params)
+
+        def one(tree: Any) -> Any:  # a leading D = 1 axis, complex
+            if isinstance(tree, dict):
+                return {k: v[None].astype(complex) for k, v in tree.items()}
+            return tree.reshape(1).astype(complex)
+
+        def along(tree: Any, D: int, name: str | None, basis: np.ndarray | None) -> Any:
+            # D copies of tree, entry `name` perturbed by i·h along each basis vector
+            if isinstance(tree, dict):
+                return {
+                    k: (np.broadcast_to(v, (D, *v.shape)) + (1j * H * basis if k == name and basis is not None else 0)).astype(complex)
+                    for k, v in tree.items()
+                }
+            return np.broadcast_to(tree, (D,)).astype(complex)
+
+        outer, inner = meta_loss(one(params), one(alpha), tasks, cfg)
+        grads: dict[str, np.ndarray] = {}
+        for k in names:
+            basis = _basis(params[k].shape)
+            D = basis.shape[0]
+            value = meta_loss(along(params, D, k, basis), along(alpha, D, None, None), tasks, cfg)[0]
+            grads[k] = (value.imag / H).reshape(params[k].shape)
+        alpha_grad: Any
+        if per_parameter:
+            alpha_grad = {}
+            for k in names:
+                basis = _basis(alpha[k].shape)
+                D = basis.shape[0]
+                value = meta_loss(along(params, D, None, None), along(alpha, D, k, basis), tasks, cfg)[0]
+                alpha_grad[k] = (value.imag / H).reshape(alpha[k].shape)
+        else:
+            alpha_grad = np.asarray(meta_loss(one(params), one(alpha) + 1j * H, tasks, cfg)[0].imag[0] / H)
+        return {
+            "outer_loss": np.asarray(outer[0].real),
+            "inner_losses": np.asarray(inner[0].real),
+            "grads": grads,
+            "alpha_grad": alpha_grad,
+        }
+
+
+def _basis(shape: tuple[int, ...]) -> np.ndarray:
+    size = int(np.prod(shape))
+    return np.eye(size).reshape((size, *shape))
