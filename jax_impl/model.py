@@ -8,10 +8,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from parity.config import Config, ConfigError
+from parity.config import Config, ConfigError, lookup
 from parity.validate import ArrayTypeError, Spec, check_call
 
 Params = dict[str, jax.Array]
+
+# Option choices as tables (an unknown name is refused by parity.config.lookup, never an `else`).
+ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
+POINT_LOSSES = {"l1": jnp.abs, "mse": jnp.square}
 
 
 def forward(params: Params, x: jax.Array, activation: str) -> jax.Array:
@@ -28,19 +32,20 @@ def mlp(params: Params, x: jax.Array, activation: str) -> jax.Array:
     Weights are (out, in); parameters may carry the same leading task axes as ``x``.
     """
     n_layers = len(params) // 2
+    act = lookup(ACTIVATIONS, "activation", activation)
     h = x  # [..., P, 1]
     for i in range(n_layers):
         w, b = params[f"w{i}"], params[f"b{i}"]  # [..., out, in], [..., out]
         h = h @ jnp.swapaxes(w, -1, -2) + b[..., None, :]  # [..., P, out]
         if i < n_layers - 1:
-            h = jnp.tanh(h) if activation == "tanh" else jax.nn.relu(h)
+            h = act(h)
     return h
 
 
 def point_loss(pred: jax.Array, y: jax.Array, kind: str) -> jax.Array:
     """Mean over the points of one task: [..., P, 1] → [...]."""
     err = pred - y
-    per_point = jnp.abs(err) if kind == "l1" else err * err
+    per_point = lookup(POINT_LOSSES, "loss", kind)(err)
     return jnp.mean(per_point, axis=(-2, -1))
 
 

@@ -16,7 +16,7 @@ import optax
 
 from jax_impl.meta import Alpha, Tasks, meta_value_and_grad
 from jax_impl.model import Params, to_arrays, to_numpy
-from parity.config import Config
+from parity.config import Config, lookup
 
 
 class TrainState(NamedTuple):
@@ -27,9 +27,16 @@ class TrainState(NamedTuple):
     alpha_opt: Any  # optax state of the α optimiser (empty when α is fixed)
 
 
+# Option choices as a table (an unknown name is refused by parity.config.lookup, never an `else`).
+OPTIMIZERS = {
+    "sgd": optax.sgd,
+    "adam": lambda lr: optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8),
+}
+
+
 def make_optimizer(name: str, lr: float) -> optax.GradientTransformation:
     """sgd: w ← w − lr·g (torch.optim.SGD). adam: torch.optim.Adam's defaults (β 0.9/0.999, ε 1e-8)."""
-    return optax.sgd(lr) if name == "sgd" else optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8)
+    return lookup(OPTIMIZERS, "optimizer", name)(lr)
 
 
 def optimizers(cfg: Config) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:

@@ -220,6 +220,15 @@ def _unknown_field(key: Any) -> ConfigError:
 # --- validation helpers -----------------------------------------------------------------
 
 
+def lookup(table: dict[str, Any], field: str, name: str) -> Any:
+    """``table[name]``, or ConfigError naming ``field`` and what is allowed: option choices are
+    tables, so an unknown name is refused instead of falling into an ``else``."""
+    try:
+        return table[name]
+    except (KeyError, TypeError):
+        raise ConfigError(field, f"must be one of {', '.join(table)}; got {name!r}") from None
+
+
 def _check_int(name: str, value: Any, minimum: int) -> None:
     # bool is an int subclass in Python; True is never a valid step count.
     if isinstance(value, bool) or not isinstance(value, int):

@@ -130,7 +130,9 @@ class NumpyOracle:
             # D copies of tree, entry `name` perturbed by i·h along each basis vector
             if isinstance(tree, dict):
                 return {
-                    k: (np.broadcast_to(v, (D, *v.shape)) + (1j * H * basis if k == name and basis is not None else 0)).astype(complex)
+                    k: (
+                        np.broadcast_to(v, (D, *v.shape)) + (1j * H * basis if k == name and basis is not None else 0)
+                    ).astype(complex)
                     for k, v in tree.items()
                 }
             return np.broadcast_to(tree, (D,)).astype(complex)

@@ -7,10 +7,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from parity.config import Config
+from parity.config import Config, lookup
 from parity.validate import ArrayTypeError, Spec, check_call
 
 Params = dict[str, torch.Tensor]
+
+# Option choices as tables (an unknown name is refused by parity.config.lookup, never an `else`).
+ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
+POINT_LOSSES = {"l1": torch.abs, "mse": torch.square}
 
 
 def forward(params: Params, x: torch.Tensor, activation: str) -> torch.Tensor:
@@ -27,19 +31,20 @@ def mlp(params: Params, x: torch.Tensor, activation: str) -> torch.Tensor:
     Weights are (out, in); parameters may carry the same leading task axes as ``x``.
     """
     n_layers = len(params) // 2
+    act = lookup(ACTIVATIONS, "activation", activation)
     h = x  # [..., P, 1]
     for i in range(n_layers):
         w, b = params[f"w{i}"], params[f"b{i}"]  # [..., out, in], [..., out]
         h = h @ torch.swapaxes(w, -1, -2) + b[..., None, :]  # [..., P, out]
         if i < n_layers - 1:
-            h = torch.tanh(h) if activation == "tanh" else torch.relu(h)
+            h = act(h)
     return h
 
 
 def point_loss(pred: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
     """Mean over the points of one task: [..., P, 1] → [...]."""
     err = pred - y
-    per_point = torch.abs(err) if kind == "l1" else err * err
+    per_point = lookup(POINT_LOSSES, "loss", kind)(err)
     return torch.mean(per_point, dim=(-2, -1))
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from parity.config import Config
+from parity.config import Config, lookup
 from torch_impl.meta import Alpha, Tasks, meta_value_and_grad
 from torch_impl.model import Params, to_arrays, to_numpy
 
@@ -26,11 +26,16 @@ class TrainState:
     alpha_opt: torch.optim.Optimizer | None  # None when α is fixed
 
 
+# Option choices as a table (an unknown name is refused by parity.config.lookup, never an `else`).
+OPTIMIZERS = {
+    "sgd": lambda leaves, lr: torch.optim.SGD(leaves, lr=lr),
+    "adam": lambda leaves, lr: torch.optim.Adam(leaves, lr=lr, betas=(0.9, 0.999), eps=1e-8),
+}
+
+
 def make_optimizer(name: str, lr: float, leaves: list[torch.Tensor]) -> torch.optim.Optimizer:
     """sgd: w ← w − lr·g. adam: β 0.9/0.999, ε 1e-8 (optax.adam with the same settings)."""
-    if name == "sgd":
-        return torch.optim.SGD(leaves, lr=lr)
-    return torch.optim.Adam(leaves, lr=lr, betas=(0.9, 0.999), eps=1e-8)
+    return lookup(OPTIMIZERS, "optimizer", name)(leaves, lr)
 
 
 def _leaves(tree: Params | torch.Tensor) -> list[torch.Tensor]:
