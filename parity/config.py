@@ -11,6 +11,7 @@ import dataclasses
 import itertools
 import json
 import math
+import sys
 from typing import Any
 
 ACTIVATIONS = ("tanh", "relu")
@@ -58,6 +59,8 @@ class Config:
     inner_steps: int = 3  # T; 0 means no adaptation
     alpha_mode: str = "fixed"  # fixed | scalar (seed part 4) | per_parameter (Meta-SGD)
     alpha_init: float = 0.03  # α, or the initial value of every entry of a learned α
+    # A negative alpha_init climbs the inner loss; refused unless asked for with this set true.
+    allow_negative_alpha: bool = False
     # What the outer loop learns for a learned α: α itself (identity), or ρ with α = softplus(ρ)
     # (softplus), which keeps α > 0 whatever the updates; ρ starts where softplus(ρ) = alpha_init.
     alpha_parametrisation: str = "identity"
@@ -96,6 +99,8 @@ class Config:
         _check_int("inner_steps", self.inner_steps, minimum=0)
         _check_choice("alpha_mode", self.alpha_mode, ALPHA_MODES)
         _check_float("alpha_init", self.alpha_init)
+        if not isinstance(self.allow_negative_alpha, bool):
+            raise ConfigError("allow_negative_alpha", f"must be true or false, got {self.allow_negative_alpha!r}")
         _check_choice("alpha_parametrisation", self.alpha_parametrisation, ALPHA_PARAMETRISATIONS)
         if self.alpha_parametrisation == "softplus":
             if self.alpha_mode == "fixed":
@@ -104,6 +109,12 @@ class Config:
                     "softplus applies to a learned alpha (alpha_mode scalar or per_parameter); alpha_mode is fixed",
                 )
             _check_float("alpha_init", self.alpha_init, positive=True, why=" (alpha_parametrisation softplus)")
+        if self.alpha_init < 0 and not self.allow_negative_alpha:
+            raise ConfigError(
+                "alpha_init",
+                f"must be >= 0, got {self.alpha_init} (a negative alpha climbs the inner loss; "
+                "set allow_negative_alpha to true to run it anyway)",
+            )
         if not isinstance(self.first_order, bool):
             raise ConfigError("first_order", f"must be true or false, got {self.first_order!r}")
         if not isinstance(self.remat, bool):
@@ -116,6 +127,7 @@ class Config:
         _check_int("iterations", self.iterations, minimum=0)
         _check_choice("dtype", self.dtype, DTYPES)
         _check_int("seed", self.seed, minimum=0)
+        _check_arithmetic(self)
         object.__setattr__(self, "alpha_init", float(self.alpha_init))
         object.__setattr__(self, "outer_lr", float(self.outer_lr))
         object.__setattr__(self, "alpha_lr", float(self.alpha_lr))
@@ -268,6 +280,41 @@ def _check_range(name: str, value: Any) -> tuple[float, float]:
     if low > high:
         raise ConfigError(name, f"must satisfy low <= high, got [{low}, {high}]")
     return (float(low), float(high))
+
+
+# Largest finite value of each dtype (no NumPy import here).
+_DTYPE_MAX = {"float32": 3.4028234663852886e38, "float64": sys.float_info.max}
+
+
+def _check_arithmetic(cfg: Config) -> None:
+    """Finite fields whose arithmetic is not finite in ``cfg.dtype``: refused by name.
+
+    Sampling draws ``low + (high - low)·u`` in float64 and casts to the dtype; a task is
+    ``A·sin(ω·x + φ)``; the first inner step subtracts α times a gradient that scales with the
+    inputs and amplitudes. Each of these must stay finite (the MSE loss also squares A).
+    """
+    top = _DTYPE_MAX[cfg.dtype]
+    for name in _RANGE_FIELDS:
+        low, high = getattr(cfg, name)
+        if max(abs(low), abs(high)) > top:
+            raise ConfigError(name, f"{[low, high]} is not finite in {cfg.dtype} (largest {top:.4g})")
+        if not _is_finite(high - low) or high - low > _DTYPE_MAX["float64"]:
+            raise ConfigError(name, f"the width high - low of {[low, high]} overflows; sampling in it is not finite")
+    scale = {name: max(abs(v) for v in getattr(cfg, name)) for name in _RANGE_FIELDS}
+    argument = scale["frequency_range"] * scale["x_range"] + scale["phase_range"]
+    if not argument <= top:
+        raise ConfigError(
+            "x_range", f"frequency x input + phase reaches {argument:.4g}, past {cfg.dtype}'s largest {top:.4g}"
+        )
+    if cfg.loss == "mse" and not scale["amplitude_range"] ** 2 <= top:
+        raise ConfigError("amplitude_range", f"the squared amplitude is not finite in {cfg.dtype} (loss mse)")
+    step = abs(cfg.alpha_init) * max(1.0, scale["x_range"]) * max(1.0, scale["amplitude_range"])
+    if not step <= top:
+        raise ConfigError(
+            "alpha_init",
+            f"{cfg.alpha_init:g} makes the first inner step (alpha x gradient, which scales with the inputs and "
+            f"amplitudes) not finite in {cfg.dtype} (largest {top:.4g})",
+        )
 
 
 # --- presets ------------------------------------------------------------------------------

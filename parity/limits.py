@@ -1,0 +1,212 @@
+"""Sizes checked before anything is allocated or written.
+
+Two checks, both before a run's directory or any file is made:
+
+- :data:`CAPS`: generous upper bounds on the fields that size a computation. A value past one is
+  a typo or a test of the program, never an experiment (``inner_steps`` 1e7, 3000 hidden layers,
+  a hidden width of 1e5); it is refused with one line naming the field.
+- :func:`estimate_train` / :func:`estimate_eval`: the host memory a command needs, from the
+  config alone — every task's adapted parameters, gradients and activations kept for the
+  backward pass through the T inner steps, the sampler's arrays for a chunk of outer steps, the
+  optimiser state; for ``eval``, the held-out tasks' adapted parameters and the per-step
+  predictions and fits it keeps. Compared with ``MemAvailable`` (``/proc/meminfo``) or an explicit
+  ``--max-memory`` budget; a config past it is refused with one line that names the field driving
+  the estimate (the one whose reset to the preset's value shrinks it most) and the two sizes.
+
+The estimate is an upper bound of the right order, not a measurement: it counts arrays, not the
+allocator's slack, and it is the host's memory (a GPU's own memory is not looked at).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Callable
+from typing import Any
+
+from parity.config import SEED_ALPHA, Config, ConfigError
+
+# field -> largest accepted value (for "hidden": the number of layers and each width).
+CAPS: dict[str, int] = {
+    "inner_steps": 100_000,
+    "hidden_layers": 64,
+    "hidden_width": 65_536,
+    "k_support": 1_000_000,
+    "k_query": 1_000_000,
+    "meta_batch": 10_000_000,
+    "iterations": 10**12,
+    "tasks": 1_000_000,
+    "shots": 1_000_000,
+    "max_steps": 1_000,  # eval.json keeps every step's statistics and the fits' curves
+    "pretrain_steps": 10_000_000,
+    "phase_shifts": 64,
+}
+CHUNK = 250  # outer steps sampled and run together (parity.run.train_run's default)
+QUERY_POINTS = 100  # parity.eval.QUERY_POINTS (not imported: eval imports the twins' helpers)
+PRETRAIN_BATCH = 25  # parity.eval.PRETRAIN_BATCH
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str, field: str = "max_memory") -> int:
+    """``"8G"``, ``"512M"``, ``"1.5g"``, ``"1000000"`` (bytes) → bytes; ``KiB`` powers of two."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)(?:i?[bB])?\s*", text)
+    if not match:
+        raise ConfigError(field, f"must be a size such as 8G, 512M or a number of bytes, got {text!r}")
+    value = float(match.group(1)) * _UNITS[match.group(2).lower()]
+    if not math.isfinite(value) or value < 1 << 20:
+        raise ConfigError(field, f"must be at least 1M, got {text!r}")
+    return int(value)
+
+
+def human(n: float) -> str:
+    for unit, size in (("TB", 1 << 40), ("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def available_memory() -> int:
+    """``MemAvailable`` from ``/proc/meminfo``; else physical pages × page size."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 1 << 40  # unknown: only the caps and an explicit --max-memory apply
+
+
+# --- caps ------------------------------------------------------------------------------------------
+
+
+def _cap(field: str, value: int, cap_name: str | None = None, what: str = "") -> None:
+    cap = CAPS[cap_name or field]
+    if value > cap:
+        raise ConfigError(field, f"{what}{value} is past the limit of {cap}; a value this large is refused unrun")
+
+
+def check_caps(cfg: Config) -> None:
+    """Refuse a config whose size fields are past :data:`CAPS`, naming the field."""
+    _cap("hidden", len(cfg.hidden), "hidden_layers", "the number of hidden layers, ")
+    for width in cfg.hidden:
+        _cap("hidden", width, "hidden_width", "a hidden width of ")
+    for field in ("inner_steps", "k_support", "k_query", "meta_batch", "iterations"):
+        _cap(field, getattr(cfg, field))
+
+
+def check_eval_caps(tasks: int, shots: int | None, max_steps: int, pretrain_steps: int, phase_shifts: int) -> None:
+    _cap("tasks", tasks)
+    if shots is not None:
+        _cap("shots", shots)
+    _cap("max_steps", max_steps)
+    _cap("pretrain_steps", pretrain_steps)
+    _cap("phase_shift", phase_shifts, "phase_shifts", "the number of phase shifts, ")
+
+
+# --- estimates -------------------------------------------------------------------------------------
+
+
+def _param_count(hidden: tuple[int, ...]) -> int:
+    sizes = (1, *hidden, 1)
+    return sum(n_out * n_in + n_out for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True))
+
+
+def _width(hidden: tuple[int, ...]) -> int:
+    return sum(hidden) + 2
+
+
+def estimate_train(cfg: Config) -> int:
+    """Bytes of host memory one outer step of ``cfg`` needs, chunk of sampled tasks included."""
+    b = 8 if cfg.dtype == "float64" else 4
+    B, K, Q, T = cfg.meta_batch, cfg.k_support, cfg.k_query, cfg.inner_steps
+    P, H = _param_count(cfg.hidden), _width(cfg.hidden)
+    # Per task and inner step, kept for the backward pass: the adapted parameters, their gradient
+    # and a second-order temporary; the support activations (and their tangents), the query's once.
+    residuals = B * ((T + 1) * (3 * P + 4 * K * H) + 4 * Q * H) * b
+    # The sampler: a chunk of outer steps drawn in float64, stacked, cast, then on the device.
+    points = B * (2 * K + 2 * Q)
+    sampler = CHUNK * points * (8 + 8 + b) + CHUNK * points * b
+    state = 6 * P * b * (2 if cfg.alpha_mode == "per_parameter" else 1)
+    return residuals + sampler + state
+
+
+def estimate_eval(cfg: Config, tasks: int, shots: int, max_steps: int, phase_shifts: int) -> int:
+    """Bytes of host memory ``eval`` needs: adapted parameters of every task, the predictions
+    [S+1, N, P] and their float64 errors, the pretrained baseline's steps, the fits kept for
+    eval.json (Python floats)."""
+    b = 8 if cfg.dtype == "float64" else 4
+    P, H = _param_count(cfg.hidden), _width(cfg.hidden)
+    adapt = tasks * (4 * P + 4 * (shots + QUERY_POINTS) * H) * b
+    preds = (max_steps + 1) * tasks * QUERY_POINTS * (b + 4 * 8)
+    fits = phase_shifts * 3 * (max_steps + 1) * QUERY_POINTS * 32
+    pretrain = estimate_train(
+        cfg.replace(inner_steps=0, alpha_mode="fixed", alpha_parametrisation="identity", meta_batch=PRETRAIN_BATCH)
+    )
+    return adapt + preds + fits + pretrain
+
+
+def _driver(estimate: Callable[[dict[str, Any]], int], values: dict[str, Any], baseline: dict[str, Any]) -> str:
+    """The field whose reset to ``baseline`` shrinks ``estimate`` most."""
+    best, best_size = next(iter(values)), math.inf
+    for field in values:
+        size = estimate({**values, field: baseline[field]})
+        if size < best_size:
+            best, best_size = field, size
+    return best
+
+
+def _refuse(field: str, value: Any, need: int, budget: int, explicit: bool) -> None:
+    where = f"the --max-memory budget of {human(budget)}" if explicit else f"the {human(budget)} of memory available"
+    shown = list(value) if isinstance(value, tuple) else value
+    raise ConfigError(
+        field,
+        f"this run would need about {human(need)} ({field} = {shown} drives it), more than {where}; "
+        f"lower {field}" + ("" if explicit else " or pass --max-memory to set the budget"),
+    )
+
+
+def check_train(cfg: Config, max_memory: int | None = None) -> int:
+    """Caps, then the memory estimate of training ``cfg`` against the budget; returns the estimate."""
+    check_caps(cfg)
+    need = estimate_train(cfg)
+    budget = max_memory if max_memory is not None else available_memory()
+    if need > budget:
+        fields = ("meta_batch", "inner_steps", "hidden", "k_support", "k_query")
+        values = {f: getattr(cfg, f) for f in fields}
+        field = _driver(
+            lambda v: estimate_train(cfg.replace(**v)), values, {f: getattr(SEED_ALPHA, f) for f in fields}
+        )
+        _refuse(field, values[field], need, budget, max_memory is not None)
+    return need
+
+
+def check_eval(
+    cfg: Config,
+    tasks: int,
+    shots: int | None,
+    max_steps: int,
+    pretrain_steps: int,
+    phase_shifts: int,
+    max_memory: int | None = None,
+) -> int:
+    """Caps, then the memory estimate of ``eval`` on a run of ``cfg``; returns the estimate."""
+    check_eval_caps(tasks, shots, max_steps, pretrain_steps, phase_shifts)
+    k = cfg.k_support if shots is None else shots
+    need = estimate_eval(cfg, tasks, k, max_steps, phase_shifts)
+    budget = max_memory if max_memory is not None else available_memory()
+    if need > budget:
+        values = {"tasks": tasks, "shots": k, "max_steps": max_steps, "hidden": cfg.hidden}
+        baseline = {"tasks": 600, "shots": SEED_ALPHA.k_support, "max_steps": 10, "hidden": SEED_ALPHA.hidden}
+
+        def size(v: dict[str, Any]) -> int:
+            return estimate_eval(cfg.replace(hidden=v["hidden"]), v["tasks"], v["shots"], v["max_steps"], phase_shifts)
+
+        field = _driver(size, values, baseline)
+        _refuse(field, values[field], need, budget, max_memory is not None)
+    return need

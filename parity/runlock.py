@@ -1,0 +1,135 @@
+"""One writer per run directory: an OS-level lock on ``DIR/.lock``.
+
+Every command that writes a run (``train``, ``demo``, ``eval``, ``report``) holds
+``fcntl.flock(LOCK_EX | LOCK_NB)`` on ``DIR/.lock`` for as long as it writes. The file holds the
+holder's PID, command line and start time, so a second process is refused with one line naming
+them (``RunLocked``, a :class:`ConfigError`: exit 2) instead of interleaving its writes with the
+first's. The kernel drops a flock when its process dies, however it dies: a lock left by a killed
+process never blocks anyone, and there is no stale-lock guessing by PID.
+
+The holder unlinks ``.lock`` before it lets go, so a finished run leaves no lock file behind. A
+process that opened the file just before it was unlinked finds, once it holds the flock, that
+the path no longer names its file, and tries again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shlex
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from parity.config import ConfigError
+
+LOCK_FILE = ".lock"
+_HOLDER_BYTES = 4096  # what is read of a holder's record: a lock file is never large
+
+
+class RunLocked(ConfigError):
+    """Another live process holds the run directory's lock."""
+
+
+def _holder(path: Path) -> str:
+    """The holder's record in words, escaped (the file is read, not trusted)."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read(_HOLDER_BYTES).decode("utf-8", errors="replace")
+        info = json.loads(text)
+        if not isinstance(info, dict):
+            raise ValueError
+        pid, command, since = info.get("pid"), info.get("command"), info.get("since")
+        return f"PID {int(pid)} ({str(command)[:200]!r}, since {str(since)[:40]})"
+    except (OSError, ValueError, TypeError):
+        return "another process (still starting)"
+
+
+def _make_dirs(directory: Path) -> list[Path]:
+    """``mkdir -p``; returns the directories it created, deepest last."""
+    created: list[Path] = []
+    for path in reversed((directory, *directory.parents)):
+        if not path.exists():
+            try:
+                path.mkdir()
+                created.append(path)
+            except FileExistsError:
+                pass
+    return created
+
+
+def acquire(directory: Path, field: str = "out", command: str | None = None) -> int:
+    """Take ``directory``'s lock (the directory must exist); returns the open descriptor.
+
+    Raises :class:`RunLocked` naming the holder when another live process has it.
+    """
+    path = directory / LOCK_FILE
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunLocked(
+                field,
+                f"{str(directory)!r} is in use by {_holder(path)}; wait for it to finish or stop it "
+                "(a lock of a process that died never blocks)",
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # unlinked by its last holder between our open and flock: take the new one
+    record = {
+        "pid": os.getpid(),
+        "command": command if command is not None else shlex.join(["maml-parity", *sys.argv[1:]]),
+        "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+    return fd
+
+
+def release(directory: Path, fd: int) -> None:
+    """Unlink ``directory/.lock`` (while still holding it), then let go."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(directory / LOCK_FILE)
+    os.close(fd)
+
+
+@contextlib.contextmanager
+def run_lock(directory: Path, field: str = "out", command: str | None = None) -> Iterator[Path]:
+    """Hold ``directory``'s lock for the block, creating the directory if needed.
+
+    Directories this call created are removed again if the block fails and leaves them empty, so
+    a refused run leaves nothing behind.
+    """
+    created = _make_dirs(directory)
+    try:
+        fd = acquire(directory, field, command)
+    except BaseException:
+        _remove_empty(created)
+        raise
+    try:
+        yield directory
+    except BaseException:
+        release(directory, fd)
+        _remove_empty(created)
+        raise
+    release(directory, fd)
+
+
+def _remove_empty(created: list[Path]) -> None:
+    for path in reversed(created):
+        try:
+            path.rmdir()
+        except OSError:
+            return

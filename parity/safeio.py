@@ -1,0 +1,185 @@
+"""Reading files that may be hostile, and checking paths that will be written, before any work.
+
+- :func:`read_text_capped`: a text file read with a size cap (``--config /dev/zero`` ends at once).
+- :func:`check_npz_entries`: an ``.npz``'s zip members checked by name and by the size their
+  ``.npy`` headers declare *before* anything is inflated (a 2 GB all-zero entry compresses to 2 MB).
+- :func:`check_output_file`, :func:`check_output_dir`: a path the command will write, refused now
+  (empty name, unknown extension, a directory, a parent that is a file or not writable) rather
+  than after the work. Writability is tried with a real temporary file, removed at once; messages
+  name the path given, never the temporary.
+- :func:`printable`: a string read from a file, escaped for a one-line message.
+- :func:`file_mode`: ``0o666 & ~umask``, the mode ``open()`` would give a new file (``mkstemp``
+  creates 0600; atomic writes chmod their temporary to this).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from collections.abc import Callable, Collection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from parity.config import ConfigError
+
+CONFIG_MAX_BYTES = 1 << 20  # a config is a few hundred bytes; a MiB is generous
+IMAGE_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def printable(value: Any, limit: int = 80) -> str:
+    """``value`` as text safe for one line of a terminal: control characters, newlines and escape
+    codes shown as escapes, cut to ``limit`` characters."""
+    text = str(value)
+    out = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text[:limit])
+    return out + ("…" if len(text) > limit else "")
+
+
+def read_text_capped(path: str | os.PathLike[str], field: str, max_bytes: int = CONFIG_MAX_BYTES) -> str:
+    """A UTF-8 text file of at most ``max_bytes`` bytes, or a :class:`ConfigError` naming ``field``."""
+    where = repr(str(path))
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as err:
+        raise ConfigError(field, f"cannot read {where} ({err.strerror or err})") from None
+    if len(data) > max_bytes:
+        raise ConfigError(field, f"{where} is larger than {max_bytes} bytes; not a config file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(field, f"{where} is not a UTF-8 text file (a JSON object is needed)") from None
+
+
+def check_npz_entries(
+    path: str | os.PathLike[str],
+    allowed_keys: Collection[str] | Callable[[str], bool],
+    max_bytes: int,
+    field: str = "golden",
+    error: Callable[[str], ConfigError] | None = None,
+) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Look inside an ``.npz`` without inflating it: every member must be ``<key>.npy`` with an
+    allowed key, a non-object dtype, and a declared size (shape × itemsize) of at most ``max_bytes``;
+    all members together at most ``max_bytes`` as well. Returns ``key → (shape, dtype)``.
+
+    Only each member's ``.npy`` header (a few hundred bytes) is decompressed. Raises ``error(msg)``
+    (default: ``ConfigError(field, msg)``); messages name the file and the entry.
+    """
+    fail = error or (lambda message: ConfigError(field, message))
+    allowed = allowed_keys if callable(allowed_keys) else set(allowed_keys).__contains__
+    where = str(path)
+    out: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    total = 0
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+            if len(members) > 10_000:
+                raise fail(f"{where}: {len(members)} entries; not a golden file")
+            for info in members:
+                name = info.filename
+                if not name.endswith(".npy"):
+                    raise fail(f"{where}: entry {printable(name, 60)!r} is not an .npy array")
+                key = name[: -len(".npy")]
+                if not allowed(key):
+                    raise fail(f"{where}: unexpected entry {printable(key, 60)!r}")
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    if version == (1, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+                    elif version == (2, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+                    else:
+                        raise fail(f"{where}: entry {printable(key, 60)!r} has .npy version {version}")
+                if dtype.hasobject:
+                    raise fail(f"{where}: entry {printable(key, 60)!r} holds Python objects; refused unread")
+                size = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+                total += size
+                if size > max_bytes or total > max_bytes:
+                    raise fail(
+                        f"{where}: entry {printable(key, 60)!r} declares {size} bytes ({dtype}{list(shape)}), "
+                        f"more than the {max_bytes} bytes its layout allows; refused before inflating it"
+                    )
+                out[key] = (tuple(shape), dtype)
+    except ConfigError:
+        raise
+    except FileNotFoundError:
+        raise fail(f"{where}: no such file") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError) as err:
+        raise fail(f"{where}: not a readable .npz file ({type(err).__name__}: {printable(err, 120)})") from None
+    return out
+
+
+# --- paths the command will write ------------------------------------------------------------
+
+
+def _nearest_existing(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path(".")
+
+
+def _probe_dir(directory: Path, field: str, shown: str) -> None:
+    """Create and remove a temporary file in ``directory``; errors name ``shown``, not the temporary."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".maml-parity-probe.", dir=directory)
+    except OSError as err:
+        raise ConfigError(field, f"cannot write {shown!r} ({err.strerror or err})") from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def _check_parents(path: Path, field: str, shown: str) -> None:
+    """Every existing ancestor is a directory; the nearest one can be written into."""
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(field, f"cannot write {shown!r}: {str(parent)!r} is not a directory")
+    existing = _nearest_existing(path.parent)
+    if existing.is_dir():
+        _probe_dir(existing, field, shown)
+
+
+def check_output_file(path: str, field: str, suffixes: Collection[str] | None = None) -> Path:
+    """A file the command will write, checked before any work: a name, a known suffix, not a
+    directory, in a folder that exists or can be made and can be written. Nothing is left behind."""
+    if not path or not Path(path).name or path.endswith(os.sep):
+        raise ConfigError(field, f"must be a file name, got {path!r}")
+    out = Path(path)
+    if suffixes is not None and out.suffix.lower() not in suffixes:
+        raise ConfigError(field, f"must be a file name ending in {' or '.join(suffixes)}, got {path!r}")
+    if out.is_dir():
+        raise ConfigError(field, f"{path!r} is a directory; give a file name")
+    _check_parents(out, field, path)
+    if out.exists() and not os.access(out, os.W_OK):
+        raise ConfigError(field, f"cannot write {path!r} (Permission denied)")
+    return out
+
+
+def check_output_dir(path: str, field: str = "out") -> Path:
+    """A directory the command will write into, checked before any work: a non-empty name, not (under)
+    a file, writable (tried), or creatable under a writable folder. Nothing is left behind."""
+    if not path or not path.strip():
+        raise ConfigError(field, f"must be a directory name, got {path!r}")
+    out = Path(path)
+    for candidate in (out, *out.parents):
+        if candidate.exists() and not candidate.is_dir():
+            raise ConfigError(field, f"{str(candidate)!r} exists and is not a directory")
+    existing = _nearest_existing(out)
+    _probe_dir(existing, field, path)
+    return out
+
+
+def file_mode() -> int:
+    """``0o666 & ~umask``: what ``open(path, "w")`` gives a new file."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # no /proc: read it the old way (and put it back)
+    os.umask(mask)
+    return 0o666 & ~mask
