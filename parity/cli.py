@@ -7,14 +7,27 @@ run that diverges (a loss or gradient not finite) ends in one line and exit stat
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from parity.config import DTYPES, PRESETS, Config, ConfigError, get_preset
+from parity.config import (
+    ACTIVATIONS,
+    ALPHA_MODES,
+    DTYPES,
+    LOSSES,
+    PRESETS,
+    SEED_ALPHA,
+    Config,
+    ConfigError,
+    field_names,
+    get_preset,
+)
 from parity.registry import DEFAULT_TWIN, TWINS
 
 EXIT_MISMATCH = 1
@@ -37,22 +50,90 @@ class _Parser(argparse.ArgumentParser):
 # --- shared flags ------------------------------------------------------------------------------
 
 
+# Config fields with a flag of their own, in the order --help lists them: the fields people change
+# most. The flag is the field's name with dashes; its type comes from the Config field (a list of
+# integers, an integer, a number, a word, or true/false as a --x / --no-x pair); the Config checks
+# the value, so an error names the field as a config file's would. Any other field: --set.
+CONFIG_FLAGS: dict[str, str] = {
+    "hidden": "hidden layer widths, e.g. --hidden 40 40",
+    "activation": f"{' | '.join(ACTIVATIONS)}",
+    "loss": f"inner and outer loss: {' | '.join(LOSSES)}",
+    "inner_steps": "T, inner SGD steps",
+    "alpha_mode": f"{' | '.join(ALPHA_MODES)}: alpha fixed, one learned alpha, or one per parameter entry",
+    "alpha_init": "alpha, or the initial value of a learned alpha",
+    "alpha_parametrisation": "identity | softplus: learn alpha itself, or rho with alpha = softplus(rho) > 0",
+    "first_order": "first-order MAML: inner gradients held constant (alpha still gets a gradient)",
+    "meta_batch": "B, tasks per outer step",
+    "k_support": "K, support points per task",
+    "k_query": "Q, query points per task",
+    "outer_lr": "learning rate of the outer optimiser",
+    "alpha_lr": "learning rate of a learned alpha's optimiser",
+    "iterations": "outer steps",
+    "seed": "sampler and init seed",
+    "dtype": "float32 | float64",
+}
+# The second spelling of a true/false field's pair.
+_NEGATED = {"first_order": ("--second-order", "the full meta-gradient through the inner loop")}
+
+PRECEDENCE_HELP = (
+    "Config precedence, lowest first: the preset; then --config (a JSON file, or inline JSON starting "
+    "with '{'), whose keys replace the preset's; then the field flags (--hidden, --loss, ...); then "
+    "every --set KEY=VALUE, in the order given. A later source replaces a field, never merges into it."
+)
+
+
 def _add_config_flags(p: argparse.ArgumentParser, default_preset: str, framework: bool = True) -> None:
-    p.add_argument(
+    g = p.add_argument_group("config", PRECEDENCE_HELP)
+    g.add_argument(
         "--preset", default=default_preset, help=f"named config ({', '.join(PRESETS)}); default {default_preset}"
     )
-    p.add_argument("--config", metavar="FILE.json", help="JSON config; its keys override the preset's")
+    g.add_argument(
+        "--config",
+        metavar="FILE.json|JSON",
+        help='a JSON config file, or inline JSON such as \'{"loss": "mse"}\'; its keys replace the preset\'s',
+    )
     if framework:
         p.add_argument("--framework", default=DEFAULT_TWIN, help=f"{_TWIN_CHOICES} (default {DEFAULT_TWIN})")
-    p.add_argument("--dtype", help="float32 | float64 (default: the config's)")
-    p.add_argument("--seed", type=_int_flag("seed"), help="sampler and init seed")
-    p.add_argument("--inner-steps", type=_int_flag("inner_steps"), help="T, inner SGD steps")
-    p.add_argument("--iterations", type=_int_flag("iterations"), help="outer steps")
-    p.add_argument(
-        "--alpha-parametrisation",
-        metavar="P",
-        help="identity | softplus: learn alpha itself, or rho with alpha = softplus(rho) > 0 (default: the config's)",
+    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
+    for field, help_text in CONFIG_FLAGS.items():
+        flag = "--" + field.replace("_", "-")
+        default = defaults[field]
+        if isinstance(default, bool):
+            g.add_argument(flag, dest=field, action="store_const", const=True, default=None, help=help_text)
+            negated, negated_help = _NEGATED[field]
+            g.add_argument(negated, dest=field, action="store_const", const=False, help=negated_help)
+        elif isinstance(default, tuple):
+            g.add_argument(flag, dest=field, nargs="+", type=_int_flag(field, 1), metavar="W", help=help_text)
+        elif isinstance(default, int):
+            g.add_argument(flag, dest=field, type=_int_flag(field), metavar="N", help=help_text)
+        elif isinstance(default, float):
+            g.add_argument(flag, dest=field, type=_float_flag(field), metavar="X", help=help_text)
+        else:
+            g.add_argument(flag, dest=field, metavar="WORD", help=help_text)
+    g.add_argument(
+        "--set",
+        dest="set_fields",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set any config field (repeatable); VALUE is read as JSON, else as a string: "
+        "--set outer_lr=0.02 --set hidden=[64,64] --set init_scheme=maml",
     )
+
+
+def _float_flag(field: str) -> Any:
+    """An argparse type: a finite number; errors name the field."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{field}: must be a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{field}: must be a finite number, got {text!r}")
+        return value
+
+    return parse
 
 
 def _int_flag(field: str, minimum: int | None = None) -> Any:
@@ -86,28 +167,52 @@ def _phase_flag(text: str) -> float:
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
-    """Preset, then the config file's keys, then individual flags."""
+    """The preset, then --config (file or inline JSON), then the field flags, then --set (see PRECEDENCE_HELP)."""
     cfg = get_preset(args.preset)
     if args.config:
-        path = Path(args.config)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as err:
-            raise ConfigError("config", f"cannot read {str(path)!r} ({err.strerror})") from None
-        except UnicodeDecodeError:
-            raise ConfigError("config", f"{str(path)!r} is not a UTF-8 text file (a JSON object is needed)") from None
-        cfg = Config.from_json(text, base=cfg)
+        cfg = Config.from_json(_config_text(args.config), base=cfg)
     overrides: dict[str, Any] = {}
-    if args.dtype is not None:
-        if args.dtype not in DTYPES:
-            raise ConfigError("dtype", f"must be one of {', '.join(DTYPES)}; got {args.dtype!r}")
-        overrides["dtype"] = args.dtype
-    flags = ("seed", "inner_steps", "iterations", "alpha_parametrisation")
-    for flag, field in zip(flags, flags, strict=True):
-        value = getattr(args, flag, None)
+    if getattr(args, "dtype", None) is not None and args.dtype not in DTYPES:
+        raise ConfigError("dtype", f"must be one of {', '.join(DTYPES)}; got {args.dtype!r}")
+    for field in CONFIG_FLAGS:
+        value = getattr(args, field, None)
         if value is not None:
-            overrides[field] = value
-    return cfg.replace(**overrides) if overrides else cfg
+            overrides[field] = tuple(value) if isinstance(value, list) else value
+    cfg = cfg.replace(**overrides) if overrides else cfg
+    for item in getattr(args, "set_fields", None) or []:
+        cfg = cfg.replace(**dict([parse_set(item)]))
+    return cfg
+
+
+def _config_text(value: str) -> str:
+    """--config's JSON text: the value itself when it starts with '{', else the named file's contents."""
+    if value.lstrip().startswith("{"):
+        return value
+    path = Path(value)
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError("config", f"cannot read {str(path)!r} ({err.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError("config", f"{str(path)!r} is not a UTF-8 text file (a JSON object is needed)") from None
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` -> (field, value): VALUE as JSON when it parses (numbers, true, lists), else the
+    string itself (``--set activation=relu``). An unknown field is named with the allowed ones."""
+    key, sep, text = item.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep or not key:
+        raise ConfigError("set", f"must be KEY=VALUE (a config field and its value), got {item!r}")
+    if key not in field_names():
+        raise ConfigError(key, f"unknown config field (in --set {item!r}); allowed: {', '.join(field_names())}")
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        value = text
+    if isinstance(value, list) and key == "hidden":
+        value = tuple(value)
+    return key, value
 
 
 def _output_file(path: str, field: str, suffix: str | None = None) -> Path:
@@ -154,14 +259,57 @@ def _load_twin(framework: str, dtype: str) -> Any:
     return load(framework, dtype)
 
 
+def _add_threads_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--threads",
+        type=_int_flag("threads", 1),
+        metavar="N",
+        help="CPU threads (default: from the work's size, 1 for seed-sized models; the first line says which)",
+    )
+
+
+def _set_threads(args: argparse.Namespace, cfg: Config | None, frameworks: tuple[str, ...]) -> str:
+    """Apply --threads (or the size-based default) before a framework starts; the line to print."""
+    from parity import threads
+
+    count, why = threads.choose(getattr(args, "threads", None), cfg)
+    return f"{threads.apply(count, frameworks)}, {why}"
+
+
+def _json_target(args: argparse.Namespace) -> str | None:
+    """--json FILE, checked before any work; '-' is standard output."""
+    target = getattr(args, "json", None)
+    if target and target != "-":
+        _output_file(target, "json")
+    return target
+
+
+def _human(args: argparse.Namespace) -> Any:
+    """Where the human-readable lines go: standard error when --json - takes standard output."""
+    return sys.stderr if getattr(args, "json", None) == "-" else sys.stdout
+
+
+def _write_json(target: str, obj: Any, human: Any) -> None:
+    text = json.dumps(obj, indent=1) + "\n"
+    if target == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    from parity.checkpoint import atomic_write
+
+    out = Path(target)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda f: f.write(text.encode()))
+    print(f"wrote {out}", file=human)
+
+
 # --- subcommands ---------------------------------------------------------------------------------
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     from parity import harness
 
-    if args.json:
-        _output_file(args.json, "json")
+    json_target, human = _json_target(args), _human(args)
     cases = harness.all_cases(quick=args.quick)
     if args.cases:
         cases = [c for c in cases if args.cases in c.name]
@@ -169,25 +317,25 @@ def cmd_check(args: argparse.Namespace) -> int:
             raise ConfigError("cases", f"no case name contains {args.cases!r}")
     impls = harness.load_impls(args.impl)
     names = [impl.name for impl in impls]
+    thread_line = _set_threads(args, None, tuple({getattr(i, "framework", "") for i in impls} & set(TWINS)))
     print(
-        f"parity check: {len(cases)} cases; reference {names[0]}, checked: {', '.join(names[1:])}; float64 and float32",
+        f"parity check: {len(cases)} cases; reference {names[0]}, checked: {', '.join(names[1:])}; "
+        f"float64 and float32; {thread_line}",
+        file=human,
         flush=True,
     )
-    print(harness.TABLE_HEADER, flush=True)
+    print(harness.TABLE_HEADER, file=human, flush=True)
 
     def on_case(case: Any, rows: list[Any]) -> None:
         for line in harness.table_lines(rows, verbose=args.verbose):
-            print(line, flush=True)
+            print(line, file=human, flush=True)
 
     rows = harness.run_check(cases, on_case=on_case, impls=impls)
     ok = harness.overall_ok(rows, strict=args.strict)
-    print(harness.summary(rows, strict=args.strict))
-    if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
+    print(harness.summary(rows, strict=args.strict), file=human)
+    if json_target:
         document = {"ok": ok, "implementations": names, "rows": [harness.row_dict(r) for r in rows]}
-        out.write_text(json.dumps(document, indent=1) + "\n")
-        print(f"wrote {out}")
+        _write_json(json_target, document, human)
     return 0 if ok else EXIT_MISMATCH
 
 
@@ -197,6 +345,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
 
     cfg = resolve_config(args)
     out = _output_file(args.out, "out", suffix=".npz")
+    thread_line = _set_threads(args, cfg, (args.framework,) if args.framework in TWINS else ())
     impl = resolve(args.framework)
     prepare = getattr(impl, "prepare", None)
     if prepare is not None:
@@ -205,7 +354,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
     if set_precision is not None:
         set_precision("highest")
     path = write_golden(out, golden_arrays(impl, cfg))
-    print(f"wrote {path} ({args.framework}, {cfg.dtype}, T={cfg.inner_steps}, B={cfg.meta_batch})")
+    print(f"wrote {path} ({impl.name}, {cfg.dtype}, T={cfg.inner_steps}, B={cfg.meta_batch}; {thread_line})")
     return 0
 
 
@@ -222,12 +371,18 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"{args.out!r} already holds a training run; pass --resume to continue it, or choose another --out "
             "(nothing was overwritten)",
         )
+    main_process = _check_split(args, cfg)
+    if main_process is None:  # another rank of a refused run: rank 0 says why, once
+        return EXIT_USAGE
+    thread_line = _set_threads(args, cfg, (args.framework,) if args.framework in TWINS else ())
     twin = _load_twin(args.framework, cfg.dtype)
     placement = twin.placement(cfg, args.devices, args.coordinator, args.num_processes, args.process_id)
+    if placement is None or placement.is_main:
+        print(f"train {args.framework}: {cfg.iterations} steps, {thread_line}", flush=True)
     if placement is not None and placement.is_main:
         print(f"{args.framework}: meta-batch of {cfg.meta_batch} split over {placement.devices} devices", flush=True)
     try:
-        _, rows = train_run(
+        state, rows = train_run(
             twin,
             cfg,
             out,
@@ -244,10 +399,51 @@ def cmd_train(args: argparse.Namespace) -> int:
     if placement is not None and not placement.is_main:
         return 0
     if rows:
-        last = rows[-1]
-        print(f"{args.framework}: {len(rows)} steps, last outer loss {last['outer_loss']:.4f}, alpha {last['alpha']}")
+        from parity.run import alpha_summary
+        from parity.training import final_values
+
+        final = final_values(twin, state, cfg)
+        alpha = final["alpha"] if "alpha" in final else {k[6:]: v for k, v in final.items() if k.startswith("alpha/")}
+        print(
+            f"{args.framework}: {len(rows)} steps, last outer loss {rows[-1]['outer_loss']:.4f}, "
+            f"final alpha {_alpha_line(alpha_summary(alpha))} (after the last update: the checkpoint's)"
+        )
     print(f"wrote {out}/config.json, {out}/metrics.jsonl, {out}/checkpoint.safetensors, {out}/final.npz")
     return 0
+
+
+def _alpha_line(alpha: Any) -> str:
+    if isinstance(alpha, dict):
+        return "mean {mean:.6g} (min {min:.6g}, max {max:.6g})".format(**alpha)
+    return f"{alpha:.6g}"
+
+
+def _check_split(args: argparse.Namespace, cfg: Config) -> bool | None:
+    """Refuse a meta-batch that does not split over the processes or devices asked for, before any
+    framework or process group starts. True: this process may go on and is the one that prints;
+    False: it may go on but stays quiet; None: the run is refused and another process says why.
+
+    Under torchrun every rank gets here: rank 0 raises the one-line error, the others return None
+    and exit 2 without a word, so the message is not repeated once per rank.
+    """
+    import os
+
+    if args.framework == "torch" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        parts, unit, rank = int(os.environ["WORLD_SIZE"]), "processes", int(os.environ.get("RANK", "0"))
+    elif args.framework == "jax" and (args.devices or args.num_processes):
+        parts, unit, rank = (args.devices or args.num_processes), "devices", args.process_id or 0
+    else:
+        return True
+    if cfg.meta_batch % parts:
+        if rank != 0:
+            return None
+        fit = cfg.meta_batch - cfg.meta_batch % parts or parts
+        raise ConfigError(
+            "devices",
+            f"the meta-batch of {cfg.meta_batch} tasks does not split evenly over {parts} {unit}; "
+            f"use a multiple of {parts}, e.g. --meta-batch {fit} (or --set meta_batch={fit})",
+        )
+    return rank == 0
 
 
 def _kept_checkpoint(out: Path) -> str:
@@ -276,13 +472,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
         spec_args["phase_shifts"] = tuple(args.phase_shift)
     spec = EvalSpec(**spec_args)  # a bad --tasks, --shots ... is named before the run is looked at
     run_dir = _run_dir(args.dir)
+    json_target, human = _json_target(args), _human(args)
+    thread_line = _set_threads(args, _eval_work(run_dir, spec), (args.framework,) if args.framework in TWINS else ())
+    print(f"eval {args.framework}: {thread_line}", file=human, flush=True)
     result = evaluate_run(run_dir, framework=args.framework, dtype=args.dtype, spec=spec)
-    if args.json:
-        print(json.dumps({k: v for k, v in result.items() if k != "fits"}, indent=1))
-    else:
-        print("\n".join(summary_lines(result)))
-        print(f"wrote {run_dir}/eval.json")
+    print("\n".join(summary_lines(result)), file=human)
+    print(f"wrote {run_dir}/eval.json", file=human)
+    if json_target:
+        _write_json(json_target, result, human)
     return 0
+
+
+def _eval_work(run_dir: Path, spec: Any) -> Config | None:
+    """The evaluation's size as a config (all held-out tasks at once), for the thread default."""
+    from parity.eval import QUERY_POINTS
+
+    try:
+        cfg = Config.from_json((run_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ConfigError):
+        return None  # evaluate_run names what is wrong with the run
+    return cfg.replace(meta_batch=spec.tasks, k_query=QUERY_POINTS, inner_steps=max(1, spec.max_steps))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -296,9 +505,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from parity import bench
 
-    for flag in ("json", "plot"):
-        if getattr(args, flag):
-            _output_file(getattr(args, flag), flag)
+    _json_target(args)
+    if args.plot:
+        _output_file(args.plot, "plot")
+    human = _human(args)
     if args.scaling:
         return _bench_scaling(args)
     result = bench.run_bench(
@@ -306,39 +516,43 @@ def cmd_bench(args: argparse.Namespace) -> int:
         device=args.device,
         threads=args.threads,
         repeats=args.repeats,
-        progress=lambda line: print(line, flush=True),
+        progress=lambda line: print(line, file=human, flush=True),
         command=_bench_command(args),
         unroll=args.unroll,
         chunk=args.chunk,
         pin=not args.no_pin,
     )
     for line in bench.summary_lines(result):
-        print(line)
+        print(line, file=human)
     if args.json:
-        bench.write_json(result, Path(args.json))
-        print(f"wrote {args.json}")
+        _write_json(args.json, result, human)
     if args.plot:
         bench.write_plot(result, Path(args.plot))
-        print(f"wrote {args.plot}")
+        print(f"wrote {args.plot}", file=human)
     return 0
 
 
 def _bench_scaling(args: argparse.Namespace) -> int:
     from parity import bench, scaling
 
+    human = _human(args)
     if args.device not in bench.DEVICES:
         raise ConfigError("device", f"must be one of {', '.join(bench.DEVICES)}; got {args.device!r}")
-    print(f"bench --scaling: JAX twin, sharded meta-batch, {args.device} devices {list(scaling.DEVICE_COUNTS)}")
-    print(scaling.SCALING_HEADER, flush=True)
+    print(
+        f"bench --scaling: JAX twin, sharded meta-batch, {args.device} devices {list(scaling.DEVICE_COUNTS)}",
+        file=human,
+    )
+    print(scaling.SCALING_HEADER, file=human, flush=True)
     kwargs = {"repeats": args.repeats} if args.repeats else {}
-    result = scaling.run_scaling(device=args.device, progress=lambda line: print(line, flush=True), **kwargs)
+    result = scaling.run_scaling(
+        device=args.device, progress=lambda line: print(line, file=human, flush=True), **kwargs
+    )
     result["machine"]["command"] = _bench_command(args) + " --scaling"
     if args.json:
-        bench.write_json(result, Path(args.json))
-        print(f"wrote {args.json}")
+        _write_json(args.json, result, human)
     if args.plot:
         scaling.write_scaling_plot(result, Path(args.plot))
-        print(f"wrote {args.plot}")
+        print(f"wrote {args.plot}", file=human)
     return 0
 
 
@@ -353,7 +567,10 @@ def _bench_command(args: argparse.Namespace) -> str:
 def cmd_demo(args: argparse.Namespace) -> int:
     from parity.demo import run_demo
 
-    return run_demo(_output_dir(args.out), iterations=args.iterations, progress=not args.no_progress)
+    out = _output_dir(args.out)
+    thread_line = _set_threads(args, SEED_ALPHA, TWINS)
+    print(f"demo: {thread_line}", flush=True)
+    return run_demo(out, iterations=args.iterations, progress=not args.no_progress)
 
 
 # --- parser ----------------------------------------------------------------------------------------
@@ -366,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="run both twins over the parity matrix and compare them")
     p.add_argument("--quick", action="store_true", help="a covering subset of the matrix (every axis value once)")
     p.add_argument("--cases", metavar="SUBSTRING", help="only cases whose name contains this")
-    p.add_argument("--json", metavar="FILE", help="write {ok, rows} as JSON")
+    p.add_argument("--json", metavar="FILE", help="write {ok, rows} as JSON to FILE; '-': standard output")
     p.add_argument("--verbose", action="store_true", help="a line per quantity, not per case and pair")
     p.add_argument(
         "--impl",
@@ -377,11 +594,13 @@ def build_parser() -> argparse.ArgumentParser:
         "is checked against it (default: --impl jax --impl torch)",
     )
     p.add_argument("--strict", action="store_true", help="unsupported cases fail the check (exit 1)")
+    _add_threads_flag(p)
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("dump", help="write a golden .npz file any implementation can check itself against")
     _add_config_flags(p, "seed-alpha")
     p.add_argument("--out", required=True, metavar="FILE.npz")
+    _add_threads_flag(p)
     p.set_defaults(func=cmd_dump)
 
     p = sub.add_parser("train", help="meta-train in one twin; writes config.json, metrics.jsonl, final.npz")
@@ -412,6 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="also checkpoint every N >= 1 steps (default: only at the end)",
     )
+    _add_threads_flag(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="adapt meta / random / pretrained inits on held-out tasks; writes DIR/eval.json")
@@ -441,7 +661,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="plain-regression steps for the 'pretrained' baseline (default 2000)",
     )
-    p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    p.add_argument(
+        "--json", metavar="FILE", help="also write the results (eval.json's content) to FILE; '-': standard output"
+    )
+    _add_threads_flag(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("report", help="figures and DIR/report.md from a run and its eval.json")
@@ -450,7 +673,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="time the JAX twin, the PyTorch twin and the seed's own loop side by side")
     p.add_argument("--quick", action="store_true", help="only seed-alpha at B=1 and B=25, T=5 (under two minutes)")
-    p.add_argument("--json", metavar="FILE", help="write {machine, rows, targets, skipped} as JSON")
+    p.add_argument(
+        "--json", metavar="FILE", help="write {machine, rows, targets, skipped} as JSON to FILE; '-': standard output"
+    )
     p.add_argument("--device", default="cpu", help="cpu | gpu (default cpu; gpu fails where none is visible)")
     p.add_argument("--threads", type=_int_flag("threads", 1), default=1, metavar="N", help="CPU threads (default 1)")
     p.add_argument("--repeats", type=_int_flag("repeats", 1), metavar="N", help="timed rounds per setting (default 5)")
@@ -469,6 +694,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", metavar="DIR")
     p.add_argument("--iterations", type=_int_flag("iterations", 1), default=5000)
     p.add_argument("--no-progress", action="store_true")
+    _add_threads_flag(p)
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -112,3 +112,161 @@ def test_train_writes_config_and_metrics(tmp_path):
     assert {"step", "outer_loss", "inner_losses", "alpha", "alpha_grad", "wall_s"} <= set(rows[0])
     assert len(rows[0]["inner_losses"]) == 2 and rows[0]["alpha"] == pytest.approx(0.1)
     assert json.loads((out / "config.json").read_text())["inner_steps"] == 2
+
+
+# --- config flags, --set, inline --config (issue 13) ---------------------------------------------
+
+
+def parsed_config(*args: str):
+    from parity.cli import build_parser, resolve_config
+
+    return resolve_config(build_parser().parse_args(["dump", "--out", "x.npz", *args]))
+
+
+def test_config_precedence_preset_then_config_then_flags_then_set():
+    cfg = parsed_config(
+        "--preset",
+        "maml-paper",
+        "--config",
+        '{"inner_steps": 2, "loss": "l1", "outer_lr": 0.5}',
+        "--inner-steps",
+        "3",
+        "--set",
+        "inner_steps=4",
+        "--set",
+        "hidden=[8, 8]",
+        "--set",
+        "activation=tanh",
+    )
+    assert cfg.inner_steps == 4  # --set last
+    assert cfg.loss == "l1" and cfg.outer_lr == 0.5  # the config's keys over the preset's
+    assert cfg.hidden == (8, 8) and cfg.activation == "tanh"  # JSON list; a bare word is a string
+    assert cfg.meta_batch == 25 and cfg.k_support == 10  # the rest from the preset
+    flags = parsed_config("--hidden", "64", "64", "--first-order", "--alpha-mode", "per_parameter", "--k-query", "7")
+    assert flags.hidden == (64, 64) and flags.first_order is True and flags.alpha_mode == "per_parameter"
+    assert flags.k_query == 7
+    assert parsed_config("--config", '{"first_order": true}', "--second-order").first_order is False
+    assert parsed_config("--config", '{"first_order": true}').first_order is True
+
+
+def test_every_field_flag_reaches_the_config():
+    from parity.cli import CONFIG_FLAGS
+
+    values = {
+        "hidden": (["5", "6"], (5, 6)),
+        "activation": (["relu"], "relu"),
+        "loss": (["mse"], "mse"),
+        "inner_steps": (["7"], 7),
+        "alpha_mode": (["scalar"], "scalar"),
+        "alpha_init": (["0.25"], 0.25),
+        "alpha_parametrisation": (["softplus"], "softplus"),
+        "first_order": ([], True),
+        "meta_batch": (["6"], 6),
+        "k_support": (["3"], 3),
+        "k_query": (["9"], 9),
+        "outer_lr": (["0.003"], 0.003),
+        "alpha_lr": (["0.02"], 0.02),
+        "iterations": (["11"], 11),
+        "seed": (["4"], 4),
+        "dtype": (["float64"], "float64"),
+    }
+    assert set(values) == set(CONFIG_FLAGS)
+    for field, (words, expected) in values.items():
+        cfg = parsed_config("--" + field.replace("_", "-"), *words)
+        assert getattr(cfg, field) == expected, field
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--set", "alpha=1"], "alpha: unknown config field"),
+        (["--set", "outer_lr"], "set: must be KEY=VALUE"),
+        (["--set", "outer_lr=fast"], "outer_lr: must be a finite number, got 'fast'"),
+        (["--set", "hidden=[0]"], "hidden: must be an integer >= 1, got 0"),
+        (["--outer-lr", "nan"], "outer_lr: must be a finite number, got 'nan'"),
+        (["--hidden", "0"], "hidden: must be an integer >= 1, got 0"),
+        (["--loss", "huber"], "loss: must be one of l1, mse; got 'huber'"),
+        (["--config", '{"inner_steps": -1}'], "inner_steps: must be an integer >= 0, got -1"),
+        (["--config", "{not json"], "config: not valid JSON"),
+    ],
+)
+def test_bad_config_flags_are_one_line_exit_2(tmp_path, args, expected):
+    out = tmp_path / "run"
+    result = run_cli("train", *args, "--out", str(out))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [f"maml-parity: error: {result.stderr.split('error: ', 1)[1].strip()}"]
+    assert expected in result.stderr
+    assert not out.exists()
+
+
+def test_train_flags_land_in_config_json_and_final_alpha_is_reported(tmp_path):
+    out = tmp_path / "run"
+    result = run_cli(
+        "train",
+        "--framework",
+        "torch",
+        "--hidden",
+        "16",
+        "16",
+        "--loss",
+        "mse",
+        "--first-order",
+        "--meta-batch",
+        "4",
+        "--set",
+        "outer_lr=0.02",
+        "--config",
+        '{"inner_steps": 2}',
+        "--iterations",
+        "3",
+        "--out",
+        str(out),
+        "--no-progress",
+    )
+    assert result.returncode == 0, result.stderr
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["hidden"], cfg["loss"], cfg["first_order"], cfg["meta_batch"]) == ([16, 16], "mse", True, 4)
+    assert (cfg["outer_lr"], cfg["inner_steps"]) == (0.02, 2)
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("train torch: 3 steps, 1 CPU thread")  # seed-sized: one thread, said first
+    import numpy as np
+
+    final_alpha = float(np.load(out / "final.npz")["alpha"])
+    last_used = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["alpha"]
+    assert final_alpha != last_used  # the update after the last step moved it
+    assert f"final alpha {final_alpha:.6g} (after the last update" in result.stdout
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_meta_batch_that_does_not_split_is_refused_once_by_rank_0(tmp_path, rank):
+    # The check runs before torch.distributed starts, so the environment torchrun sets is enough.
+    env = {"WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank)}
+    out = tmp_path / "run"
+    result = run_cli("train", "--framework", "torch", "--preset", "maml-paper", "--out", str(out), env=env)
+    assert result.returncode == 2
+    if rank == 0:
+        assert result.stderr.strip() == (
+            "maml-parity: error: devices: the meta-batch of 25 tasks does not split evenly over 2 processes; "
+            "use a multiple of 2, e.g. --meta-batch 24 (or --set meta_batch=24)"
+        )
+    else:
+        assert result.stderr == "" and result.stdout == ""
+    assert not out.exists()
+
+
+def test_eval_json_writes_the_file_and_dash_is_stdout(tmp_path):
+    out = tmp_path / "run"
+    assert (
+        run_cli("train", "--framework", "torch", "--iterations", "2", "--out", str(out), "--no-progress").returncode
+        == 0
+    )
+    common = ["eval", str(out), "--framework", "torch", "--tasks", "3", "--max-steps", "1", "--pretrain-steps", "1"]
+    result = run_cli(*common, "--json", str(tmp_path / "e.json"))
+    assert result.returncode == 0, result.stderr
+    written = json.loads((tmp_path / "e.json").read_text())
+    assert written == json.loads((out / "eval.json").read_text())  # eval.json is still written, and equal
+    assert written["tasks"] == 3 and len(written["meta"][0]["mse_mean"]) == 2
+    result = run_cli(*common, "--json", "-")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["tasks"] == 3  # stdout holds the JSON only; the table went to stderr
+    assert "query MSE" in result.stderr

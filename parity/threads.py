@@ -1,0 +1,90 @@
+"""CPU threads for a command: chosen from the work's size unless ``--threads N`` says otherwise.
+
+At the seed's size (one task of 4 points per step, a 1→32→32→1 net) every operation is a few
+hundred floating-point operations: a second thread only adds synchronisation, and on a machine
+whose cores are busy with other processes a thread pool that waits for a core slows the PyTorch
+twin down about five-fold (docs/performance.md has the measurement). So the default is one thread
+for seed-sized work and every core this process may use for work large enough to split.
+
+What each framework allows:
+
+- **PyTorch**: ``torch.set_num_threads(n)`` at any time (intra-op threads); applied when the
+  command first needs torch, through :func:`apply`.
+- **JAX (XLA on the CPU)**: XLA reads ``XLA_FLAGS`` once, when its CPU backend starts, and has no
+  flag for an exact thread count; ``--xla_cpu_multi_thread_eigen=false`` makes its matrix
+  operations single-threaded. :func:`apply` adds it for one thread, but only if JAX's backend has
+  not started yet (then it says so); more than one thread leaves XLA at its default (every core).
+  An exact cap for both frameworks is the process's CPU affinity (``taskset -c 0-1 maml-parity …``,
+  or ``bench``'s pinning).
+
+Nothing here imports a framework at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+# Multiply-adds per hidden layer per outer step below which one thread is used: the seed's
+# seed-alpha is ~5e4 (1 task x 8 points x 32·32 x 5 steps), maml-paper ~4e5.
+SMALL_WORK = 1_000_000
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def work_size(cfg: Any) -> int:
+    """A rough count of multiply-adds in one outer step's widest layer (inner steps included)."""
+    widest = max(cfg.hidden)
+    points = cfg.meta_batch * (cfg.k_support + cfg.k_query)
+    return points * widest * widest * max(1, cfg.inner_steps)
+
+
+def choose(requested: int | None, cfg: Any = None) -> tuple[int, str]:
+    """(threads, why): ``requested`` when given, else one for seed-sized work, else every core."""
+    if requested is not None:
+        return requested, "--threads"
+    if cfg is None or work_size(cfg) < SMALL_WORK:
+        return 1, "auto: small model, one thread is fastest"
+    return available_cores(), f"auto: larger model, all {available_cores()} usable cores"
+
+
+def apply(threads: int, frameworks: tuple[str, ...] = ("jax", "torch")) -> str:
+    """Set the thread count in the named frameworks; returns the one-line description to print."""
+    notes = []
+    if "jax" in frameworks:
+        notes.append(_apply_jax(threads))
+    if "torch" in frameworks:
+        import torch
+
+        torch.set_num_threads(threads)
+        notes.append(f"torch {torch.get_num_threads()}")
+    return f"{threads} CPU thread{'s' if threads != 1 else ''} ({', '.join(notes)})"
+
+
+def _apply_jax(threads: int) -> str:
+    flag = "--xla_cpu_multi_thread_eigen=false"
+    flags = os.environ.get("XLA_FLAGS", "")
+    started = "jax" in sys.modules and _jax_backend_started()
+    if threads != 1:
+        return "jax: XLA default pool"
+    if flag in flags:
+        return "jax: single-threaded eigen"
+    if started:
+        return "jax: backend already started, XLA default pool"
+    os.environ["XLA_FLAGS"] = (flags + " " + flag).strip()
+    return "jax: single-threaded eigen"
+
+
+def _jax_backend_started() -> bool:
+    try:
+        from jax._src import xla_bridge
+
+        return bool(getattr(xla_bridge, "_backends", {}))
+    except ImportError:  # pragma: no cover - private module moved
+        return True
