@@ -50,9 +50,22 @@ def init_state(params: Params, alpha: Alpha, cfg: Config, step: int = 0) -> Trai
         step=jnp.asarray(step, jnp.int32),
         params=params,
         alpha=alpha,
-        params_opt=params_tx.init(params),
-        alpha_opt=alpha_tx.init(alpha),
+        params_opt=typed_counts(params_tx.init(params), cfg.dtype),
+        alpha_opt=typed_counts(alpha_tx.init(alpha), cfg.dtype),
     )
+
+
+def typed_counts(opt_state: Any, dtype: str) -> Any:
+    """The optimiser's step count (optax keeps an int32) as a scalar of the run's ``dtype``.
+
+    Adam's bias correction is ``1 − β**count`` with β a Python float. With an integer count, JAX
+    gives that power the weak float type of the mode: float64 when x64 is on, so a float32 run
+    computed its bias correction in float64 and gave other numbers with x64 on than off (seed-alpha
+    first differed at step 36). With a count of the run's dtype, β adopts that dtype in both modes.
+    The count stays exact up to 2**24 steps in float32, where 1 − β**count is 1 in every dtype.
+    (torch.optim.Adam keeps its count as a float tensor as well.)
+    """
+    return jax.tree.map(lambda leaf: leaf.astype(dtype) if jnp.issubdtype(leaf.dtype, jnp.integer) else leaf, opt_state)
 
 
 def alpha_value(variable: Alpha, cfg: Config) -> Alpha:
@@ -77,7 +90,7 @@ def variable_grad(grad_alpha: Alpha, variable: Alpha, cfg: Config) -> Alpha:
 def all_finite(*trees: Any) -> jax.Array:
     """[] bool: every entry of every leaf is finite (computed on the device; no host sync)."""
     floats = [jnp.ravel(leaf) for leaf in jax.tree.leaves(trees) if jnp.issubdtype(leaf.dtype, jnp.floating)]
-    return jnp.isfinite(jnp.concatenate(floats)).all()  # integer leaves (step counts) are always finite
+    return jnp.isfinite(jnp.concatenate(floats)).all()  # integer leaves (the step) are always finite
 
 
 def _softplus(rho: jax.Array) -> jax.Array:
