@@ -19,6 +19,7 @@ allocator's slack, and it is the host's memory (a GPU's own memory is not looked
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import re
@@ -114,7 +115,7 @@ def check_eval_caps(tasks: int, shots: int | None, max_steps: int, pretrain_step
 
 def _param_count(hidden: tuple[int, ...]) -> int:
     sizes = (1, *hidden, 1)
-    return sum(n_out * n_in + n_out for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True))
+    return sum(n_out * n_in + n_out for n_in, n_out in itertools.pairwise(sizes))
 
 
 def _width(hidden: tuple[int, ...]) -> int:
@@ -179,9 +180,7 @@ def check_train(cfg: Config, max_memory: int | None = None) -> int:
     if need > budget:
         fields = ("meta_batch", "inner_steps", "hidden", "k_support", "k_query")
         values = {f: getattr(cfg, f) for f in fields}
-        field = _driver(
-            lambda v: estimate_train(cfg.replace(**v)), values, {f: getattr(SEED_ALPHA, f) for f in fields}
-        )
+        field = _driver(lambda v: estimate_train(cfg.replace(**v)), values, {f: getattr(SEED_ALPHA, f) for f in fields})
         _refuse(field, values[field], need, budget, max_memory is not None)
     return need
 
