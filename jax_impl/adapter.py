@@ -21,6 +21,7 @@ class JaxTwin(TwinAdapter):
     """``jax.grad`` through a jit-compiled ``lax.scan`` inner loop, ``vmap`` over tasks, optax outside."""
 
     framework = "jax"
+    joins_coordinator = True  # jax.distributed.initialize, started by parity.startup with a timeout
     model = model
     meta = meta
     train = train

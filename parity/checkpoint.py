@@ -39,6 +39,7 @@ import numpy as np
 
 from parity.config import Config, ConfigError
 from parity.registry import versioned_packages
+from parity.safeio import file_mode
 from parity.tasks import TRAIN_STREAM
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -47,6 +48,7 @@ CHECKPOINT_FORMAT = "maml-parity-checkpoint/2"
 READABLE_FORMATS = ("maml-parity-checkpoint/1", CHECKPOINT_FORMAT)  # /1: no checksum
 # Config fields a resumed run may change: the number of steps does not alter any step's arithmetic.
 RESUMABLE_CHANGES = ("iterations",)
+MAX_ADAM_COUNT = 2**31 - 1  # optax's count is an int32; torch's step a float: one bound for both twins
 
 
 def atomic_write(path: Path, write: Any) -> None:
@@ -54,6 +56,7 @@ def atomic_write(path: Path, write: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, file_mode())  # mkstemp makes 0600; a new file honours the umask (0666 & ~umask)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -171,13 +174,20 @@ def unflatten_state(arrays: dict[str, np.ndarray], cfg: Config) -> dict[str, Any
             return arrays[prefix]
         return {name: arrays[f"{prefix}/{name}"] for name in cfg.param_names}
 
+    step = int(arrays["step"])
     opt: dict[str, Any] = {"params": {}, "alpha": {}}
     for group in opt:
         if f"opt/{group}/count" in arrays:
             count = int(arrays[f"opt/{group}/count"])
+            # Adam takes one update per outer step; optax keeps the count as an int32.
+            if not 0 <= count <= min(max(step, 0), MAX_ADAM_COUNT):
+                raise CheckpointError(
+                    f"array 'opt/{group}/count' is {count}; Adam's update count must be 0..step ({step}) "
+                    f"and at most {MAX_ADAM_COUNT}"
+                )
             opt[group] = {"count": count, "mu": tree(f"opt/{group}/mu"), "nu": tree(f"opt/{group}/nu")}
     return {
-        "step": int(arrays["step"]),
+        "step": step,
         "params": tree("params"),
         "alpha": tree("alpha"),
         "opt": opt,
@@ -240,7 +250,10 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     try:
         with safe_open(str(file), framework="numpy") as f:
             header = f.metadata() or {}
+            _check_names_before_reading(header, list(f.keys()))
             arrays = {key: f.get_tensor(key) for key in f.keys()}
+    except CheckpointError as err:
+        raise CheckpointError(f"{where}: {err.args[0].split(': ', 1)[1]}") from None
     except (OSError, SafetensorError, ValueError, TypeError, OverflowError, MemoryError) as err:
         reason = str(err) or type(err).__name__
         raise CheckpointError(f"{where} is not a readable safetensors file ({reason})") from None
@@ -257,6 +270,11 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         raise CheckpointError(f"{where}: format {got!r}, expected {CHECKPOINT_FORMAT!r}")
     if "checksum" not in header and manifest["format"] != READABLE_FORMATS[0]:
         raise CheckpointError(f"{where} is corrupt: no checksum in its header")
+    from parity.readers import manifest_problem
+
+    problem = manifest_problem(manifest)
+    if problem is not None:
+        raise CheckpointError(f"{where}: the embedded manifest is not valid: {problem}")
     try:
         cfg = Config.from_dict(manifest.get("config"))
     except ConfigError as err:
@@ -267,6 +285,24 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     if state["step"] < 0:
         raise CheckpointError(f"{where}: step {state['step']} is negative")
     return Checkpoint(manifest=manifest, config=cfg, step=state["step"], state=state)
+
+
+def _check_names_before_reading(header: dict[str, str], names: list[str]) -> None:
+    """Refuse arrays the embedded config does not call for before any of them is read. A header
+    whose manifest or config cannot be parsed is left to the checks after reading, which name it."""
+    try:
+        manifest = json.loads(header.get("manifest", ""))
+        cfg = Config.from_dict(manifest.get("config"))
+    except (ValueError, AttributeError, TypeError, RecursionError):
+        return
+    layout = expected_layout(cfg)
+    extra = sorted(set(names) - set(layout))
+    if extra:
+        missing = sorted(set(layout) - set(names))
+        raise CheckpointError(
+            f"arrays do not match the config's layout: missing {missing or 'none'}, unexpected {extra}; "
+            "refused before reading them"
+        )
 
 
 def checksum(manifest_text: str, arrays: dict[str, np.ndarray]) -> str:
@@ -291,7 +327,7 @@ def remove_stale_temporaries(directory: str | os.PathLike[str]) -> list[Path]:
     return removed
 
 
-def check_resumable(saved: Config, cfg: Config) -> None:
+def check_resumable(saved: Config, cfg: Config, what: str = "the checkpoint", whose: str = "the checkpoint's") -> None:
     """Raise a :class:`ConfigError` naming the first field where ``cfg`` differs from the checkpoint's.
 
     Only ``iterations`` may change: resuming must continue the very same trajectory.
@@ -301,6 +337,6 @@ def check_resumable(saved: Config, cfg: Config) -> None:
         if field not in RESUMABLE_CHANGES and ours[field] != theirs[field]:
             raise ConfigError(
                 field,
-                f"the checkpoint was trained with {field} = {theirs[field]!r} but this run asks for {ours[field]!r}; "
-                f"resume with the checkpoint's config (only {', '.join(RESUMABLE_CHANGES)} may change)",
+                f"{what} was trained with {field} = {theirs[field]!r} but this run asks for {ours[field]!r}; "
+                f"resume with {whose} config (only {', '.join(RESUMABLE_CHANGES)} may change)",
             )

@@ -136,6 +136,24 @@ def _float_flag(field: str) -> Any:
     return parse
 
 
+def _add_memory_flag(p: argparse.ArgumentParser) -> None:
+    from parity.limits import parse_size
+
+    p.add_argument(
+        "--max-memory",
+        type=lambda text: _argparse_type(parse_size, text),
+        metavar="SIZE",
+        help="refuse a run estimated to need more memory than SIZE (8G, 512M; default: what the machine has free)",
+    )
+
+
+def _argparse_type(parse: Any, text: str) -> Any:
+    try:
+        return parse(text)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _int_flag(field: str, minimum: int | None = None) -> Any:
     """An argparse type: an integer, at least ``minimum`` when given; errors name the field."""
 
@@ -185,16 +203,13 @@ def resolve_config(args: argparse.Namespace) -> Config:
 
 
 def _config_text(value: str) -> str:
-    """--config's JSON text: the value itself when it starts with '{', else the named file's contents."""
+    """--config's JSON text: the value itself when it starts with '{', else the named file's
+    contents (read with a size cap: ``--config /dev/zero`` is refused, not read until memory runs out)."""
+    from parity.safeio import read_text_capped
+
     if value.lstrip().startswith("{"):
         return value
-    path = Path(value)
-    try:
-        return path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise ConfigError("config", f"cannot read {str(path)!r} ({err.strerror})") from None
-    except UnicodeDecodeError:
-        raise ConfigError("config", f"{str(path)!r} is not a UTF-8 text file (a JSON object is needed)") from None
+    return read_text_capped(value, "config")
 
 
 def parse_set(item: str) -> tuple[str, Any]:
@@ -215,26 +230,27 @@ def parse_set(item: str) -> tuple[str, Any]:
     return key, value
 
 
-def _output_file(path: str, field: str, suffix: str | None = None) -> Path:
-    """A file the command will write: refused now, before any work, if it cannot be one."""
-    out = Path(path)
-    if suffix is not None and out.suffix != suffix:
-        raise ConfigError(field, f"must be a file name ending in {suffix}, got {path!r}")
-    if out.is_dir():
-        raise ConfigError(field, f"{path!r} is a directory; give a file name")
-    for parent in out.parents:
-        if parent.exists() and not parent.is_dir():
-            raise ConfigError(field, f"cannot write {path!r}: {str(parent)!r} is not a directory")
-    return out
+def _output_file(path: str, field: str, suffix: str | tuple[str, ...] | None = None) -> Path:
+    """A file the command will write: refused now, before any work, if it cannot be one
+    (``parity.safeio.check_output_file``: a name, the suffix, a writable folder)."""
+    from parity.safeio import check_output_file
+
+    return check_output_file(path, field, (suffix,) if isinstance(suffix, str) else suffix)
 
 
 def _output_dir(path: str, field: str = "out") -> Path:
-    """A directory the command will write into: refused now if it is (or lies under) a file."""
-    out = Path(path)
-    for candidate in (out, *out.parents):
-        if candidate.exists() and not candidate.is_dir():
-            raise ConfigError(field, f"{str(candidate)!r} exists and is not a directory")
-    return out
+    """A directory the command will write into: refused now if it is (or lies under) a file, has
+    no name, or cannot be written (``parity.safeio.check_output_dir``)."""
+    from parity.safeio import check_output_dir
+
+    return check_output_dir(path, field)
+
+
+def _refuse_existing_run(out: Path, shown: str, hint: str) -> None:
+    from parity.checkpoint import CHECKPOINT_FILE
+
+    if any((out / name).exists() for name in (CHECKPOINT_FILE, "metrics.jsonl")):
+        raise ConfigError("out", f"{shown!r} already holds a training run; {hint} (nothing was overwritten)")
 
 
 def _run_dir(path: str) -> Path:
@@ -340,11 +356,13 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_dump(args: argparse.Namespace) -> int:
+    from parity import limits
     from parity.golden import golden_arrays, write_golden
     from parity.registry import resolve
 
     cfg = resolve_config(args)
     out = _output_file(args.out, "out", suffix=".npz")
+    limits.check_train(cfg.replace(iterations=1), args.max_memory)  # one meta-gradient, one batch
     thread_line = _set_threads(args, cfg, (args.framework,) if args.framework in TWINS else ())
     impl = resolve(args.framework)
     prepare = getattr(impl, "prepare", None)
@@ -359,28 +377,45 @@ def cmd_dump(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from parity.checkpoint import CHECKPOINT_FILE
-    from parity.run import train_run
-    from parity.training import TrainingDiverged
+    import contextlib
+
+    from parity import limits
+    from parity.runlock import run_lock
+    from parity.startup import check_distributed_flags, start_distributed
 
     cfg = resolve_config(args)
     out = _output_dir(args.out)
-    if not args.resume and ((out / CHECKPOINT_FILE).exists() or (out / "metrics.jsonl").exists()):
-        raise ConfigError(
-            "out",
-            f"{args.out!r} already holds a training run; pass --resume to continue it, or choose another --out "
-            "(nothing was overwritten)",
-        )
+    check_distributed_flags(args.coordinator, args.num_processes, args.process_id)
+    limits.check_train(cfg, args.max_memory)
+    hint = "pass --resume to continue it, or choose another --out"
+    if not args.resume:
+        _refuse_existing_run(out, args.out, hint)
     main_process = _check_split(args, cfg)
     if main_process is None:  # another rank of a refused run: rank 0 says why, once
         return EXIT_USAGE
     thread_line = _set_threads(args, cfg, (args.framework,) if args.framework in TWINS else ())
     twin = _load_twin(args.framework, cfg.dtype)
-    placement = twin.placement(cfg, args.devices, args.coordinator, args.num_processes, args.process_id)
+    dist = (args.coordinator, args.num_processes, args.process_id)
+    if args.coordinator is not None and twin.joins_coordinator:  # torchrun joins PyTorch's processes itself
+        start_distributed(args.coordinator, args.num_processes, args.process_id, args.init_timeout)
+        dist = (None, None, None)  # joined: placement must not join again
+    placement = twin.placement(cfg, args.devices, *dist)
     if placement is None or placement.is_main:
         print(f"train {args.framework}: {cfg.iterations} steps, {thread_line}", flush=True)
     if placement is not None and placement.is_main:
         print(f"{args.framework}: meta-batch of {cfg.meta_batch} split over {placement.devices} devices", flush=True)
+    writer = placement is None or placement.is_main  # only the first process of a distributed run writes
+    with run_lock(out, "out") if writer else contextlib.nullcontext():
+        if writer and not args.resume:
+            _refuse_existing_run(out, args.out, hint)  # again, now that no one else can start one
+        return _train_locked(args, twin, cfg, out, placement)
+
+
+def _train_locked(args: argparse.Namespace, twin: Any, cfg: Config, out: Path, placement: Any) -> int:
+    """``train`` once the run directory's lock is held."""
+    from parity.run import train_run
+    from parity.training import TrainingDiverged
+
     try:
         state, rows = train_run(
             twin,
@@ -471,11 +506,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.phase_shift is not None:
         spec_args["phase_shifts"] = tuple(args.phase_shift)
     spec = EvalSpec(**spec_args)  # a bad --tasks, --shots ... is named before the run is looked at
+    from parity import limits
+    from parity.checkpoint import read_checkpoint
+    from parity.runlock import run_lock
+
+    limits.check_eval_caps(spec.tasks, spec.shots, spec.max_steps, spec.pretrain_steps, len(spec.phase_shifts))
     run_dir = _run_dir(args.dir)
+    saved = read_checkpoint(run_dir).config
+    cfg = saved if args.dtype is None else saved.replace(dtype=args.dtype)
+    limits.check_eval(
+        cfg, spec.tasks, spec.shots, spec.max_steps, spec.pretrain_steps, len(spec.phase_shifts), args.max_memory
+    )
+    _output_file(str(run_dir / "eval.json"), "dir")  # a read-only run is refused before the work
     json_target, human = _json_target(args), _human(args)
     thread_line = _set_threads(args, _eval_work(run_dir, spec), (args.framework,) if args.framework in TWINS else ())
     print(f"eval {args.framework}: {thread_line}", file=human, flush=True)
-    result = evaluate_run(run_dir, framework=args.framework, dtype=args.dtype, spec=spec)
+    with run_lock(run_dir, "dir"):
+        result = evaluate_run(run_dir, framework=args.framework, dtype=args.dtype, spec=spec)
     print("\n".join(summary_lines(result)), file=human)
     print(f"wrote {run_dir}/eval.json", file=human)
     if json_target:
@@ -496,18 +543,23 @@ def _eval_work(run_dir: Path, spec: Any) -> Config | None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from parity.report import write_report
+    from parity.runlock import run_lock
 
-    path = write_report(_run_dir(args.dir))
+    run_dir = _run_dir(args.dir)
+    _output_file(str(run_dir / "report.md"), "dir")  # a read-only run is refused before the work
+    with run_lock(run_dir, "dir"):
+        path = write_report(run_dir)
     print(f"wrote {path}")
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from parity import bench
+    from parity.safeio import IMAGE_SUFFIXES
 
     _json_target(args)
     if args.plot:
-        _output_file(args.plot, "plot")
+        _output_file(args.plot, "plot", IMAGE_SUFFIXES)
     human = _human(args)
     if args.scaling:
         return _bench_scaling(args)
@@ -565,12 +617,30 @@ def _bench_command(args: argparse.Namespace) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import contextlib
+    import os
+
     from parity.demo import run_demo
+    from parity.runlock import run_lock
+    from parity.startup import JAX_FALSE
 
     out = _output_dir(args.out)
+    if os.environ.get("JAX_ENABLE_X64", "").strip().lower() in JAX_FALSE:
+        raise ConfigError(
+            "JAX_ENABLE_X64",
+            "is off, but the demo checks the twins' parity in float64 as well; unset it (or set it to 1) for the demo",
+        )
+    runs = [out / name for name in TWINS]
+    for run in runs:
+        _refuse_existing_run(run, str(run), "choose another --out for the demo")
     thread_line = _set_threads(args, SEED_ALPHA, TWINS)
     print(f"demo: {thread_line}", flush=True)
-    return run_demo(out, iterations=args.iterations, progress=not args.no_progress)
+    with contextlib.ExitStack() as stack:
+        for run in runs:
+            stack.enter_context(run_lock(run, "out"))
+        for run in runs:
+            _refuse_existing_run(run, str(run), "choose another --out for the demo")
+        return run_demo(out, iterations=args.iterations, progress=not args.no_progress)
 
 
 # --- parser ----------------------------------------------------------------------------------------
@@ -601,6 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p, "seed-alpha")
     p.add_argument("--out", required=True, metavar="FILE.npz")
     _add_threads_flag(p)
+    _add_memory_flag(p)
     p.set_defaults(func=cmd_dump)
 
     p = sub.add_parser("train", help="meta-train in one twin; writes config.json, metrics.jsonl, final.npz")
@@ -632,6 +703,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="also checkpoint every N >= 1 steps (default: only at the end)",
     )
     _add_threads_flag(p)
+    p.add_argument(
+        "--init-timeout",
+        type=_int_flag("init_timeout", 1),
+        default=120,
+        metavar="S",
+        help="multi-host: seconds to wait for every process to join (default 120)",
+    )
+    _add_memory_flag(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="adapt meta / random / pretrained inits on held-out tasks; writes DIR/eval.json")
@@ -665,6 +744,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", metavar="FILE", help="also write the results (eval.json's content) to FILE; '-': standard output"
     )
     _add_threads_flag(p)
+    _add_memory_flag(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("report", help="figures and DIR/report.md from a run and its eval.json")
@@ -700,17 +780,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line. ``argv`` None (the console script, ``python -m parity``): the process
+    ends here, so a Ctrl-C leaves through ``os._exit(130)`` (``parity.startup``)."""
+    status = _main(argv)
+    if argv is None:
+        from parity.startup import exit_quietly_on_interrupt
+
+        exit_quietly_on_interrupt()
+    return status
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help()
             return EXIT_USAGE
+        from parity.startup import check_environment
+
+        uses_jax = args.command in ("check", "bench", "demo") or (
+            args.command in ("dump", "train", "eval") and args.framework == "jax"
+        )
+        check_environment(uses_jax)
         return int(args.func(args))
     except (ConfigError, UsageError) as err:
         print(f"maml-parity: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
+        if argv is None:  # XLA's compiler threads may still run: no interpreter shutdown (parity.startup)
+            from parity.startup import hard_exit
+
+            hard_exit(130, "maml-parity: interrupted")
         print("maml-parity: interrupted", file=sys.stderr)
         return 130
     except RuntimeError as err:  # training that diverged elsewhere than in `train` (eval's pretrained baseline)

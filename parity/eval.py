@@ -265,23 +265,24 @@ def evaluate_run(
 
 
 def read_eval(run_dir: Path) -> dict[str, Any]:
+    """``run_dir/eval.json``, checked for every key ``report`` reads (``parity.readers``)."""
+    from parity.readers import read_eval_file
+
     path = run_dir / "eval.json"
     if not path.exists():
         raise ConfigError("dir", f"no eval.json in {str(run_dir)!r}; run `maml-parity eval {run_dir}` first")
-    result = read_json(path, "dir")
-    if not isinstance(result, dict) or result.get("format") != "maml-parity-eval/1":
-        raise ConfigError(
-            "dir", f"{str(path)!r} is not a maml-parity-eval/1 file; run `maml-parity eval {run_dir}` again"
-        )
-    return result
+    return read_eval_file(path, run_dir)
 
 
 def read_json(path: Path, field: str) -> Any:
-    """A JSON file, or a ConfigError naming ``field`` and the file if it is not valid JSON."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(field, f"{str(path)!r} is not valid JSON ({err}); delete it or write it again") from None
+    """A JSON file (size-capped), or a ConfigError naming ``field`` and the file if it is not valid
+    JSON; a checkpoint manifest copy (``checkpoint.json``) is also checked for shape and type."""
+    from parity.checkpoint import MANIFEST_FILE
+    from parity.readers import load_json, read_manifest
+
+    if path.name == MANIFEST_FILE:
+        return read_manifest(path, field)
+    return load_json(path, field)
 
 
 def summary_lines(result: dict[str, Any], steps: tuple[int, ...] | None = None) -> list[str]:

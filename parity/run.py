@@ -28,6 +28,7 @@ from parity.checkpoint import (
     write_checkpoint,
 )
 from parity.config import Config, ConfigError
+from parity.safeio import printable
 from parity.twins import Twin
 
 
@@ -104,8 +105,10 @@ def train_run(
     if ckpt is not None:
         state, start = resumed_state(twin, cfg, ckpt)
         rows = truncate_metrics(out / "metrics.jsonl", start)
-        print(f"resuming {out} at step {start} (checkpoint written by {ckpt.manifest['framework']})", file=stream)
+        writer = printable(ckpt.manifest["framework"])
+        print(f"resuming {out} at step {start} (checkpoint written by {writer})", file=stream)
     elif resume:
+        check_history(out, cfg)
         print(f"no checkpoint in {out}; starting at step 0", file=stream)
     atomic_write(out / "config.json", lambda f: f.write((cfg.to_json() + "\n").encode()))
     bar = _progress_bar(cfg.iterations, f"train {twin.name}", progress, stream, initial=start)
@@ -161,6 +164,29 @@ def train_run(
     return state, rows
 
 
+def check_history(out: Path, cfg: Config) -> None:
+    """``--resume`` in a directory without a checkpoint: its ``config.json`` (if any) must be this
+    run's config (all fields but ``iterations``), and logged steps without a config are another
+    run's history; both are refused rather than replaced."""
+    config_file = out / "config.json"
+    if config_file.exists():
+        from parity.readers import load_json
+
+        try:
+            saved = Config.from_dict(load_json(config_file, "resume"))
+        except ConfigError as err:
+            if err.field == "resume":
+                raise
+            raise ConfigError("resume", f"{str(config_file)!r} is not a valid config ({err})") from None
+        check_resumable(saved, cfg, what=f"the run in {str(out)!r} (no checkpoint)", whose="that run's")
+    elif (out / "metrics.jsonl").exists() and (out / "metrics.jsonl").stat().st_size > 0:
+        raise ConfigError(
+            "resume",
+            f"{str(out)!r} holds logged steps (metrics.jsonl) but no config.json and no checkpoint: another run's "
+            "history; choose another --out (nothing was overwritten)",
+        )
+
+
 def resumed_state(twin: Twin, cfg: Config, ckpt: Any) -> tuple[Any, int]:
     """The twin's training state from a checkpoint this run may continue, and its step."""
     check_resumable(ckpt.config, cfg)
@@ -199,13 +225,16 @@ def truncate_metrics(path: Path, step: int) -> list[dict[str, Any]]:
     """
     rows: list[dict[str, Any]] = []
     if path.exists():
-        with open(path) as f:
-            for line in f:
+        with open(path, "rb") as f:
+            for number, raw in enumerate(f, start=1):
                 try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
+                    row = json.loads(raw.decode("utf-8"))
+                except (UnicodeDecodeError, ValueError, RecursionError):
                     break  # a write interrupted mid-line: nothing after it was written either
-                if row["step"] >= step:
+                step_of_row = row.get("step") if isinstance(row, dict) else None
+                if isinstance(step_of_row, bool) or not isinstance(step_of_row, int):
+                    raise ConfigError("resume", f"{str(path)!r} line {number} is not a metrics row (no integer 'step')")
+                if step_of_row >= step:
                     break
                 rows.append(row)
     if [row["step"] for row in rows] != list(range(step)):
@@ -225,8 +254,10 @@ def seed_printout(row: dict[str, Any]) -> str:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """Every row of ``path``, each checked for shape and type (``parity.readers.read_metrics``)."""
+    from parity.readers import read_metrics as read_checked
+
+    return read_checked(path)
 
 
 def _short(value: Any, digits: int = 4) -> str:

@@ -42,9 +42,11 @@ def _holder(path: Path) -> str:
         info = json.loads(text)
         if not isinstance(info, dict):
             raise ValueError
-        pid, command, since = info.get("pid"), info.get("command"), info.get("since")
-        return f"PID {int(pid)} ({str(command)[:200]!r}, since {str(since)[:40]})"
-    except (OSError, ValueError, TypeError):
+        pid, command, since = info["pid"], info.get("command"), info.get("since")
+        if isinstance(pid, bool) or not isinstance(pid, int):
+            raise ValueError
+        return f"PID {pid} ({str(command)[:200]!r}, since {str(since)[:40]})"
+    except (OSError, ValueError, TypeError, KeyError):
         return "another process (still starting)"
 
 

@@ -34,6 +34,7 @@ class TwinAdapter:
     """
 
     framework: str
+    joins_coordinator = False  # multi-host: True where `train --coordinator` starts the processes' rendezvous
     model: ModuleType
     meta: ModuleType
     train: ModuleType

@@ -320,11 +320,26 @@ def test_train_refuses_to_overwrite_a_run_without_resume(tmp_path, capsys) -> No
     assert snapshot(tmp_path) == before
 
 
+def minimal_eval(max_steps: int = 1) -> dict:
+    """The smallest eval.json that passes ``parity.readers.eval_problem``: one phase shift, 2 tasks."""
+    curve = [1.0] * (max_steps + 1)
+    record = {"phase_shift": 0.0, "steps": list(range(max_steps + 1)), "diverged": [0] * (max_steps + 1)}
+    record.update({key: curve for key in ("mse_mean", "mse_ci95", "l1_mean", "l1_ci95")})
+    return {
+        "format": "maml-parity-eval/1",
+        **{"tasks": 2, "shots": 4, "max_steps": max_steps, "query_points": 100, "pretrain_steps": 0},
+        **{"random_seed": 1, "framework": "jax", "dtype": "float64", "inner_loss": "l1", "alpha": 0.1},
+        "phase_shifts": [0.0],
+        **{name: [dict(record)] for name in ("meta", "random", "pretrained")},
+        "fits": [],
+    }
+
+
 REPORT_INPUTS = {
     "eval-json-not-json": ('{"x":', "", "eval.json' is not valid JSON (Expecting value"),
     "eval-json-not-an-eval": ("[]", "", "eval.json' is not a maml-parity-eval/1 file"),
     "metrics-cut-mid-line": (
-        '{"format": "maml-parity-eval/1"}',
+        json.dumps(minimal_eval()),
         '{"step": 0, "outer',
         "metrics.jsonl' is not JSON lines",
     ),
