@@ -502,6 +502,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "shots": args.shots,
         "max_steps": args.max_steps,
         "pretrain_steps": args.pretrain_steps,
+        "baseline_alpha": args.baseline_alpha,
     }
     if args.phase_shift is not None:
         spec_args["phase_shifts"] = tuple(args.phase_shift)
@@ -739,6 +740,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=2000,
         metavar="N",
         help="plain-regression steps for the 'pretrained' baseline (default 2000)",
+    )
+    p.add_argument(
+        "--baseline-alpha",
+        default="meta",
+        metavar="MODE",
+        help="meta | tuned: the baselines adapt with the run's alpha (default), or each with its own alpha "
+        "picked from a small grid on separate tuning tasks (the MAML paper's tuned baseline)",
     )
     p.add_argument(
         "--json", metavar="FILE", help="also write the results (eval.json's content) to FILE; '-': standard output"

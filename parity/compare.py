@@ -108,3 +108,38 @@ def stability_factor(gains: np.ndarray) -> float:
 
 def is_stable(factor: float) -> bool:
     return math.isfinite(factor) and factor <= STABILITY_LIMIT
+
+
+def decided_by(leaf: LeafResult) -> str:
+    """Which term of ``atol + rtol·max|ref|`` is the larger allowance: "absolute" or "relative"."""
+    return "absolute" if leaf.tol.atol >= leaf.tol.rtol * leaf.ref_scale else "relative"
+
+
+def verdict_reason(leaf: LeafResult) -> str:
+    """The verdict in words, naming the tolerance that decided it, e.g.
+    ``max abs err 1.2e-17 <= atol 1e-12 (values ~1e-17; relative error not meaningful)``."""
+    if not leaf.finite:
+        return "non-finite values (never within tolerance)"
+    allowed = leaf.tol.atol + leaf.tol.rtol * leaf.ref_scale
+    if not leaf.ok:
+        return (
+            f"max abs err {leaf.max_abs_err:.2g} > atol {leaf.tol.atol:g} + rtol {leaf.tol.rtol:g} x max|ref| "
+            f"{leaf.ref_scale:.2g} = {allowed:.2g} (relative error {leaf.max_rel_err:.2g})"
+        )
+    if decided_by(leaf) == "absolute":
+        return (
+            f"max abs err {leaf.max_abs_err:.2g} <= atol {leaf.tol.atol:g} "
+            f"(values ~{leaf.ref_scale:.2g}; relative error not meaningful)"
+        )
+    return (
+        f"max rel err {leaf.max_rel_err:.2g} <= rtol {leaf.tol.rtol:g} "
+        f"(max abs err {leaf.max_abs_err:.2g}, values ~{leaf.ref_scale:.2g})"
+    )
+
+
+def margin(leaf: LeafResult) -> float:
+    """The error as a fraction of what the tolerance allows (1 = at the limit; inf when non-finite)."""
+    if not leaf.finite:
+        return math.inf
+    allowed = leaf.tol.atol + leaf.tol.rtol * leaf.ref_scale
+    return leaf.max_abs_err / allowed if allowed > 0 else (0.0 if leaf.max_abs_err == 0 else math.inf)

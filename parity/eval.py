@@ -50,6 +50,9 @@ STARTS = ("meta", "random", "pretrained")
 QUERY_POINTS = 100
 PRETRAIN_BATCH = 25  # tasks per plain-regression step: the mean over tasks, not one task's curve
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
+BASELINE_ALPHA_MODES = ("meta", "tuned")
+BASELINE_ALPHA_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3)
+TUNING_TASKS = 100  # tasks of their own (sampler step 1 of the held-out stream), never evaluated on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +64,16 @@ class EvalSpec:
     max_steps: int = 10  # S: scored after 0..S adaptation steps
     phase_shifts: tuple[float, ...] = (0.0, math.pi)  # B: each task's phase + B
     pretrain_steps: int = 2000  # plain-regression steps for the `pretrained` starting point
+    # The baselines' (random, pretrained) step size: "meta", the run's α, as the meta init adapts;
+    # or "tuned", each its own α from BASELINE_ALPHA_GRID, the one with the lowest query MSE on
+    # separate tuning tasks (the MAML paper tuned its pretrained baseline's step size).
+    baseline_alpha: str = "meta"
 
     def __post_init__(self) -> None:
+        if self.baseline_alpha not in BASELINE_ALPHA_MODES:
+            raise ConfigError(
+                "baseline_alpha", f"must be one of {', '.join(BASELINE_ALPHA_MODES)}; got {self.baseline_alpha!r}"
+            )
         _check_int("tasks", self.tasks, 2)  # a confidence interval needs two tasks
         if self.shots is not None:
             _check_int("shots", self.shots, 1)
@@ -86,13 +97,14 @@ class EvalTasks(NamedTuple):
     phase: np.ndarray  # [N], shift included
 
 
-def eval_tasks(cfg: Config, n: int, shots: int, phase_shift: float = 0.0) -> EvalTasks:
+def eval_tasks(cfg: Config, n: int, shots: int, phase_shift: float = 0.0, step: int = 0) -> EvalTasks:
     """``n`` held-out tasks with ``shots`` support points, phases shifted by ``phase_shift``.
 
     A pure function of ``(cfg.seed, n, shots)`` apart from the shift: every shift, starting point
-    and framework sees the same amplitudes, frequencies, base phases and support inputs.
+    and framework sees the same amplitudes, frequencies, base phases and support inputs. ``step``
+    1 gives the tuning tasks of ``--baseline-alpha tuned``, apart from the evaluation's (step 0).
     """
-    batch = sample_batch(cfg.replace(k_support=shots, dtype="float64"), 0, stream=EVAL_STREAM, batch_size=n)
+    batch = sample_batch(cfg.replace(k_support=shots, dtype="float64"), step, stream=EVAL_STREAM, batch_size=n)
     phase = batch.phase + phase_shift  # [N]
     grid = np.linspace(*cfg.x_range, QUERY_POINTS)  # [P]
     x_query = np.broadcast_to(grid[None, :, None], (n, QUERY_POINTS, 1))  # [N, P, 1]
@@ -193,6 +205,12 @@ def evaluate(twin: Twin, cfg: Config, meta_params: dict[str, np.ndarray], alpha:
     """Adapt every starting point on every phase shift's tasks; the body of ``eval.json``."""
     shots = cfg.k_support if spec.shots is None else spec.shots
     starts = starting_points(twin, cfg, meta_params, spec.pretrain_steps)
+    alphas = {name: alpha for name in STARTS}
+    baseline: dict[str, Any] = {"mode": spec.baseline_alpha}
+    if spec.baseline_alpha == "tuned":
+        baseline = tune_baseline_alpha(twin, cfg, starts, shots, max(1, min(cfg.inner_steps, spec.max_steps)))
+        for name, value in baseline["chosen"].items():
+            alphas[name] = np.array(value, dtype=cfg.dtype)
     result: dict[str, Any] = {name: [] for name in STARTS}
     fits = []
     for shift in spec.phase_shifts:
@@ -208,7 +226,7 @@ def evaluate(twin: Twin, cfg: Config, meta_params: dict[str, np.ndarray], alpha:
             "y_support": _rounded(tasks.y_support[0, :, 0]),
         }
         for name in STARTS:
-            preds = adaptation_curves(twin, starts[name], alpha, tasks, cfg, spec.max_steps)  # [S+1, N, P]
+            preds = adaptation_curves(twin, starts[name], alphas[name], tasks, cfg, spec.max_steps)  # [S+1, N, P]
             result[name].append({"phase_shift": shift, **error_summary(preds, tasks.y_query[..., 0])})
             fit[name] = [_rounded(p) for p in preds[:, 0]]  # [S+1][P], the first task
         fits.append(fit)
@@ -221,8 +239,36 @@ def evaluate(twin: Twin, cfg: Config, meta_params: dict[str, np.ndarray], alpha:
         "inner_loss": cfg.loss,
         "pretrain_steps": spec.pretrain_steps,
         "random_seed": cfg.seed + 1,
+        "baseline_alpha": baseline,
         **result,
         "fits": fits,
+    }
+
+
+def tune_baseline_alpha(
+    twin: Twin, cfg: Config, starts: dict[str, dict[str, np.ndarray]], shots: int, steps: int
+) -> dict[str, Any]:
+    """Each baseline's α from ``BASELINE_ALPHA_GRID``: the lowest mean query MSE after ``steps``
+    steps on ``TUNING_TASKS`` tasks of their own. A grid value under which any tuning task
+    diverges scores null and is never chosen."""
+    tasks = eval_tasks(cfg, TUNING_TASKS, shots, 0.0, step=1)
+    chosen, scores = {}, {}
+    for name in ("random", "pretrained"):
+        mses: list[float | None] = []
+        for value in BASELINE_ALPHA_GRID:
+            preds = adaptation_curves(twin, starts[name], np.array(value, dtype=cfg.dtype), tasks, cfg, steps)
+            summary = error_summary(preds[[steps]], tasks.y_query[..., 0])
+            mses.append(summary["mse_mean"][0] if summary["diverged"][0] == 0 else None)
+        finite = [(m, a) for m, a in zip(mses, BASELINE_ALPHA_GRID) if m is not None]
+        chosen[name] = min(finite)[1] if finite else BASELINE_ALPHA_GRID[0]
+        scores[name] = mses
+    return {
+        "mode": "tuned",
+        "grid": list(BASELINE_ALPHA_GRID),
+        "steps": steps,
+        "tuning_tasks": TUNING_TASKS,
+        "tuning_mse": scores,
+        "chosen": chosen,
     }
 
 
@@ -295,11 +341,10 @@ def summary_lines(result: dict[str, Any], steps: tuple[int, ...] | None = None) 
     ]
     notes = []
     for i, shift in enumerate(result["phase_shifts"]):
-        lines.append(f"phase shift {shift:.4g}:" + "".join(f"{f'k={k}':>20}" for k in steps))
+        table = [[f"phase shift {shift:.4g}:", *(f"k={k}" for k in steps)]]
         for name in STARTS:
             rec = result[name][i]
-            cells = "".join(f"{_pm(rec['mse_mean'][k], rec['mse_ci95'][k]):>20}" for k in steps)
-            lines.append(f"  {name:<15}{cells}")
+            table.append([f"  {name}", *(_pm(rec["mse_mean"][k], rec["mse_ci95"][k]) for k in steps)])
             diverged = rec.get("diverged", [0] * (S + 1))
             if any(diverged[k] for k in steps):
                 counts = ", ".join(f"k={k}: {diverged[k]}" for k in steps if diverged[k])
@@ -307,6 +352,17 @@ def summary_lines(result: dict[str, Any], steps: tuple[int, ...] | None = None) 
                     f"  {name}, phase shift {shift:.4g}: tasks diverged "
                     f"(non-finite or MSE > {DIVERGED_MSE:g}; left out) {counts}"
                 )
+        # Column widths from the widest cell, two spaces apart: cells never run together.
+        widths = [max(len(row[c]) for row in table) for c in range(len(table[0]))]
+        for row in table:
+            lines.append(row[0].ljust(widths[0]) + "".join(f"  {cell:>{w}}" for cell, w in zip(row[1:], widths[1:])))
+    tuned = result.get("baseline_alpha") or {}
+    if tuned.get("mode") == "tuned":
+        lines.append(
+            "baselines adapted with their own tuned alpha: "
+            + ", ".join(f"{name} {value:g}" for name, value in tuned["chosen"].items())
+            + f" (grid {', '.join(f'{a:g}' for a in tuned['grid'])}; {tuned['tuning_tasks']} separate tasks)"
+        )
     if notes:
         lines.append(f"diverged tasks, of {result['tasks']}:")
         lines.extend(notes)

@@ -13,6 +13,7 @@ display needed, nothing left open.
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,36 @@ def _figure(width: float, height: float) -> Any:
 
 
 def _save(fig: Any, path: Path) -> Path:
-    fig.savefig(path)
+    try:
+        fig.savefig(path)
+    except OSError as err:  # a full disk, permissions: the error names the figure
+        raise OSError(err.errno, err.strerror, str(path)) from None
     return path
+
+
+def _title(text: str, width: int = 90) -> str:
+    """Wrap a title so that it fits the figure (constrained layout makes room for the lines)."""
+    return textwrap.fill(text, width=width)
+
+
+def _spans_decades(values: Any, decades: float = 2.0) -> bool:
+    """Whether the finite positive values span more than ``decades`` powers of ten."""
+    v = np.asarray(values, dtype=float).ravel()
+    v = v[np.isfinite(v) & (v > 0)]
+    return v.size > 1 and float(np.log10(v.max() / v.min())) > decades
+
+
+def _y_scale(ax: Any, values: Any) -> None:
+    """Log y when the values span decades (one diverging curve must not flatten the rest), else from 0."""
+    if _spans_decades(values):
+        ax.set_yscale("log")
+    else:
+        ax.set_ylim(bottom=0)
+
+
+def _line_style(n: int) -> str:
+    """No line through a single point: markers alone."""
+    return "-" if n > 1 else "none"
 
 
 def _shift_label(shift: float) -> str:
@@ -88,17 +117,22 @@ def fit_figure(result: dict[str, Any], cfg: Config, path: Path) -> Path:
                 zorder=5,
                 label=f"the {len(fit['x_support'])} examples it adapts on",
             )
-            ax.set_title(f"{LABELS[name]}, {_shift_label(fit['phase_shift'])}", fontsize=10)
+            ax.set_title(_title(f"{LABELS[name]}, {_shift_label(fit['phase_shift'])}", 45), fontsize=10)
             ax.grid(alpha=0.3)
             if r == len(rows) - 1:
                 ax.set_xlabel("x")
             if c == 0:
                 ax.set_ylabel("y")
-        axes[r][0].legend(fontsize=8, loc="lower left")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, ncol=4, loc="outside lower center")  # below: hides no point
     fit0 = result["fits"][0]
+    phases = ", ".join(f"φ = {result['fits'][i]['phase']:.3g}" for i in rows)
     fig.suptitle(
-        f"Fitting one new task, y = {fit0['amplitude']:.2g}·sin({fit0['frequency']:.3f}·x + φ), from "
-        f"{result['shots']} examples with α = {_alpha_text(result['alpha'])}"
+        _title(
+            f"Fitting one new task, y = {fit0['amplitude']:.2g}·sin({fit0['frequency']:.3f}·x + φ) ({phases} rad), "
+            f"from {result['shots']} examples with α = {_alpha_text(result['alpha'])}",
+            110,
+        )
     )
     return _save(fig, path)
 
@@ -109,23 +143,29 @@ def adaptation_figure(result: dict[str, Any], cfg: Config, path: Path) -> Path:
     fig = _figure(6.2 * len(panels), 4.4)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]  # own y scales: shifted errors are far larger
     for ax, i in zip(axes, panels, strict=True):
+        shown = []
         for name in LABELS:
             rec = result[name][i]
             steps, mean, ci = np.array(rec["steps"]), _nan(rec["mse_mean"]), _nan(rec["mse_ci95"])
-            ax.plot(steps, mean, marker="o", ms=3.5, color=COLORS[name], label=LABELS[name])
-            ax.fill_between(steps, mean - ci, mean + ci, color=COLORS[name], alpha=0.2, lw=0)
-        ax.axvline(
-            cfg.inner_steps, color="grey", ls=":", lw=1.2, label=f"T = {cfg.inner_steps}, steps used in meta-training"
-        )
-        ax.set_title(_shift_label(result["phase_shifts"][i]))
+            ax.plot(steps, mean, marker="o", ms=4, ls=_line_style(len(steps)), color=COLORS[name], label=LABELS[name])
+            low = np.where(mean - ci > 0, mean - ci, mean)  # a log axis has no room for a band below 0
+            ax.fill_between(steps, low, mean + ci, color=COLORS[name], alpha=0.2, lw=0)
+            shown.append(mean)
+        if cfg.inner_steps <= result["max_steps"]:
+            ax.axvline(cfg.inner_steps, color="grey", ls=":", lw=1.2, label=f"T = {cfg.inner_steps} (meta-training)")
+        ax.set_title(_shift_label(result["phase_shifts"][i]), fontsize=10)
         ax.set_xlabel(f"gradient steps on the {result['shots']} support points")
-        ax.set_ylim(bottom=0)
+        _y_scale(ax, np.concatenate(shown))
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel(f"query MSE ({result['query_points']} points over the x range)")
-    axes[0].legend(fontsize=8)
+    axes[0].set_ylabel(f"query MSE ({result['query_points']} points)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, ncol=4, loc="outside lower center")
     fig.suptitle(
-        f"Error while adapting to {result['tasks']} held-out tasks (mean, band = 95% CI), "
-        f"α = {_alpha_text(result['alpha'])}"
+        _title(
+            f"Error while adapting to {result['tasks']} held-out tasks (mean, band = 95% CI), "
+            f"α = {_alpha_text(result['alpha'])}",
+            60 * len(panels),
+        )
     )
     return _save(fig, path)
 
@@ -137,6 +177,8 @@ def phase_shift_figure(result: dict[str, Any], cfg: Config, path: Path) -> Path:
     order = np.argsort(shifts)
     fig = _figure(7.5, 5.4)
     ax = fig.subplots()
+    ls = _line_style(len(shifts))
+    shown = []
     for name in LABELS:
         mean = _nan([result[name][i]["mse_mean"][T] for i in order])
         ci = _nan([result[name][i]["mse_ci95"][T] for i in order])
@@ -146,15 +188,27 @@ def phase_shift_figure(result: dict[str, Any], cfg: Config, path: Path) -> Path:
             mean,
             yerr=ci,
             marker="o",
+            ls=ls,
             capsize=3,
             color=COLORS[name],
             label=f"{LABELS[name]}, after {T} steps",
         )
-        ax.plot(shifts[order], before, ls=":", color=COLORS[name], alpha=0.7, label=f"{LABELS[name]}, before adapting")
+        ax.plot(
+            shifts[order],
+            before,
+            ls=":" if len(shifts) > 1 else "none",
+            marker="x",
+            color=COLORS[name],
+            alpha=0.7,
+            label=f"{LABELS[name]}, before adapting",
+        )
+        shown += [mean, before]
     ax.set_xlabel("phase shift B of the held-out tasks, y = A·sin(ω·x + φ + B)  [radians]")
     ax.set_ylabel("query MSE (mean over tasks, bars = 95% CI)")
-    ax.set_title(f"Tasks unlike the training tasks: error against phase shift ({result['shots']} shots)")
-    ax.set_ylim(bottom=0)
+    ax.set_title(_title(f"Error against the phase shift of the tasks ({result['shots']} shots)", 70), fontsize=11)
+    if len(shifts) == 1:
+        ax.set_xlim(shifts[0] - 0.5, shifts[0] + 0.5)
+    _y_scale(ax, np.concatenate(shown))
     ax.grid(alpha=0.3)
     fig.legend(fontsize=8, ncol=2, loc="outside lower center")  # below the axes, clear of the curves
     return _save(fig, path)
@@ -179,7 +233,7 @@ def alpha_figure(rows: list[dict[str, Any]], cfg: Config, path: Path) -> Path:
         )
         g, g_label = np.array([v["norm"] for v in grad]), "‖dL/dα‖"
     else:
-        ax_a.plot(steps, alpha, color="tab:purple", label="α")
+        ax_a.plot(steps, alpha, color="tab:purple", marker="o" if len(steps) == 1 else None, label="α")
         g, g_label = np.array(grad), "dL/dα"
     mode = {
         "fixed": "fixed",
@@ -187,12 +241,28 @@ def alpha_figure(rows: list[dict[str, Any]], cfg: Config, path: Path) -> Path:
         "per_parameter": f"one per parameter entry, {cfg.alpha_optimizer} lr {cfg.alpha_lr:g}",
     }[cfg.alpha_mode]
     ax_a.set_ylabel("inner learning rate α")
-    ax_a.set_title(f"Inner learning rate over meta-training (α {mode})")
+    ax_a.set_title(_title(f"Inner learning rate over meta-training (α {mode})", 80), fontsize=11)
     ax_a.grid(alpha=0.3)
     ax_a.legend(fontsize=8)
     trend = _running_mean(g)
-    ax_g.plot(steps, g, color="tab:orange", lw=0.5, alpha=0.35, label=f"{g_label}, each step")
-    ax_g.plot(steps, trend, color="saddlebrown", lw=2, label=f"{g_label}, running mean of {_window(len(g))}")
+    low, high = _running_range(g)
+    ax_g.fill_between(
+        steps,
+        low,
+        high,
+        color="tab:orange",
+        alpha=0.15,
+        lw=0,
+        label=f"{g_label}, 10-90% of the last {_window(len(g))} steps",
+    )
+    ax_g.plot(
+        steps,
+        trend,
+        color="saddlebrown",
+        lw=2,
+        marker="o" if len(g) == 1 else None,
+        label=f"{g_label}, running mean of {_window(len(g))}",
+    )
     ax_g.axhline(0, color="black", lw=0.8)
     # One task per step makes single-step gradients far noisier than their trend: cut the axis
     # at the 5th / 95th percentiles so the trend stays readable.
@@ -203,10 +273,11 @@ def alpha_figure(rows: list[dict[str, Any]], cfg: Config, path: Path) -> Path:
     ax_g.set_ylabel(f"meta-gradient {g_label}")
     ax_g.set_xlabel("outer (meta-training) step")
     ax_g.set_title(
-        "Gradient of the outer loss with respect to α (positive: α shrinks; axis cut at 5-95% of steps)", fontsize=10
+        _title("Gradient of the outer loss with respect to α (positive: α shrinks; axis cut at 5-95% of steps)", 80),
+        fontsize=10,
     )
     ax_g.grid(alpha=0.3)
-    ax_g.legend(fontsize=8)
+    ax_g.legend(fontsize=8, loc="best")
     return _save(fig, path)
 
 
@@ -237,10 +308,12 @@ def training_loss_figure(rows: list[dict[str, Any]], cfg: Config, path: Path) ->
         )
     ax.set_xlabel("outer (meta-training) step")
     ax.set_ylabel(f"loss ({loss})")
+    if len(steps) == 1:
+        ax.plot(steps, outer, "o", color="tab:blue")
     ax.set_title(f"Meta-training: {cfg.meta_batch} task(s) per step, {cfg.outer_optimizer} lr {cfg.outer_lr:g}")
-    ax.set_ylim(bottom=0)
+    _y_scale(ax, outer)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    fig.legend(fontsize=8, loc="outside lower center")
     return _save(fig, path)
 
 
@@ -259,6 +332,17 @@ def write_figures(run_dir: Path, result: dict[str, Any] | None, rows: list[dict[
 
 def _window(n: int) -> int:
     return max(1, min(100, n // 20))
+
+
+def _running_range(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Trailing 10th and 90th percentiles over the same window as :func:`_running_mean`: the faint
+    band of the per-step values around the trend."""
+    v = np.asarray(values, dtype=np.float64)
+    w = _window(len(v))
+    windows = [v[max(0, i - w + 1) : i + 1] for i in range(len(v))]
+    low = np.array([np.percentile(x, 10) for x in windows])
+    high = np.array([np.percentile(x, 90) for x in windows])
+    return low, high
 
 
 def _running_mean(values: np.ndarray) -> np.ndarray:

@@ -1,16 +1,27 @@
-"""``maml-parity report DIR``: figures and ``DIR/report.md`` from a run and its ``eval.json``.
+"""``maml-parity report DIR``: figures and ``DIR/report.md`` from a run and its ``eval.json``;
+``demo``'s one report for the whole job (:func:`write_demo_report`).
 
-The report holds the config, the evaluation tables (query MSE and L1, mean ± 95% CI, at a few
-adaptation steps, per phase shift), the figures, the library versions and the hardware. It reads
-files only (``config.json``, ``metrics.jsonl``, ``checkpoint.json``, ``eval.json``); it trains and
-evaluates nothing.
+A run's report holds a summary, one table per phase shift (starting point × adaptation steps,
+query MSE mean ± 95% CI), the tasks that diverged, the baselines' step sizes, the figures, the
+meta-training, the config, the library versions and the hardware. It reads files only
+(``config.json``, ``metrics.jsonl``, ``checkpoint.json``, ``eval.json``); it trains and evaluates
+nothing.
+
+Written atomically: the figures and ``report.md`` go to a temporary folder beside the report, then
+each is moved into place (``os.replace``), ``report.md`` last; a full disk or a kill part way
+leaves the previous report whole and names the file that could not be written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import platform
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +36,25 @@ FIGURE_CAPTIONS = {
     "T adaptation steps.",
     "adaptation.png": "Query MSE against adaptation steps (mean over held-out tasks, band: 95% CI).",
     "phase_shift.png": "Query MSE after T steps against the phase shift of the held-out tasks.",
-    "alpha.png": "The inner learning rate α and its meta-gradient over meta-training.",
+    "alpha.png": "The inner learning rate α and its meta-gradient over meta-training "
+    "(dL/dα: running mean over a faint band of the per-step values).",
     "training_loss.png": "The outer (query) loss over meta-training.",
 }
 
 
 def write_report(run_dir: Path) -> Path:
-    """Write the figures and ``run_dir/report.md``; returns the report's path."""
+    """Write the figures and ``run_dir/report.md`` (atomically); returns the report's path."""
     if not (run_dir / "config.json").exists():
         raise ConfigError("dir", f"{str(run_dir)!r} is not a training run (no config.json); train with --out DIR")
+    cfg, result, rows, manifest = read_run(run_dir)
+    with _staging(run_dir) as stage:
+        figures = write_figures(stage.folder, result, rows, cfg)
+        text = render(run_dir, cfg, result, rows, manifest, [f.name for f in figures])
+        return stage.publish([f.name for f in figures], text)
+
+
+def read_run(run_dir: Path) -> tuple[Config, dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+    """A run's config, eval.json, metrics rows and checkpoint manifest."""
     cfg = Config.from_dict(read_json(run_dir / "config.json", "dir"))
     result = read_eval(run_dir)
     try:
@@ -43,10 +64,45 @@ def write_report(run_dir: Path) -> Path:
             "dir", f"{str(run_dir / 'metrics.jsonl')!r} is not JSON lines ({err}); resume the run with train --resume"
         ) from None
     manifest = read_json(run_dir / MANIFEST_FILE, "dir") if (run_dir / MANIFEST_FILE).exists() else {}
-    figures = write_figures(run_dir, result, rows, cfg)
-    path = run_dir / "report.md"
-    path.write_text(render(run_dir, cfg, result, rows, manifest, [f.name for f in figures]))
-    return path
+    return cfg, result, rows, manifest
+
+
+class _Stage:
+    """A temporary folder beside the report; :meth:`publish` moves its files into place, report.md last."""
+
+    def __init__(self, target: Path, folder: Path):
+        self.target, self.folder = target, folder
+
+    def publish(self, files: list[str], text: str) -> Path:
+        _write_named(self.folder / "report.md", text.encode())
+        for name in [*files, "report.md"]:
+            try:
+                os.replace(self.folder / name, self.target / name)
+            except OSError as err:
+                raise OSError(err.errno, err.strerror, str(self.target / name)) from None
+        return self.target / "report.md"
+
+
+@contextlib.contextmanager
+def _staging(target: Path) -> Iterator[_Stage]:
+    """A temporary folder inside ``target``, removed afterwards whatever happened."""
+    target.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=".report-", dir=target))
+    try:
+        yield _Stage(target, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _write_named(path: Path, data: bytes) -> None:
+    """Write a file; an error names it (a full disk, permissions)."""
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(path)) from None
 
 
 def render(
@@ -70,43 +126,158 @@ def render(
         "",
     ]
     out += _headline(result, T)
-    out += ["## Evaluation", ""]
+    out += evaluation_section(result, cfg)
+    out += figures_section(figures)
+    out += training_section(rows)
+    out += config_section(cfg)
+    out += versions_section(result, manifest)
+    return "\n".join(out)
+
+
+def evaluation_section(result: dict[str, Any], cfg: Config, level: str = "##") -> list[str]:
+    """One table per phase shift (starting point × adaptation steps), diverged tasks, baselines' α."""
+    T = min(cfg.inner_steps, result["max_steps"])
+    tuned = result.get("baseline_alpha") or {}
+    how = {name: f"α = {_alpha_text(result['alpha'])} (the run's)" for name in STARTS}
+    if tuned.get("mode") == "tuned":
+        for name, value in tuned["chosen"].items():
+            how[name] = f"α = {value:g} (tuned on {tuned['tuning_tasks']} separate tasks)"
+    out = [f"{level} Evaluation", ""]
     out += [
-        "Every starting point is adapted the same way: k steps of w ← w − α·∇L on the support points "
-        f"(inner loss: {result['inner_loss']}, the run's learned α). Starting points: "
-        "**meta** = the meta-learned parameters; "
-        f"**random** = a fresh initialisation (seed {result['random_seed']}); "
+        f"Every starting point takes k gradient steps w ← w − α·∇L on the support points (inner loss: "
+        f"{result['inner_loss']}). Starting points: **meta** = the meta-learned parameters, {how['meta']}; "
+        f"**random** = a fresh initialisation (seed {result['random_seed']}), {how['random']}; "
         f"**pretrained** = the run's initialisation trained by plain regression for {result['pretrain_steps']} steps "
-        "(no inner loop). Cells: mean ± 95% CI half-width over tasks.",
+        f"(no inner loop), {how['pretrained']}. Cells: query MSE, mean ± 95% CI half-width over tasks "
+        "(L1 is in eval.json).",
         "",
     ]
-    steps = sorted({0, 1, T, result["max_steps"]})
+    steps = sorted({0, 1, T, min(5, result["max_steps"]), result["max_steps"]})
     for i, shift in enumerate(result["phase_shifts"]):
-        for metric, title in (("mse", "query MSE"), ("l1", "query L1 (mean absolute error)")):
-            out += [f"**{title}, phase shift {shift:.4g} rad**", ""]
-            out.append("| starting point | " + " | ".join(f"k = {k}" for k in steps) + " |")
-            out.append("|---|" + "---:|" * len(steps))
-            for name in STARTS:
-                rec = result[name][i]
-                cells = [_pm(rec[f"{metric}_mean"][k], rec[f"{metric}_ci95"][k]) for k in steps]
-                out.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
-            out.append("")
-    if figures:
-        out += ["## Figures", ""]
-        for name in figures:
-            out += [f"![{FIGURE_CAPTIONS.get(name, name)}]({name})", "", f"*{FIGURE_CAPTIONS.get(name, name)}*", ""]
-    if rows:
-        out += ["## Meta-training", ""]
-        tail = rows[-min(100, len(rows)) :]
-        mean_loss = sum(r["outer_loss"] for r in tail) / len(tail)
-        out += [
-            f"{len(rows)} logged steps; mean outer loss over the last {len(tail)}: {mean_loss:.4f}; "
-            f"α at the first step {_alpha_text(rows[0]['alpha'])}, at the last {_alpha_text(rows[-1]['alpha'])}.",
-            "",
-        ]
-    out += ["## Config", "", "| field | value |", "|---|---|"]
-    out += [f"| {k} | `{json.dumps(v)}` |" for k, v in cfg.to_dict().items()]
-    out += ["", "## Versions and hardware", "", "| | |", "|---|---|"]
+        out += [f"**{shift_name(shift)}**: query MSE after k adaptation steps", ""]
+        out.append("| starting point | " + " | ".join(f"k = {k}" for k in steps) + " |")
+        out.append("|---|" + "---:|" * len(steps))
+        for name in STARTS:
+            rec = result[name][i]
+            cells = [_pm(rec["mse_mean"][k], rec["mse_ci95"][k]) for k in steps]
+            out.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
+        out.append("")
+    out += _diverged_section(result, steps)
+    if tuned.get("mode") == "tuned":
+        out += _tuning_section(result, tuned, T)
+    out += _baseline_note(result, T)
+    return out
+
+
+def shift_name(shift: float) -> str:
+    """``phase shift 3.142 (π)``: the number and, for multiples of π/4, the fraction."""
+    if shift == 0:
+        return "phase shift 0 (the training distribution)"
+    quarters = shift / (math.pi / 4)
+    if abs(quarters - round(quarters)) < 1e-9:
+        q = round(quarters)
+        frac = {1: "π/4", 2: "π/2", 3: "3π/4", 4: "π", -4: "−π", -2: "−π/2", 6: "3π/2", 8: "2π"}.get(q, f"{q}π/4")
+        return f"phase shift {shift:.4g} ({frac})"
+    return f"phase shift {shift:.4g} rad"
+
+
+def _diverged_section(result: dict[str, Any], steps: list[int]) -> list[str]:
+    lines = []
+    for i, shift in enumerate(result["phase_shifts"]):
+        for name in STARTS:
+            counts = result[name][i].get("diverged") or []
+            if any(counts):
+                cells = ", ".join(f"k = {k}: {counts[k]}" for k in range(len(counts)) if counts[k])
+                lines.append(f"| {shift_name(shift)} | {LABELS[name]} | {cells} |")
+    if not lines:
+        return [f"No task diverged (of {result['tasks']}, at any step).", ""]
+    return [
+        f"**Diverged tasks** (of {result['tasks']}; a fit that is non-finite or has query MSE above 1e6 is left "
+        "out of the statistics above):",
+        "",
+        "| phase shift | starting point | tasks left out after k steps |",
+        "|---|---|---|",
+        *lines,
+        "",
+    ]
+
+
+def _tuning_section(result: dict[str, Any], tuned: dict[str, Any], T: int) -> list[str]:
+    grid = tuned["grid"]
+    out = [
+        f"**Baseline step sizes** (`--baseline-alpha tuned`): each baseline adapts with the α from the grid that gives "
+        f"the lowest mean query MSE after {tuned['steps']} steps on {tuned['tuning_tasks']} tuning tasks drawn apart "
+        "from the evaluation tasks, as the MAML paper tuned its pretrained baseline's step size.",
+        "",
+        "| starting point | " + " | ".join(f"α = {a:g}" for a in grid) + " | chosen |",
+        "|---|" + "---:|" * (len(grid) + 1),
+    ]
+    for name, mses in tuned["tuning_mse"].items():
+        cells = [_num(v) for v in mses]
+        out.append(f"| {LABELS[name]} | " + " | ".join(cells) + f" | {tuned['chosen'][name]:g} |")
+    return [*out, ""]
+
+
+def _baseline_note(result: dict[str, Any], T: int) -> list[str]:
+    """Say when a baseline gets worse with adaptation, and what that means."""
+    worse = []
+    for name in ("random", "pretrained"):
+        rec = result[name][0]
+        before, after = rec["mse_mean"][0], rec["mse_mean"][result["max_steps"]]
+        if before is not None and after is not None and after > before:
+            worse.append(f"{LABELS[name]} {before:.4g} → {after:.4g}")
+    if not worse:
+        return []
+    return [
+        f"Adapting makes some baselines worse on the unshifted tasks ({'; '.join(worse)} after "
+        f"{result['max_steps']} steps). {BASELINE_FINDING}",
+        "",
+    ]
+
+
+# What the seed-alpha measurements showed (docs/lab.md, "Why the baselines get worse", has the commands).
+BASELINE_FINDING = (
+    "Not a bug: the baselines adapt with the meta-learned α, which meta-training sized for the meta-learned "
+    "initialisation, and it is too large for them. On seed-alpha (α = 0.0147 after 5000 steps) the best "
+    "α on separate tuning tasks is 0.003 for both baselines; with it the pretrained init improves with "
+    "steps (0.129 → 0.088 after 5 steps, 200 tasks) and the random init no longer rises (0.523 → 0.508 "
+    "after 10). `maml-parity eval DIR --baseline-alpha tuned` adapts each baseline with its own tuned α, as "
+    "the MAML paper did for its pretrained baseline."
+)
+
+
+def figures_section(figures: list[str], prefix: str = "") -> list[str]:
+    if not figures:
+        return []
+    out = ["## Figures", ""]
+    for name in figures:
+        caption = FIGURE_CAPTIONS.get(name, name)
+        out += [f"![{caption}]({prefix}{name})", "", f"*{caption}*", ""]
+    return out
+
+
+def training_section(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    tail = rows[-min(100, len(rows)) :]
+    mean_loss = sum(r["outer_loss"] for r in tail) / len(tail)
+    return [
+        "## Meta-training",
+        "",
+        f"{len(rows)} logged steps; mean outer loss over the last {len(tail)}: {mean_loss:.4f}; "
+        f"α used at the first step {_alpha_text(rows[0]['alpha'])}, at the last {_alpha_text(rows[-1]['alpha'])} "
+        "(the checkpoint holds the α after that step's update).",
+        "",
+    ]
+
+
+def config_section(cfg: Config) -> list[str]:
+    out = ["## Config", "", "| field | value |", "|---|---|"]
+    return [*out, *(f"| {k} | `{json.dumps(v)}` |" for k, v in cfg.to_dict().items()), ""]
+
+
+def versions_section(result: dict[str, Any], manifest: dict[str, Any]) -> list[str]:
+    out = ["## Versions and hardware", "", "| | |", "|---|---|"]
     versions = result.get("versions") or library_versions()
     out += [f"| {k} | {v} |" for k, v in versions.items()]
     if manifest.get("versions") and manifest["versions"] != versions:
@@ -119,7 +290,7 @@ def render(
         f"| evaluation wall time | {result.get('wall_s', '?')} s |",
         "",
     ]
-    return "\n".join(out)
+    return out
 
 
 def _headline(result: dict[str, Any], T: int) -> list[str]:
@@ -128,15 +299,15 @@ def _headline(result: dict[str, Any], T: int) -> list[str]:
     lines = [
         "## Summary",
         "",
-        f"- After {T} adaptation steps (T of meta-training), query MSE: meta **{_num(meta0)}**, "
-        f"random **{_num(rand0)}** ({_ratio(rand0, meta0)} the meta init's), pretrained **{_num(pre0)}** "
-        f"({_ratio(pre0, meta0)}).",
+        f"- After {T} adaptation steps (T of meta-training), query MSE on the unshifted tasks: "
+        f"meta **{_num(meta0)}**, random **{_num(rand0)}** ({_ratio(rand0, meta0)} the meta init's), "
+        f"pretrained **{_num(pre0)}** ({_ratio(pre0, meta0)}).",
     ]
     if len(result["phase_shifts"]) > 1:
         i = max(range(len(result["phase_shifts"])), key=lambda j: abs(result["phase_shifts"][j]))
         shifted, shifted_random = result["meta"][i]["mse_mean"][T], result["random"][i]["mse_mean"][T]
         lines.append(
-            f"- Phase-shifted tasks (B = {result['phase_shifts'][i]:.4g}): meta MSE after {T} steps "
+            f"- Tasks with their {shift_name(result['phase_shifts'][i])}: meta MSE after {T} steps "
             f"**{_num(shifted)}**, {_ratio(shifted, meta0)} the unshifted {_num(meta0)}; "
             f"random init {_num(shifted_random)}."
         )
@@ -144,11 +315,73 @@ def _headline(result: dict[str, Any], T: int) -> list[str]:
     return lines
 
 
+# --- demo: one report for the whole job ------------------------------------------------------------
+
+
+def write_demo_report(out: Path, demo: dict[str, Any], run_dir: Path) -> Path:
+    """``out/report.md`` for ``demo``: the α table of both twins beside the seed's, the parity
+    section, the evaluation of ``run_dir`` (the JAX run) and its figures (drawn into ``run_dir``)."""
+    cfg, result, rows, manifest = read_run(run_dir)
+    with _staging(run_dir) as stage:
+        figures = [f.name for f in write_figures(stage.folder, result, rows, cfg)]
+        stage.publish(figures, render(run_dir, cfg, result, rows, manifest, figures))
+    prefix = f"{os.path.relpath(run_dir, out)}/"
+    T = min(cfg.inner_steps, result["max_steps"])
+    text = [
+        "# maml-parity demo: the seed's learned-α experiment in JAX and PyTorch",
+        "",
+        f"`seed-alpha` ({demo['iterations']} outer steps, one task per step, T = {cfg.inner_steps}, α learned from "
+        f"{cfg.alpha_init} with {cfg.alpha_optimizer} {cfg.alpha_lr:g}, outer {cfg.outer_optimizer} "
+        f"{cfg.outer_lr:g}, {cfg.dtype}) trained in both twins from the same initial parameters on the same task "
+        f"stream; trained in {', '.join(f'{k} {v:.1f} s' for k, v in demo['train_s'].items())}.",
+        "",
+    ]
+    text += _headline(result, T)
+    text += ["## α over meta-training: the twins and the seed", ""]
+    text += [
+        "α used at each step (`metrics.jsonl`); the seed's run drew other random tasks, so its shape, not its "
+        f"digits, should match. Largest difference between the twins over the run: {demo['alpha_max_diff']:.2g}.",
+        "",
+        "| step | α, JAX twin | α, PyTorch twin | α, the seed's run |",
+        "|---:|---:|---:|---:|",
+    ]
+    for row in demo["alpha_rows"]:
+        seen = "" if row["seed"] is None else f"{row['seed']:.5f}"
+        text.append(f"| {row['step']} | {row['jax']:.5f} | {row['torch']:.5f} | {seen} |")
+    text += ["", "## Parity at the learned initialisation", ""]
+    text += [
+        f"Both twins' meta-gradients at the JAX-learned parameters and α on a fresh meta-batch of "
+        f"{demo['parity_batch']} tasks (a step the training never reached). A quantity passes when "
+        "max|a − b| ≤ atol + rtol·max|ref|; *decided by* names the larger of the two terms. The whole "
+        "matrix of cases: `maml-parity check`.",
+        "",
+        "| dtype | quantity | max abs err | max rel err | max abs value | rtol | atol | decided by | verdict |",
+        "|---|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for r in demo["parity"]:
+        text.append(
+            f"| {r['dtype']} | {r['quantity']} | {r['max_abs_err']:.2g} | {r['max_rel_err']:.2g} | "
+            f"{r['ref_scale']:.2g} | {r['rtol']:g} | {r['atol']:g} | {r['decided_by']} | "
+            f"{'ok' if r['ok'] else 'MISMATCH'} |"
+        )
+    text.append("")
+    for dtype, line in demo["parity_summary"].items():
+        text.append(f"- {dtype}: {line}")
+    text.append("")
+    text += evaluation_section(result, cfg)
+    text += figures_section(figures, prefix)
+    text += training_section(rows)
+    text += config_section(cfg)
+    text += versions_section(result, manifest)
+    with _staging(out) as stage:
+        return stage.publish([], "\n".join(text))
+
+
 # eval.json holds null where every task diverged (see parity.eval.error_summary).
 
 
 def _num(value: float | None) -> str:
-    return "all diverged" if value is None else f"{value:.4f}"
+    return "all diverged" if value is None else f"{value:.4g}"
 
 
 def _ratio(a: float | None, b: float | None) -> str:
@@ -156,7 +389,11 @@ def _ratio(a: float | None, b: float | None) -> str:
 
 
 def _pm(mean: float | None, ci: float | None) -> str:
-    return "all diverged" if mean is None or ci is None else f"{mean:.4f} ± {ci:.4f}"
+    if mean is None or ci is None:
+        return "all diverged"
+    if abs(mean) >= 1e3:
+        return f"{mean:.3e} ± {ci:.1e}"
+    return f"{mean:.4f} ± {ci:.4f}"
 
 
 def _alpha_text(alpha: Any) -> str:
