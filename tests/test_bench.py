@@ -89,7 +89,8 @@ def test_targets_and_table(result, tmp_path):
     names = [t["target"] for t in result["targets"]]
     assert len(names) == 7 and all(t["met"] is None and t["value"] is None for t in result["targets"])
     lines = bench.table_lines(result)
-    assert lines[0] == bench.TABLE_HEADER and len(lines) == 1 + len(result["rows"]) + len(names)
+    assert lines[0] == bench.TABLE_HEADER and len(lines) == 1 + len(result["rows"]) + 1 + len(names)
+    assert lines[1 + len(result["rows"])].startswith("peak: matmul ")
     bench.write_plot(result, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 0
 
