@@ -117,8 +117,13 @@ def test_memory_budget_skips_rows(restore_env):
 
 @pytest.mark.parametrize(
     "argv, field",
-    [(["--threads", "0"], "threads"), (["--unroll", "-1"], "unroll"), (["--chunk", "0"], "chunk")],
-    ids=["threads", "unroll", "chunk"],
+    [
+        (["--threads", "0"], "threads"),
+        (["--unroll", "-1"], "unroll"),
+        (["--chunk", "0"], "chunk"),
+        (["--time-budget", "0"], "time_budget"),
+    ],
+    ids=["threads", "unroll", "chunk", "time-budget"],
 )
 def test_bad_flags_are_one_line_errors(argv, field, capsys, restore_env):
     assert main(["bench", "--quick", *argv]) == 2
