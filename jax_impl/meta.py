@@ -23,11 +23,12 @@ from parity.config import Config
 Alpha = Union[jax.Array, Params]  # a 0-d array, or one array per parameter (per_parameter mode)
 Tasks = tuple[jax.Array, jax.Array, jax.Array, jax.Array]
 
-# Inner loops up to this length are unrolled into straight-line code; longer ones stay a rolled
-# scan. 0: never unroll. On one CPU core at seed-alpha (T = 5; docs/performance.md) unrolling
-# saves 11-13% per outer step at B = 1 and 20-30% at B = 25, and costs ~1 s more compile (3.05 s
-# against 2.05 s); `maml-parity bench --quick --unroll 5` measures both.
-UNROLL_UP_TO = 0
+# ``unroll`` (adapt, task_losses, meta_loss, meta_value_and_grad; train.train_step/train_chunk):
+# inner loops of up to that many steps are unrolled into straight-line code; longer ones stay a
+# rolled scan. 0 (the default): never unroll. A static argument (part of the compile key), never a
+# module global. On one CPU core at seed-alpha (T = 5; docs/performance.md) unrolling saves 11-13%
+# per outer step at B = 1 and 20-30% at B = 25, and costs ~1 s more compile (3.05 s against
+# 2.05 s); `maml-parity bench --quick --unroll 5` measures both.
 
 
 def inner_loss(params: Params, x: jax.Array, y: jax.Array, cfg: Config) -> jax.Array:
@@ -70,8 +71,13 @@ def inner_step(params: Params, alpha: Alpha, x: jax.Array, y: jax.Array, cfg: Co
     return new_params, losses
 
 
-def adapt(params: Params, alpha: Alpha, x: jax.Array, y: jax.Array, cfg: Config) -> tuple[Params, jax.Array]:
-    """``cfg.inner_steps`` steps on the support set; returns (adapted params, losses [..., T])."""
+def adapt(
+    params: Params, alpha: Alpha, x: jax.Array, y: jax.Array, cfg: Config, unroll: int = 0
+) -> tuple[Params, jax.Array]:
+    """``cfg.inner_steps`` steps on the support set; returns (adapted params, losses [..., T]).
+
+    ``unroll``: loops of up to that many steps become straight-line code (0: a rolled scan).
+    """
     check_inputs("adapt", cfg, params=params, alpha=alpha, x=x, y=y)
     params = broadcast_to_tasks(params, x)
     T = cfg.inner_steps
@@ -82,8 +88,8 @@ def adapt(params: Params, alpha: Alpha, x: jax.Array, y: jax.Array, cfg: Config)
     if cfg.remat:
         params, losses = rematerialised_loop(params, alpha, x, y, cfg)  # losses [T, ...]
     else:
-        unroll = T if 0 < T <= UNROLL_UP_TO else 1
-        params, losses = jax.lax.scan(step, params, None, length=T, unroll=unroll)  # losses [T, ...]
+        straight = T if 0 < T <= unroll else 1
+        params, losses = jax.lax.scan(step, params, None, length=T, unroll=straight)  # losses [T, ...]
     return params, jnp.moveaxis(losses, 0, -1)
 
 
@@ -118,34 +124,37 @@ def rematerialised_loop(
     return params, losses
 
 
-def task_losses(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config) -> tuple[jax.Array, jax.Array]:
+def task_losses(
+    params: Params, alpha: Alpha, tasks: Tasks, cfg: Config, unroll: int = 0
+) -> tuple[jax.Array, jax.Array]:
     """Adapt on each task's support set; returns (query loss [...], support losses [..., T])."""
     x_support, y_support, x_query, y_query = tasks
-    adapted, support_losses = adapt(params, alpha, x_support, y_support, cfg)
+    adapted, support_losses = adapt(params, alpha, x_support, y_support, cfg, unroll)
     return _inner_loss(adapted, x_query, y_query, cfg), support_losses
 
 
-def meta_loss(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config) -> tuple[jax.Array, jax.Array]:
+def meta_loss(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config, unroll: int = 0) -> tuple[jax.Array, jax.Array]:
     """The meta-objective: (mean query loss over the meta-batch [], mean support losses [T])."""
     check_inputs("meta_loss", cfg, params=params, alpha=alpha, tasks=tasks)
-    outer, inner = jax.vmap(lambda task: task_losses(params, alpha, task, cfg))(tasks)  # [B], [B, T]
+    outer, inner = jax.vmap(lambda task: task_losses(params, alpha, task, cfg, unroll))(tasks)  # [B], [B, T]
     return outer.mean(), inner.mean(0)
 
 
 def meta_value_and_grad(
-    params: Params, alpha: Alpha, tasks: Tasks, cfg: Config
+    params: Params, alpha: Alpha, tasks: Tasks, cfg: Config, unroll: int = 0
 ) -> tuple[tuple[jax.Array, jax.Array], tuple[Params, Alpha]]:
     """((outer loss [], support losses [T]), (dL/dparams, dL/dα)), differentiated through T steps."""
     check_inputs("meta_value_and_grad", cfg, params=params, alpha=alpha, tasks=tasks)
     # Compiled once per meta_signature: seeds, α values and learning rates share one executable.
-    return _meta_value_and_grad(params, alpha, tasks, cfg.meta_signature())
+    return _meta_value_and_grad(params, alpha, tasks, cfg.meta_signature(), unroll)
 
 
-@functools.partial(jax.jit, static_argnames="cfg")
+@functools.partial(jax.jit, static_argnames=("cfg", "unroll"))
 def _meta_value_and_grad(
-    params: Params, alpha: Alpha, tasks: Tasks, cfg: Config
+    params: Params, alpha: Alpha, tasks: Tasks, cfg: Config, unroll: int = 0
 ) -> tuple[tuple[jax.Array, jax.Array], tuple[Params, Alpha]]:
-    (loss, inner), grads = jax.value_and_grad(meta_loss, argnums=(0, 1), has_aux=True)(params, alpha, tasks, cfg)
+    value_and_grad = jax.value_and_grad(meta_loss, argnums=(0, 1), has_aux=True)
+    (loss, inner), grads = value_and_grad(params, alpha, tasks, cfg, unroll)
     return (loss, inner), grads
 
 

@@ -101,7 +101,7 @@ def _sigmoid(rho: jax.Array) -> jax.Array:
     return jax.nn.sigmoid(rho)
 
 
-def train_step(state: TrainState, tasks: Tasks, cfg: Config) -> tuple[TrainState, dict[str, Any]]:
+def train_step(state: TrainState, tasks: Tasks, cfg: Config, unroll: int = 0) -> tuple[TrainState, dict[str, Any]]:
     """One outer step; metrics describe the step (α and losses before its update).
 
     ``metrics["finite"]``: the outer loss, every gradient and the updated state (parameters, α,
@@ -110,7 +110,7 @@ def train_step(state: TrainState, tasks: Tasks, cfg: Config) -> tuple[TrainState
     """
     params_tx, alpha_tx = optimizers(cfg)
     alpha = alpha_value(state.alpha, cfg)
-    (loss, inner), (grad_params, grad_alpha) = meta_value_and_grad(state.params, alpha, tasks, cfg)
+    (loss, inner), (grad_params, grad_alpha) = meta_value_and_grad(state.params, alpha, tasks, cfg, unroll)
     updates, params_opt = params_tx.update(grad_params, state.params_opt, state.params)
     params = optax.apply_updates(state.params, updates)
     updates, alpha_opt = alpha_tx.update(variable_grad(grad_alpha, state.alpha, cfg), state.alpha_opt, state.alpha)
@@ -125,16 +125,19 @@ def train_step(state: TrainState, tasks: Tasks, cfg: Config) -> tuple[TrainState
     return TrainState(state.step + 1, params, variable, params_opt, alpha_opt), metrics
 
 
-def train_chunk(state: TrainState, tasks: Tasks, cfg: Config) -> tuple[TrainState, dict[str, Any]]:
-    """``N`` outer steps as one compiled scan; ``tasks`` leaves are [N, B, P, 1], metrics [N, ...]."""
+def train_chunk(state: TrainState, tasks: Tasks, cfg: Config, unroll: int = 0) -> tuple[TrainState, dict[str, Any]]:
+    """``N`` outer steps as one compiled scan; ``tasks`` leaves are [N, B, P, 1], metrics [N, ...].
+
+    ``unroll``: inner loops of up to that many steps become straight-line code (jax_impl.meta).
+    """
     # The run's length and seed never enter a step's arithmetic (the tasks arrive as arrays):
     # dropping them from the compile key lets resumed, extended and re-seeded runs share a compile.
-    return _train_chunk(state, tasks, cfg.replace(iterations=0, seed=0))
+    return _train_chunk(state, tasks, cfg.replace(iterations=0, seed=0), unroll)
 
 
-@functools.partial(jax.jit, static_argnames="cfg")
-def _train_chunk(state: TrainState, tasks: Tasks, cfg: Config) -> tuple[TrainState, dict[str, Any]]:
-    return jax.lax.scan(lambda s, t: train_step(s, t, cfg), state, tasks)
+@functools.partial(jax.jit, static_argnames=("cfg", "unroll"))
+def _train_chunk(state: TrainState, tasks: Tasks, cfg: Config, unroll: int = 0) -> tuple[TrainState, dict[str, Any]]:
+    return jax.lax.scan(lambda s, t: train_step(s, t, cfg, unroll), state, tasks)
 
 
 def state_to_numpy(state: TrainState, cfg: Config) -> dict[str, Any]:

@@ -574,6 +574,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         unroll=args.unroll,
         chunk=args.chunk,
         pin=not args.no_pin,
+        time_budget_s=args.time_budget,
+        # The JSON is rewritten after every setting: a run stopped early keeps what it measured.
+        on_setting=(lambda partial: bench.write_json(partial, Path(args.json)))
+        if args.json not in (None, "-")
+        else None,
     )
     for line in bench.summary_lines(result):
         print(line, file=human)
@@ -612,8 +617,8 @@ def _bench_scaling(args: argparse.Namespace) -> int:
 def _bench_command(args: argparse.Namespace) -> str:
     words = ["maml-parity bench", "--quick" if args.quick else "", f"--device {args.device} --threads {args.threads}"]
     words.append("--no-pin" if args.no_pin else "")
-    flags = ("repeats", "unroll", "chunk", "json", "plot")
-    words += [f"--{flag} {getattr(args, flag)}" for flag in flags if getattr(args, flag) is not None]
+    flags = ("repeats", "unroll", "chunk", "time_budget", "json", "plot")
+    words += [f"--{flag.replace('_', '-')} {getattr(args, flag)}" for flag in flags if getattr(args, flag) is not None]
     return " ".join(w for w in words if w)
 
 
@@ -760,7 +765,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("bench", help="time the JAX twin, the PyTorch twin and the seed's own loop side by side")
-    p.add_argument("--quick", action="store_true", help="only seed-alpha at B=1 and B=25, T=5 (under two minutes)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="CPU: seed-alpha at B=1 and B=25, T=5 (under a minute); GPU: the goals' three settings",
+    )
     p.add_argument(
         "--json", metavar="FILE", help="write {machine, rows, targets, skipped} as JSON to FILE; '-': standard output"
     )
@@ -771,6 +780,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unroll", type=_int_flag("unroll"), metavar="T", help="JAX: unroll inner loops up to T steps")
     p.add_argument("--chunk", type=_int_flag("chunk"), metavar="N", help="JAX: outer steps per compiled call")
     p.add_argument("--no-pin", action="store_true", help="do not bind the process to --threads cores")
+    p.add_argument(
+        "--time-budget",
+        type=_int_flag("time_budget", 1),
+        metavar="S",
+        help="start no new setting after S seconds (the rest is listed as skipped); --json keeps partial results",
+    )
     p.add_argument(
         "--scaling",
         action="store_true",

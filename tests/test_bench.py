@@ -89,7 +89,8 @@ def test_targets_and_table(result, tmp_path):
     names = [t["target"] for t in result["targets"]]
     assert len(names) == 7 and all(t["met"] is None and t["value"] is None for t in result["targets"])
     lines = bench.table_lines(result)
-    assert lines[0] == bench.TABLE_HEADER and len(lines) == 1 + len(result["rows"]) + len(names)
+    assert lines[0] == bench.TABLE_HEADER and len(lines) == 1 + len(result["rows"]) + 1 + len(names)
+    assert lines[1 + len(result["rows"])].startswith("peak: matmul ")
     bench.write_plot(result, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 0
 
@@ -116,8 +117,13 @@ def test_memory_budget_skips_rows(restore_env):
 
 @pytest.mark.parametrize(
     "argv, field",
-    [(["--threads", "0"], "threads"), (["--unroll", "-1"], "unroll"), (["--chunk", "0"], "chunk")],
-    ids=["threads", "unroll", "chunk"],
+    [
+        (["--threads", "0"], "threads"),
+        (["--unroll", "-1"], "unroll"),
+        (["--chunk", "0"], "chunk"),
+        (["--time-budget", "0"], "time_budget"),
+    ],
+    ids=["threads", "unroll", "chunk", "time-budget"],
 )
 def test_bad_flags_are_one_line_errors(argv, field, capsys, restore_env):
     assert main(["bench", "--quick", *argv]) == 2

@@ -21,6 +21,10 @@ from torch_impl.model import Params, check_inputs, mlp, point_loss
 Alpha = Union[torch.Tensor, Params]  # a 0-d tensor, or one tensor per parameter (per_parameter mode)
 Tasks = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
+# ``unroll`` (adapt, task_losses, meta_loss, meta_value_and_grad): accepted so that both twins
+# take the same arguments; jax_impl.meta unrolls its compiled inner loop with it. PyTorch runs
+# the loop eagerly, one step at a time, so here it changes nothing.
+
 
 def inner_loss(params: Params, x: torch.Tensor, y: torch.Tensor, cfg: Config) -> torch.Tensor:
     """Loss of each task on points ``x``, ``y`` [..., P, 1] → [...]; ``params`` may carry the
@@ -67,8 +71,13 @@ def inner_step(
     return new_params, losses
 
 
-def adapt(params: Params, alpha: Alpha, x: torch.Tensor, y: torch.Tensor, cfg: Config) -> tuple[Params, torch.Tensor]:
-    """``cfg.inner_steps`` steps on the support set; returns (adapted params, losses [..., T])."""
+def adapt(
+    params: Params, alpha: Alpha, x: torch.Tensor, y: torch.Tensor, cfg: Config, unroll: int = 0
+) -> tuple[Params, torch.Tensor]:
+    """``cfg.inner_steps`` steps on the support set; returns (adapted params, losses [..., T]).
+
+    ``unroll``: no effect in this twin (eager loop; see the module's note).
+    """
     check_inputs("adapt", cfg, params=params, alpha=alpha, x=x, y=y)
     # The inner gradients need a graph even when the caller differentiates nothing (evaluation).
     params = {name: p if p.requires_grad else p.detach().requires_grad_() for name, p in params.items()}
@@ -125,28 +134,32 @@ def rematerialised_loop(
     return params, losses
 
 
-def task_losses(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
+def task_losses(
+    params: Params, alpha: Alpha, tasks: Tasks, cfg: Config, unroll: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Adapt on each task's support set; returns (query loss [...], support losses [..., T])."""
     x_support, y_support, x_query, y_query = tasks
-    adapted, support_losses = adapt(params, alpha, x_support, y_support, cfg)
+    adapted, support_losses = adapt(params, alpha, x_support, y_support, cfg, unroll)
     return _inner_loss(adapted, x_query, y_query, cfg), support_losses
 
 
-def meta_loss(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
+def meta_loss(
+    params: Params, alpha: Alpha, tasks: Tasks, cfg: Config, unroll: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The meta-objective: (mean query loss over the meta-batch [], mean support losses [T])."""
     check_inputs("meta_loss", cfg, params=params, alpha=alpha, tasks=tasks)
-    outer, inner = task_losses(params, alpha, tasks, cfg)  # [B], [B, T]
+    outer, inner = task_losses(params, alpha, tasks, cfg, unroll)  # [B], [B, T]
     return outer.mean(), inner.mean(0)
 
 
 def meta_value_and_grad(
-    params: Params, alpha: Alpha, tasks: Tasks, cfg: Config
+    params: Params, alpha: Alpha, tasks: Tasks, cfg: Config, unroll: int = 0
 ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[Params, Alpha]]:
     """((outer loss [], support losses [T]), (dL/dparams, dL/dα)), differentiated through T steps."""
     check_inputs("meta_value_and_grad", cfg, params=params, alpha=alpha, tasks=tasks)
     params = {name: p.detach().requires_grad_() for name, p in params.items()}
     alpha = _detached_leaf(alpha)
-    loss, inner = meta_loss(params, alpha, tasks, cfg)
+    loss, inner = meta_loss(params, alpha, tasks, cfg, unroll)
     alpha_leaves = list(alpha.values()) if isinstance(alpha, dict) else [alpha]
     # materialize_grads: T = 0 leaves α unused, and its gradient is then exactly zero.
     grads = torch.autograd.grad(loss, [*params.values(), *alpha_leaves], allow_unused=True, materialize_grads=True)
