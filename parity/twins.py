@@ -120,6 +120,17 @@ class TwinAdapter:
         )
         return np.asarray(self.to_numpy(gains))
 
+    def trace(
+        self, params: dict[str, np.ndarray], alpha: Any, tasks: tuple[np.ndarray, ...], cfg: Config
+    ) -> dict[str, np.ndarray]:
+        """The inner loop recorded (``meta.trace``), flat NumPy: ``trace/support_loss`` [B, T],
+        ``trace/inner_grad/<name>``, ``trace/adapted/<name>`` [B, T, *shape], ``trace/query_loss`` [B]."""
+        self.prepare(cfg.dtype)
+        out = self.meta.trace(
+            self.to_arrays(params, cfg.dtype), self.to_arrays(alpha, cfg.dtype), self.to_arrays(tasks, cfg.dtype), cfg
+        )
+        return {f"trace/{key}": np.asarray(value) for key, value in self.to_numpy(out).items()}
+
     def train_trajectory(self, cfg: Config, steps: int) -> dict[str, np.ndarray]:
         """Parameters and α after ``steps`` outer steps from the shared start, and every step's outer loss."""
         from parity import training
