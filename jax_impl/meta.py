@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import Union
+from typing import Any, Union
 
 import jax
 import jax.numpy as jnp
@@ -156,6 +156,51 @@ def _meta_value_and_grad(
     value_and_grad = jax.value_and_grad(meta_loss, argnums=(0, 1), has_aux=True)
     (loss, inner), grads = value_and_grad(params, alpha, tasks, cfg, unroll)
     return (loss, inner), grads
+
+
+def trace(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config) -> dict[str, jax.Array]:
+    """The inner loop of every task step by step, for locating a first divergence.
+
+    Returns ``support_loss`` [B, T] (before each step), ``inner_grad/<name>`` and
+    ``adapted/<name>`` [B, T, *shape] (the gradient of step t and the parameters after it) and
+    ``query_loss`` [B] (after the last step): the loop ``meta_loss`` runs, recorded.
+    """
+    check_inputs("trace", cfg, params=params, alpha=alpha, tasks=tasks)
+    return _trace(params, alpha, tasks, cfg.meta_signature())
+
+
+@functools.partial(jax.jit, static_argnames="cfg")
+def _trace(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config) -> dict[str, jax.Array]:
+    x_support, y_support, x_query, y_query = tasks
+    p = broadcast_to_tasks(params, x_support)  # [B, ...]
+
+    def summed(q: Params) -> tuple[jax.Array, jax.Array]:
+        losses = _inner_loss(q, x_support, y_support, cfg)
+        return losses.sum(), losses
+
+    losses: list[jax.Array] = []
+    grads: list[Params] = []
+    adapted: list[Params] = []
+    for _ in range(cfg.inner_steps):
+        (_, loss), g = jax.value_and_grad(summed, has_aux=True)(p)
+        p = {name: v - alpha_for(alpha, name) * g[name] for name, v in p.items()}
+        losses.append(loss)
+        grads.append(g)
+        adapted.append(p)
+    B = x_support.shape[0]
+    out = {"support_loss": _stack_steps(losses, (B,), x_support.dtype)}
+    for group, steps in (("inner_grad", grads), ("adapted", adapted)):
+        for name, v in params.items():
+            out[f"{group}/{name}"] = _stack_steps([s[name] for s in steps], (B, *v.shape), v.dtype)
+    out["query_loss"] = _inner_loss(p, x_query, y_query, cfg)
+    return out
+
+
+def _stack_steps(steps: list[jax.Array], shape: tuple[int, ...], dtype: Any) -> jax.Array:
+    # T arrays [B, ...] -> [B, T, ...]; T = 0 gives an empty axis
+    if not steps:
+        return jnp.zeros((shape[0], 0, *shape[1:]), dtype)
+    return jnp.stack(steps, axis=1)
 
 
 def inner_step_gains(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config, iterations: int = 30) -> jax.Array:

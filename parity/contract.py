@@ -29,8 +29,9 @@ the mean over points (``l1``: mean |error|; ``mse``: mean error²), then the mea
 
 Returns a dict (NumPy, ``cfg.dtype``): ``outer_loss`` 0-d; ``inner_losses`` ``[T]`` (meta-batch
 mean support loss before each inner step); ``grads`` ``{name: ndarray}`` (dL/dparams);
-``alpha_grad`` 0-d or ``{name: ndarray}`` (dL/dα; under a fixed α it is still compared — return
-it, or declare the case unsupported with ``supports``).
+``alpha_grad`` 0-d or ``{name: ndarray}`` (dL/dα). Under a fixed α (``cfg.alpha_mode ==
+"fixed"``) dL/dα is optional: return None and it is reported as not compared (many libraries
+take the learning rate as a plain float); in the other modes it is required.
 
 Optional capabilities, looked up by name (an implementation without one is reported
 ``unsupported`` for the cases that need it, never as passing):
@@ -38,11 +39,25 @@ Optional capabilities, looked up by name (an implementation without one is repor
 - ``supports(cfg) -> str | None``: a reason when a case is not supported, else None;
 - ``train_trajectory(cfg, steps) -> dict``: ``params/<name>``, ``alpha`` (or ``alpha/<name>``) after
   ``steps`` outer steps from ``parity.init``'s start on ``parity.tasks``' batches, and
-  ``outer_loss`` ``[steps]`` (the trajectory cases);
+  ``outer_loss`` ``[steps]`` (the trajectory cases); optionally also every step's values,
+  ``trajectory/params/<name>`` ``[steps, *shape]`` and ``trajectory/alpha`` ``[steps]`` (or
+  ``trajectory/alpha/<name>`` ``[steps, *shape]``), row k after outer step k, which locate the
+  first outer step at which two trajectories part (compared when both sides return them);
 - ``stability_gains(params, alpha, tasks, cfg) -> ndarray [B, T]``: the stability gate's per-step
   gains (the harness takes them from the first implementation that offers them);
-- ``trace(params, alpha, tasks, cfg) -> dict``: per task and inner step values, for locating a
-  first divergence.
+- ``trace(params, alpha, tasks, cfg) -> dict``: the inner loop recorded, for locating a first
+  divergence. Same arguments as ``meta_value_and_grad``; returns flat NumPy arrays in
+  ``cfg.dtype``, for task b and inner step t:
+
+  - ``trace/support_loss`` ``[B, T]``: task b's support loss at step t, before the update;
+  - ``trace/inner_grad/<name>`` ``[B, T, *shape]``: the inner gradient ∇L_support(w_t) of step t;
+  - ``trace/adapted/<name>`` ``[B, T, *shape]``: the parameters w_{t+1} after step t;
+  - ``trace/query_loss`` ``[B]``: task b's query loss after the last step (the outer loss is
+    its mean).
+
+  ``check`` compares two traces in this order (step 0's support loss, inner gradients and
+  adapted parameters, then step 1's, …, then the query losses) to name the first point at which
+  two implementations part.
 """
 
 from __future__ import annotations
@@ -90,7 +105,8 @@ def unsupported_reason(impl: Any, cfg: Config) -> str | None:
 
 def flatten_result(result: Any, cfg: Config, who: str) -> dict[str, np.ndarray]:
     """A contract result as flat NumPy leaves (``outer_loss``, ``inner_losses``, ``grad/<name>``,
-    ``grad/alpha`` or ``grad/alpha/<name>``), after checking keys, shapes and dtype.
+    ``grad/alpha`` or ``grad/alpha/<name>``), after checking keys, shapes and dtype. A None
+    ``alpha_grad`` (allowed under a fixed α only) leaves ``grad/alpha`` out.
 
     Raises :class:`ContractError` naming the implementation and the first thing that is wrong.
     """
@@ -110,7 +126,12 @@ def flatten_result(result: Any, cfg: Config, who: str) -> dict[str, np.ndarray]:
         flat[f"grad/{name}"] = grads[name]
         expected[f"grad/{name}"] = shape
     alpha_grad = result["alpha_grad"]
-    if cfg.alpha_mode == "per_parameter":
+    if alpha_grad is None:
+        if cfg.alpha_mode != "fixed":
+            raise ContractError(
+                f"{who}: alpha_grad is None, allowed only for alpha_mode 'fixed' (got {cfg.alpha_mode!r})"
+            )
+    elif cfg.alpha_mode == "per_parameter":
         if not isinstance(alpha_grad, dict) or set(alpha_grad) != set(shapes):
             raise ContractError(f"{who}: alpha_grad must be a dict with keys {sorted(shapes)} in per_parameter mode")
         for name, shape in shapes.items():

@@ -21,6 +21,7 @@ import numpy as np
 from parity.compare import StructureError, compare_trees, is_stable, stability_factor
 from parity.config import SEED_ALPHA, Config, ConfigError
 from parity.contract import ContractError, describe, unsupported_reason
+from parity.localise import locate, where
 from parity.registry import TWINS, resolve
 from parity.twins import meta_results, step0_inputs
 
@@ -60,8 +61,9 @@ class Row:
     stable: bool
     stability: float  # ∏_t max(1, gain_t), worst task
     ok: bool  # within tolerance (and finite)
-    verdict: str = ""  # ok | unstable | FAIL | unsupported; derived from the numbers when empty
+    verdict: str = ""  # ok | unstable | FAIL | unsupported | not compared; derived from the numbers when empty
     detail: str = ""  # why: an exception's message, the reason a case is unsupported
+    divergence: dict[str, Any] | None = None  # FAIL rows: where the pair first parts (parity.localise)
 
     def __post_init__(self) -> None:
         if not self.verdict:
@@ -265,13 +267,16 @@ def run_case(case: Case, impls: list[Any], gauges: list[Any] | None = None) -> l
             rows.append(note_row("error", "FAIL", f"{describe(who)} raised {type(problem).__name__}: {problem}"))
             continue
         assert isinstance(expected, dict) and isinstance(got, dict)
+        expected, got, skipped = optional_entries(case, ref, actual, expected, got)
+        rows += [note_row(quantity, "not compared", why) for quantity, why in skipped]
         try:
             leaves = compare_trees(expected, got, dtype)
         except StructureError as err:
             rows.append(note_row("structure", "FAIL", str(err)))
             continue
+        pair_rows: list[Row] = []
         for leaf in leaves:
-            rows.append(
+            pair_rows.append(
                 Row(
                     case=case.name,
                     framework_pair=pair,
@@ -288,7 +293,54 @@ def run_case(case: Case, impls: list[Any], gauges: list[Any] | None = None) -> l
                     detail=gate_note,
                 )
             )
+        if any(r.verdict == "FAIL" and not math.isnan(r.max_abs_err) for r in pair_rows):
+            try:
+                divergence = locate(
+                    case.cfg,
+                    case.kind,
+                    (ref.impl, ref.dtype),
+                    (actual.impl, actual.dtype),
+                    expected,
+                    got,
+                    dtype,
+                    gauges if gauges is not None else impls,
+                )
+            except Exception as err:  # localising is a diagnosis: it never hides the failure itself
+                divergence = {"found": False, "traced": False, "note": f"{type(err).__name__}: {err}"}
+            pair_rows = [dataclasses.replace(r, divergence=divergence) if r.verdict == "FAIL" else r for r in pair_rows]
+        rows += pair_rows
     return rows
+
+
+def optional_entries(
+    case: Case, ref: Side, actual: Side, expected: dict[str, np.ndarray], got: dict[str, np.ndarray]
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[tuple[str, str]]]:
+    """Leave out what the contract makes optional when a side lacks it: dL/dα under a fixed α, a
+    trajectory's per-step entries. Returns both trees and ``(quantity, why)`` of what was left out."""
+    skipped: list[tuple[str, str]] = []
+    optional = [k for k in set(expected) ^ set(got) if k.startswith("trajectory/")]
+    if case.cfg.alpha_mode == "fixed":
+        optional += [k for k in set(expected) ^ set(got) if k == "grad/alpha"]
+    if not optional:
+        return expected, got, skipped
+    for group in sorted({"grad/alpha" if k == "grad/alpha" else "trajectory/*" for k in optional}):
+        lacking = [
+            s
+            for s, tree in ((ref, expected), (actual, got))
+            if any(_in_group(k, group) for k in optional if k not in tree)
+        ]
+        what = "dL/dalpha under a fixed alpha is" if group == "grad/alpha" else "per-step trajectory entries are"
+        skipped.append((group, f"{what} optional; {', '.join(describe(s.impl) for s in lacking)} returned none"))
+    drop = set(optional)
+    return (
+        {k: v for k, v in expected.items() if k not in drop},
+        {k: v for k, v in got.items() if k not in drop},
+        skipped,
+    )
+
+
+def _in_group(key: str, group: str) -> bool:
+    return key == group or (group == "trajectory/*" and key.startswith("trajectory/"))
 
 
 def _can_run(impl: Any, case: Case) -> bool:
@@ -333,11 +385,16 @@ def run_check(
 
 def overall_ok(rows: list[Row], strict: bool = False) -> bool:
     """No FAIL row; with ``strict``, no unsupported row either."""
-    return all(row.verdict in ("ok", "unstable") or (row.verdict == "unsupported" and not strict) for row in rows)
+    return all(
+        row.verdict in ("ok", "unstable", "not compared") or (row.verdict == "unsupported" and not strict)
+        for row in rows
+    )
 
 
 def row_dict(row: Row) -> dict[str, Any]:
     out = dataclasses.asdict(row)
+    if out["divergence"] is None:
+        del out["divergence"]
     for key in ("max_abs_err", "max_rel_err", "stability"):
         if not math.isfinite(out[key]):
             out[key] = str(out[key])  # JSON has no inf / nan; keep them visible as strings
@@ -394,6 +451,7 @@ def table_lines(rows: list[Row], verbose: bool = False) -> list[str]:
                 kept.append(r)
         shown = kept
     lines = []
+    located: set[tuple[str, str, str]] = set()
     for r in shown:
         head = f"{r.case:<34} {r.framework_pair:<12} {r.dtype:<8} {r.quantity:<16} "
         if math.isnan(r.max_abs_err) and r.detail:
@@ -402,6 +460,9 @@ def table_lines(rows: list[Row], verbose: bool = False) -> list[str]:
             lines.append(
                 f"{head}{r.max_abs_err:>11.2e} {r.max_rel_err:>11.2e} {r.rtol:>7.0e} {r.stability:>7.3g}  {r.verdict}"
             )
+        if r.divergence is not None and (r.case, r.framework_pair, r.dtype) not in located:
+            located.add((r.case, r.framework_pair, r.dtype))
+            lines.append(f"  first divergence: {where(r.divergence)}")
     return lines
 
 

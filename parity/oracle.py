@@ -8,6 +8,10 @@ complex-step-safe: ``|z|`` is ``z·sign(Re z)`` and ``relu(z)`` is ``z·[Re z > 
 (FOMAML) holds each inner gradient constant by computing it from the real parts alone, so the
 perturbation flows only through ``w − α·g``.
 
+The pieces (activation, its derivative, backpropagation, the inner gradient, the update) are
+methods of :class:`NumpyOracle`, so that a test can plant a bug in exactly one of them by
+subclassing, and the optional ``trace`` capability records the same loop the gradient runs.
+
 Float64 only (complex128 inside): it is the reference that both twins' float64 results, and
 their float32 results, are held to. It does not train (no trajectories).
 """
@@ -23,80 +27,8 @@ from parity.contract import MetaResult
 
 H = 1e-30  # complex step
 
-
-def _act(z: np.ndarray, kind: str) -> np.ndarray:
-    return np.tanh(z) if kind == "tanh" else z * (z.real > 0)
-
-
-def _act_grad(z: np.ndarray, kind: str) -> np.ndarray:
-    return 1.0 - np.tanh(z) ** 2 if kind == "tanh" else (z.real > 0).astype(float)
-
-
-def forward(W: list[np.ndarray], b: list[np.ndarray], x: np.ndarray, act: str) -> tuple[np.ndarray, list, list]:
-    """W[i] [D, out, in], b[i] [D, out], x [P, 1] → (out [D, P, 1], layer inputs, pre-activations)."""
-    h = np.broadcast_to(x, (W[0].shape[0], *x.shape)).astype(complex)
-    inputs, pre = [], []
-    for i in range(len(W)):
-        inputs.append(h)
-        z = np.einsum("dpi,doi->dpo", h, W[i]) + b[i][:, None, :]
-        pre.append(z)
-        h = _act(z, act) if i < len(W) - 1 else z
-    return h, inputs, pre
-
-
-def loss_and_grad_out(out: np.ndarray, y: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """Mean loss over P points [D] and its gradient with respect to ``out`` [D, P, 1]."""
-    r = out - y
-    P = r.shape[1]
-    if kind == "l1":
-        s = np.sign(r.real)
-        return np.sum(r * s, axis=(1, 2)) / P, s / P
-    return np.sum(r * r, axis=(1, 2)) / P, 2.0 * r / P
-
-
-def loss_grads(W: list, b: list, x: np.ndarray, y: np.ndarray, act: str, loss: str) -> tuple[np.ndarray, list, list]:
-    """Support loss [D] and its gradient by hand-written backpropagation: (value, dW, db)."""
-    out, inputs, pre = forward(W, b, x, act)
-    value, g = loss_and_grad_out(out, y, loss)
-    gW: list[Any] = [None] * len(W)
-    gb: list[Any] = [None] * len(W)
-    for i in reversed(range(len(W))):
-        gW[i] = np.einsum("dpo,dpi->doi", g, inputs[i])
-        gb[i] = g.sum(axis=1)
-        if i > 0:
-            g = np.einsum("dpo,doi->dpi", g, W[i]) * _act_grad(pre[i - 1], act)
-    return value, gW, gb
-
-
-def meta_loss(params: dict[str, np.ndarray], alpha: Any, tasks: tuple, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
-    """Mean outer loss [D] and mean support losses [D, T]; every leaf carries a leading D axis."""
-    n = len(params) // 2
-    x_s, y_s, x_q, y_q = tasks
-    outer, inner = [], []
-    for task in range(x_s.shape[0]):
-        W = [params[f"w{i}"] for i in range(n)]
-        b = [params[f"b{i}"] for i in range(n)]
-        losses = []
-        for _ in range(cfg.inner_steps):
-            if cfg.first_order:  # the inner gradient is a constant: computed from the real parts
-                value, gW, gb = loss_grads(
-                    [w.real for w in W], [c.real for c in b], x_s[task], y_s[task], cfg.activation, cfg.loss
-                )
-                value = loss_grads(W, b, x_s[task], y_s[task], cfg.activation, cfg.loss)[0]
-            else:
-                value, gW, gb = loss_grads(W, b, x_s[task], y_s[task], cfg.activation, cfg.loss)
-            losses.append(value)
-            if isinstance(alpha, dict):
-                W = [W[i] - alpha[f"w{i}"] * gW[i] for i in range(n)]
-                b = [b[i] - alpha[f"b{i}"] * gb[i] for i in range(n)]
-            else:
-                a = alpha.reshape(-1, 1, 1)
-                W = [W[i] - a * gW[i] for i in range(n)]
-                b = [b[i] - a[:, :, 0] * gb[i] for i in range(n)]
-        out, _, _ = forward(W, b, x_q[task], cfg.activation)
-        outer.append(loss_and_grad_out(out, y_q[task], cfg.loss)[0])
-        inner.append(np.stack(losses, axis=-1) if losses else np.zeros((W[0].shape[0], 0)))
-    return np.mean(outer, axis=0), np.mean(inner, axis=0)
+# One task's inner loop, as lists of layers: W[i] [D, out, in], b[i] [D, out] (D: perturbed copies).
+Layers = tuple[list[np.ndarray], list[np.ndarray]]
 
 
 class NumpyOracle:
@@ -109,22 +41,110 @@ class NumpyOracle:
             return "the NumPy oracle computes in float64 only (it is the float64 reference)"
         return None
 
+    # --- the pieces -----------------------------------------------------------------------------
+
+    def act(self, z: np.ndarray, kind: str) -> np.ndarray:
+        return np.tanh(z) if kind == "tanh" else z * (z.real > 0)
+
+    def act_grad(self, z: np.ndarray, kind: str) -> np.ndarray:
+        return 1.0 - np.tanh(z) ** 2 if kind == "tanh" else (z.real > 0).astype(float)
+
+    def forward(
+        self, W: list[np.ndarray], b: list[np.ndarray], x: np.ndarray, act: str
+    ) -> tuple[np.ndarray, list, list]:
+        """W[i] [D, out, in], b[i] [D, out], x [P, 1] → (out [D, P, 1], layer inputs, pre-activations)."""
+        h = np.broadcast_to(x, (W[0].shape[0], *x.shape)).astype(complex)
+        inputs, pre = [], []
+        for i in range(len(W)):
+            inputs.append(h)
+            z = np.einsum("dpi,doi->dpo", h, W[i]) + b[i][:, None, :]
+            pre.append(z)
+            h = self.act(z, act) if i < len(W) - 1 else z
+        return h, inputs, pre
+
+    def loss_and_grad_out(self, out: np.ndarray, y: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """Mean loss over P points [D] and its gradient with respect to ``out`` [D, P, 1]."""
+        r = out - y
+        P = r.shape[1]
+        if kind == "l1":
+            s = np.sign(r.real)
+            return np.sum(r * s, axis=(1, 2)) / P, s / P
+        return np.sum(r * r, axis=(1, 2)) / P, 2.0 * r / P
+
+    def loss_grads(
+        self, W: list, b: list, x: np.ndarray, y: np.ndarray, act: str, loss: str
+    ) -> tuple[np.ndarray, list, list]:
+        """Support loss [D] and its gradient by hand-written backpropagation: (value, dW, db)."""
+        out, inputs, pre = self.forward(W, b, x, act)
+        value, g = self.loss_and_grad_out(out, y, loss)
+        gW: list[Any] = [None] * len(W)
+        gb: list[Any] = [None] * len(W)
+        for i in reversed(range(len(W))):
+            gW[i] = np.einsum("dpo,dpi->doi", g, inputs[i])
+            gb[i] = g.sum(axis=1)
+            if i > 0:
+                g = np.einsum("dpo,doi->dpi", g, W[i]) * self.act_grad(pre[i - 1], act)
+        return value, gW, gb
+
+    def inner_gradient(
+        self, W: list, b: list, x: np.ndarray, y: np.ndarray, cfg: Config
+    ) -> tuple[np.ndarray, list, list]:
+        """The support loss [D] and the inner gradient; first order: the gradient is a constant."""
+        if cfg.first_order:  # computed from the real parts: no perturbation flows through it
+            _, gW, gb = self.loss_grads([w.real for w in W], [c.real for c in b], x, y, cfg.activation, cfg.loss)
+            value = self.loss_grads(W, b, x, y, cfg.activation, cfg.loss)[0]
+            return value, gW, gb
+        return self.loss_grads(W, b, x, y, cfg.activation, cfg.loss)
+
+    def inner_update(self, w: np.ndarray, a: np.ndarray, g: np.ndarray) -> np.ndarray:
+        """One inner SGD step of one parameter: ``w − α·g``."""
+        return w - a * g
+
+    # --- the objective --------------------------------------------------------------------------
+
+    def meta_loss(
+        self, params: dict[str, np.ndarray], alpha: Any, tasks: tuple, cfg: Config, record: list | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Mean outer loss [D] and mean support losses [D, T]; every leaf carries a leading D axis.
+
+        ``record``: a list that receives, per task, ``{"support_loss": [T × D], "inner_grad":
+        [T × Layers], "adapted": [T × Layers], "query_loss": D}`` (the trace).
+        """
+        n = len(params) // 2
+        x_s, y_s, x_q, y_q = tasks
+        outer, inner = [], []
+        for task in range(x_s.shape[0]):
+            W = [params[f"w{i}"] for i in range(n)]
+            b = [params[f"b{i}"] for i in range(n)]
+            losses, grads, adapted = [], [], []
+            for _ in range(cfg.inner_steps):
+                value, gW, gb = self.inner_gradient(W, b, x_s[task], y_s[task], cfg)
+                losses.append(value)
+                if isinstance(alpha, dict):
+                    W = [self.inner_update(W[i], alpha[f"w{i}"], gW[i]) for i in range(n)]
+                    b = [self.inner_update(b[i], alpha[f"b{i}"], gb[i]) for i in range(n)]
+                else:
+                    a = alpha.reshape(-1, 1, 1)
+                    W = [self.inner_update(W[i], a, gW[i]) for i in range(n)]
+                    b = [self.inner_update(b[i], a[:, :, 0], gb[i]) for i in range(n)]
+                grads.append((gW, gb))
+                adapted.append((W, b))
+            out, _, _ = self.forward(W, b, x_q[task], cfg.activation)
+            query = self.loss_and_grad_out(out, y_q[task], cfg.loss)[0]
+            outer.append(query)
+            inner.append(np.stack(losses, axis=-1) if losses else np.zeros((W[0].shape[0], 0)))
+            if record is not None:
+                record.append({"support_loss": losses, "inner_grad": grads, "adapted": adapted, "query_loss": query})
+        return np.mean(outer, axis=0), np.mean(inner, axis=0)
+
+    # --- the contract ---------------------------------------------------------------------------
+
     def meta_value_and_grad(
         self, params: dict[str, np.ndarray], alpha: Any, tasks: tuple[np.ndarray, ...], cfg: Config
     ) -> MetaResult:
-        params = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
+        params, alpha, tasks = _float64(params, alpha, tasks)
         per_parameter = isinstance(alpha, dict)
-        if per_parameter:
-            alpha = {k: np.asarray(v, dtype=np.float64) for k, v in alpha.items()}
-        else:
-            alpha = np.asarray(alpha, dtype=np.float64)
-        tasks = tuple(np.asarray(t, dtype=np.float64) for t in tasks)
         names = list(params)
-
-        def one(tree: Any) -> Any:  # a leading D = 1 axis, complex
-            if isinstance(tree, dict):
-                return {k: v[None].astype(complex) for k, v in tree.items()}
-            return tree.reshape(1).astype(complex)
 
         def along(tree: Any, D: int, name: str | None, basis: np.ndarray | None) -> Any:
             # D copies of tree, entry `name` perturbed by i·h along each basis vector
@@ -137,12 +157,12 @@ class NumpyOracle:
                 }
             return np.broadcast_to(tree, (D,)).astype(complex)
 
-        outer, inner = meta_loss(one(params), one(alpha), tasks, cfg)
+        outer, inner = self.meta_loss(_one(params), _one(alpha), tasks, cfg)
         grads: dict[str, np.ndarray] = {}
         for k in names:
             basis = _basis(params[k].shape)
             D = basis.shape[0]
-            value = meta_loss(along(params, D, k, basis), along(alpha, D, None, None), tasks, cfg)[0]
+            value = self.meta_loss(along(params, D, k, basis), along(alpha, D, None, None), tasks, cfg)[0]
             grads[k] = (value.imag / H).reshape(params[k].shape)
         alpha_grad: Any
         if per_parameter:
@@ -150,16 +170,54 @@ class NumpyOracle:
             for k in names:
                 basis = _basis(alpha[k].shape)
                 D = basis.shape[0]
-                value = meta_loss(along(params, D, None, None), along(alpha, D, k, basis), tasks, cfg)[0]
+                value = self.meta_loss(along(params, D, None, None), along(alpha, D, k, basis), tasks, cfg)[0]
                 alpha_grad[k] = (value.imag / H).reshape(alpha[k].shape)
         else:
-            alpha_grad = np.asarray(meta_loss(one(params), one(alpha) + 1j * H, tasks, cfg)[0].imag[0] / H)
+            alpha_grad = np.asarray(self.meta_loss(_one(params), _one(alpha) + 1j * H, tasks, cfg)[0].imag[0] / H)
         return {
             "outer_loss": np.asarray(outer[0].real),
             "inner_losses": np.asarray(inner[0].real),
             "grads": grads,
             "alpha_grad": alpha_grad,
         }
+
+    def trace(
+        self, params: dict[str, np.ndarray], alpha: Any, tasks: tuple[np.ndarray, ...], cfg: Config
+    ) -> dict[str, np.ndarray]:
+        """Per task b and inner step t, the loop ``meta_value_and_grad`` runs (see ``parity.contract``):
+        ``trace/support_loss`` [B, T], ``trace/inner_grad/<name>`` and ``trace/adapted/<name>``
+        [B, T, *shape], ``trace/query_loss`` [B]."""
+        params, alpha, tasks = _float64(params, alpha, tasks)
+        record: list[dict[str, Any]] = []
+        self.meta_loss(_one(params), _one(alpha), tasks, cfg, record)
+        B, T, n = tasks[0].shape[0], cfg.inner_steps, len(params) // 2
+        out: dict[str, np.ndarray] = {
+            "trace/support_loss": np.array([[v[0].real for v in r["support_loss"]] for r in record]).reshape(B, T),
+            "trace/query_loss": np.array([r["query_loss"][0].real for r in record]),
+        }
+        for group in ("inner_grad", "adapted"):
+            for i in range(n):
+                for j, kind in enumerate("wb"):
+                    shape = params[f"{kind}{i}"].shape
+                    steps = [[layers[j][i][0].real for layers in r[group]] for r in record]
+                    out[f"trace/{group}/{kind}{i}"] = np.array(steps, dtype=np.float64).reshape(B, T, *shape)
+        return out
+
+
+def _float64(params: Any, alpha: Any, tasks: tuple) -> tuple[dict[str, np.ndarray], Any, tuple]:
+    params = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
+    if isinstance(alpha, dict):
+        alpha = {k: np.asarray(v, dtype=np.float64) for k, v in alpha.items()}
+    else:
+        alpha = np.asarray(alpha, dtype=np.float64)
+    return params, alpha, tuple(np.asarray(t, dtype=np.float64) for t in tasks)
+
+
+def _one(tree: Any) -> Any:
+    """A leading D = 1 axis, complex."""
+    if isinstance(tree, dict):
+        return {k: v[None].astype(complex) for k, v in tree.items()}
+    return tree.reshape(1).astype(complex)
 
 
 def _basis(shape: tuple[int, ...]) -> np.ndarray:

@@ -121,17 +121,41 @@ class TwinAdapter:
         )
         return np.asarray(self.to_numpy(gains))
 
+    def trace(
+        self, params: dict[str, np.ndarray], alpha: Any, tasks: tuple[np.ndarray, ...], cfg: Config
+    ) -> dict[str, np.ndarray]:
+        """The inner loop recorded (``meta.trace``), flat NumPy: ``trace/support_loss`` [B, T],
+        ``trace/inner_grad/<name>``, ``trace/adapted/<name>`` [B, T, *shape], ``trace/query_loss`` [B]."""
+        self.prepare(cfg.dtype)
+        out = self.meta.trace(
+            self.to_arrays(params, cfg.dtype), self.to_arrays(alpha, cfg.dtype), self.to_arrays(tasks, cfg.dtype), cfg
+        )
+        return {f"trace/{key}": np.asarray(value) for key, value in self.to_numpy(out).items()}
+
     def train_trajectory(self, cfg: Config, steps: int) -> dict[str, np.ndarray]:
-        """Parameters and α after ``steps`` outer steps from the shared start, and every step's outer loss."""
+        """Parameters and α after ``steps`` outer steps from the shared start, and every step's outer
+        loss; ``trajectory/params/<name>``, ``trajectory/alpha`` [steps, ...]: the values after each step."""
         from parity import training
 
         self.prepare(cfg.dtype)
         losses: list[np.ndarray] = []
+        after: list[dict[str, np.ndarray]] = []
         state = training.run(
-            self, cfg, iterations=steps, chunk=steps, on_chunk=lambda _, m: losses.append(m["outer_loss"])
+            self,
+            cfg,
+            iterations=steps,
+            chunk=steps,
+            on_chunk=lambda _, m: losses.append(m["outer_loss"]),
+            checkpoint_every=1,
+            # copies: a state's arrays may share memory with tensors the next step updates in place
+            on_checkpoint=lambda _, s: after.append(
+                {k: np.array(v) for k, v in training.final_values(self, s).items()}
+            ),
         )
         results = training.final_values(self, state)
         results["outer_loss"] = np.concatenate(losses)
+        if after:
+            results.update({f"trajectory/{k}": np.stack([a[k] for a in after]) for k in after[0]})
         return results
 
 

@@ -168,6 +168,50 @@ def meta_value_and_grad(
     return (loss.detach(), inner.detach()), (grad_params, grad_alpha)
 
 
+def trace(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config) -> dict[str, torch.Tensor]:
+    """The inner loop of every task step by step, for locating a first divergence.
+
+    Returns ``support_loss`` [B, T] (before each step), ``inner_grad/<name>`` and
+    ``adapted/<name>`` [B, T, *shape] (the gradient of step t and the parameters after it) and
+    ``query_loss`` [B] (after the last step): the loop ``meta_loss`` runs, recorded.
+    """
+    check_inputs("trace", cfg, params=params, alpha=alpha, tasks=tasks)
+    return _trace(params, alpha, tasks, cfg)
+
+
+def _trace(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config) -> dict[str, torch.Tensor]:
+    x_support, y_support, x_query, y_query = tasks
+    p = broadcast_to_tasks({name: v.detach() for name, v in params.items()}, x_support)  # [B, ...]
+    alpha = _detached_leaf(alpha)
+    losses: list[torch.Tensor] = []
+    grads: list[Params] = []
+    adapted: list[Params] = []
+    with torch.enable_grad():
+        for _ in range(cfg.inner_steps):
+            p = {name: v.detach().requires_grad_() for name, v in p.items()}
+            loss = _inner_loss(p, x_support, y_support, cfg)
+            g = dict(zip(p, torch.autograd.grad(loss.sum(), list(p.values()))))
+            p = {name: (v - alpha_for(alpha, name) * g[name]).detach() for name, v in p.items()}
+            losses.append(loss.detach())
+            grads.append(g)
+            adapted.append(p)
+    B = x_support.shape[0]
+    out = {"support_loss": _stack_steps(losses, (B,), x_support)}
+    for group, steps in (("inner_grad", grads), ("adapted", adapted)):
+        for name, v in params.items():
+            out[f"{group}/{name}"] = _stack_steps([s[name] for s in steps], (B, *v.shape), v)
+    with torch.no_grad():
+        out["query_loss"] = _inner_loss(p, x_query, y_query, cfg)
+    return out
+
+
+def _stack_steps(steps: list[torch.Tensor], shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    # T tensors [B, ...] -> [B, T, ...]; T = 0 gives an empty axis
+    if not steps:
+        return like.new_zeros((shape[0], 0, *shape[1:]))
+    return torch.stack(steps, dim=1)
+
+
 def inner_step_gains(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config, iterations: int = 30) -> torch.Tensor:
     """Gain of each inner step of each task, max|1 − α·λ(H_t)| [B, T], for the stability gate.
 
