@@ -15,7 +15,7 @@ import numpy as np
 import numpy_reference as oracle  # after the contract work: from parity import oracle
 import pytest
 
-from parity.checkpoint import meta_results  # NumPy in, the twin's flat results out
+from parity.twins import meta_results  # NumPy in, the flat results out (checked against the contract)
 from parity.config import SEED_ALPHA, SEED_MAML, Config, get_preset
 from parity.init import alpha_from_variable, init_alpha, init_alpha_variable, init_params
 from parity.tasks import sample_batch
