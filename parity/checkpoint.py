@@ -95,11 +95,10 @@ _NPZ_ERRORS = (
 def meta_results(twin: Twin, cfg: Config, params: Any, alpha: Any, tasks: tuple[np.ndarray, ...]) -> dict[str, Any]:
     """``twin``'s meta-gradient on NumPy inputs, flat NumPy out: ``outer_loss``, ``inner_losses``,
     ``grad/<name>``, ``grad/alpha`` (or ``grad/alpha/<name>``)."""
-    model = twin.model
     out = twin.meta.meta_value_and_grad(
-        model.to_arrays(params, cfg.dtype), model.to_arrays(alpha, cfg.dtype), model.to_arrays(tasks, cfg.dtype), cfg
+        twin.to_arrays(params, cfg.dtype), twin.to_arrays(alpha, cfg.dtype), twin.to_arrays(tasks, cfg.dtype), cfg
     )
-    (loss, inner), (grad_params, grad_alpha) = model.to_numpy(out)
+    (loss, inner), (grad_params, grad_alpha) = twin.to_numpy(out)
     results = {"outer_loss": np.asarray(loss), "inner_losses": np.asarray(inner)}
     results.update({f"grad/{k}": v for k, v in grad_params.items()})
     results.update(_flat("grad/alpha", grad_alpha))
@@ -342,8 +341,18 @@ def checkpoint_path(path: str | os.PathLike[str]) -> Path:
     return path / CHECKPOINT_FILE if path.is_dir() or path.suffix != ".safetensors" else path
 
 
-def write_checkpoint(directory: str | os.PathLike[str], state: dict[str, Any], cfg: Config, framework: str) -> Path:
+def write_checkpoint(
+    directory: str | os.PathLike[str],
+    state: dict[str, Any],
+    cfg: Config,
+    framework: str,
+    device: str | None = None,
+    precision: str | None = None,
+) -> Path:
     """Write ``state`` (the neutral tree) as ``directory/checkpoint.safetensors`` + ``checkpoint.json``.
+
+    ``device`` and ``precision``: what the run trained on and with, recorded for the reader only
+    (the state is NumPy, and loads onto any device).
 
     Each file goes to a temporary file in the same folder, is fsynced, renamed over the old one,
     and the folder is fsynced: a crash leaves either the previous checkpoint or this one.
@@ -357,6 +366,8 @@ def write_checkpoint(directory: str | os.PathLike[str], state: dict[str, Any], c
         "format": CHECKPOINT_FORMAT,
         "step": int(state["step"]),
         "framework": framework,
+        **({"device": device} if device is not None else {}),
+        **({"precision": precision} if precision is not None else {}),
         "dtype": cfg.dtype,
         "config": cfg.to_dict(),
         # The sampler regenerates step i's tasks from (seed, stream, i): nothing else to save.

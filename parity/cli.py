@@ -53,6 +53,23 @@ def _add_config_flags(p: argparse.ArgumentParser, default_preset: str, framework
     )
 
 
+def _add_device_flags(p: argparse.ArgumentParser, precision: str) -> None:
+    """``--device`` and ``--precision``, checked (ConfigError naming the field) when the command runs."""
+    from parity.devices import DEVICE_HELP, PRECISION_HELP, PRECISIONS
+
+    p.add_argument("--device", default="cpu", help=f"{DEVICE_HELP} (default cpu); refused where none is visible")
+    text = f"{' | '.join(PRECISIONS)} (default {precision}): {PRECISION_HELP}"
+    p.add_argument("--precision", default=precision, metavar="P", help=text)
+
+
+def _device_args(args: argparse.Namespace) -> tuple[str, str]:
+    """(device, precision) of a command, both checked now, before any work."""
+    from parity.devices import check_precision, parse_device
+
+    parse_device(args.device)
+    return args.device, check_precision(args.precision)
+
+
 def _int_flag(field: str, minimum: int | None = None) -> Any:
     """An argparse type: an integer, at least ``minimum`` when given; errors name the field."""
 
@@ -146,10 +163,10 @@ def _run_dir(path: str) -> Path:
     return run_dir
 
 
-def _load_twin(framework: str, dtype: str) -> Any:
+def _load_twin(framework: str, dtype: str, device: str | None = None, resolve: bool = True) -> Any:
     from parity.twins import load
 
-    twin = load(framework, dtype)
+    twin = load(framework, dtype, device, resolve=resolve)
     twin.model.check_dtype(dtype)
     return twin
 
@@ -163,20 +180,26 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     if args.json:
         _output_file(args.json, "json")
+    device, precision = _device_args(args)
     enable_jax_x64()
+    for framework in ("jax", "torch"):
+        _load_twin(framework, "float64", device)  # a device either twin cannot see: one line, now
     cases = harness.all_cases(quick=args.quick)
     if args.cases:
         cases = [c for c in cases if args.cases in c.name]
         if not cases:
             raise ConfigError("cases", f"no case name contains {args.cases!r}")
-    print(f"parity check: {len(cases)} cases, JAX vs PyTorch, float64 and float32", flush=True)
+    print(
+        f"parity check: {len(cases)} cases, JAX vs PyTorch on {device}, float64 and float32, {precision} precision",
+        flush=True,
+    )
     print(harness.TABLE_HEADER, flush=True)
 
     def on_case(case: Any, rows: list[Any]) -> None:
         for line in harness.table_lines(rows, verbose=args.verbose):
             print(line, flush=True)
 
-    rows = harness.run_check(cases, on_case=on_case)
+    rows = harness.run_check(cases, on_case=on_case, device=device, precision=precision)
     ok = harness.overall_ok(rows)
     print(harness.summary(rows))
     if args.json:
@@ -192,9 +215,14 @@ def cmd_dump(args: argparse.Namespace) -> int:
 
     cfg = resolve_config(args)
     out = _output_file(args.out, "out", suffix=".npz")
-    twin = _load_twin(args.framework, cfg.dtype)
-    path = write_golden(out, golden_arrays(twin, cfg))
-    print(f"wrote {path} ({args.framework}, {cfg.dtype}, T={cfg.inner_steps}, B={cfg.meta_batch})")
+    device, precision = _device_args(args)
+    twin = _load_twin(args.framework, cfg.dtype, device)
+    with twin.precision_scope(precision):
+        path = write_golden(out, golden_arrays(twin, cfg))
+    print(
+        f"wrote {path} ({args.framework} on {device}, {cfg.dtype}, T={cfg.inner_steps}, B={cfg.meta_batch}, "
+        f"{precision} precision)"
+    )
     return 0
 
 
@@ -212,21 +240,29 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"{args.out!r} already holds a training run; pass --resume to continue it, or choose another --out "
             "(nothing was overwritten)",
         )
-    twin = _load_twin(args.framework, cfg.dtype)
-    placement = placement_for(args.framework, cfg, args.devices, args.coordinator, args.num_processes, args.process_id)
+    device, precision = _device_args(args)
+    # JAX's backends must not start before jax.distributed.initialize (placement_for): the device is
+    # resolved after it, still before any work.
+    twin = _load_twin(args.framework, cfg.dtype, device, resolve=False)
+    placement = placement_for(
+        args.framework, cfg, args.devices, args.coordinator, args.num_processes, args.process_id, device
+    )
+    twin.model.resolve_device(device)
     if placement is not None and placement.is_main:
         print(f"{args.framework}: meta-batch of {cfg.meta_batch} split over {placement.devices} devices", flush=True)
     try:
-        _, rows = train_run(
-            twin,
-            cfg,
-            out,
-            print_every=args.print_every,
-            progress=not args.no_progress,
-            resume=args.resume,
-            checkpoint_every=args.checkpoint_every or 0,
-            placement=placement,
-        )
+        with twin.precision_scope(precision):
+            _, rows = train_run(
+                twin,
+                cfg,
+                out,
+                print_every=args.print_every,
+                progress=not args.no_progress,
+                resume=args.resume,
+                checkpoint_every=args.checkpoint_every or 0,
+                placement=placement,
+                precision=precision,
+            )
     except TrainingDiverged as err:
         if placement is None or placement.is_main:  # every process stops; one says why
             print(f"maml-parity: training diverged at {err}; {_kept_checkpoint(out)}", file=sys.stderr)
@@ -265,8 +301,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.phase_shift is not None:
         spec_args["phase_shifts"] = tuple(args.phase_shift)
     spec = EvalSpec(**spec_args)  # a bad --tasks, --shots ... is named before the run is looked at
+    device, precision = _device_args(args)
     run_dir = _run_dir(args.dir)
-    result = evaluate_run(run_dir, framework=args.framework, dtype=args.dtype, spec=spec)
+    result = evaluate_run(
+        run_dir, framework=args.framework, dtype=args.dtype, spec=spec, device=device, precision=precision
+    )
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "fits"}, indent=1))
     else:
@@ -343,7 +382,9 @@ def _bench_command(args: argparse.Namespace) -> str:
 def cmd_demo(args: argparse.Namespace) -> int:
     from parity.demo import run_demo
 
-    return run_demo(_output_dir(args.out), iterations=args.iterations, progress=not args.no_progress)
+    device, precision = _device_args(args)
+    out = _output_dir(args.out)
+    return run_demo(out, iterations=args.iterations, progress=not args.no_progress, device=device, precision=precision)
 
 
 # --- parser ----------------------------------------------------------------------------------------
@@ -358,15 +399,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", metavar="SUBSTRING", help="only cases whose name contains this")
     p.add_argument("--json", metavar="FILE", help="write {ok, rows} as JSON")
     p.add_argument("--verbose", action="store_true", help="a line per quantity, not per case and pair")
+    _add_device_flags(p, "highest")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("dump", help="write a golden .npz file any implementation can check itself against")
     _add_config_flags(p, "seed-alpha")
+    _add_device_flags(p, "highest")
     p.add_argument("--out", required=True, metavar="FILE.npz")
     p.set_defaults(func=cmd_dump)
 
     p = sub.add_parser("train", help="meta-train in one twin; writes config.json, metrics.jsonl, final.npz")
     _add_config_flags(p, "seed-alpha")
+    _add_device_flags(p, "default")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument(
         "--print-every",
@@ -419,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="plain-regression steps for the 'pretrained' baseline (default 2000)",
     )
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    _add_device_flags(p, "default")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("report", help="figures and DIR/report.md from a run and its eval.json")
@@ -446,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", metavar="DIR")
     p.add_argument("--iterations", type=_int_flag("iterations", 1), default=5000)
     p.add_argument("--no-progress", action="store_true")
+    _add_device_flags(p, "default")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -22,7 +22,18 @@ SEED_ALPHA_SEEN = {500: 0.08678, 1000: 0.07558, 2000: 0.04408, 3000: 0.01924, 40
 DEMO_PHASE_SHIFTS = (0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4, np.pi)
 
 
-def run_demo(out: Path, iterations: int = 5000, progress: bool = True, eval_tasks: int = 200) -> int:
+def run_demo(
+    out: Path,
+    iterations: int = 5000,
+    progress: bool = True,
+    eval_tasks: int = 200,
+    device: str | None = None,
+    precision: str = "default",
+) -> int:
+    """Both twins train seed-alpha on ``device``; ``precision`` applies to the training runs and the
+    evaluation (the float64 / float32 parity lines always use full float32 matmuls)."""
+    for name in ("jax", "torch"):
+        load(name, None, device)  # a device either twin cannot see: one line, before any work
     enable_jax_x64()
     cfg = SEED_ALPHA.replace(iterations=iterations)
     say = _printer()
@@ -33,7 +44,9 @@ def run_demo(out: Path, iterations: int = 5000, progress: bool = True, eval_task
     runs = {}
     for name in ("jax", "torch"):
         t0 = time.perf_counter()
-        _, rows = train_run(load(name), cfg, out / name, progress=progress)
+        twin = load(name, None, device)
+        with twin.precision_scope(precision):
+            _, rows = train_run(twin, cfg, out / name, progress=progress, precision=precision)
         runs[name] = rows
         say(f"{name}: trained in {time.perf_counter() - t0:.1f} s -> {out / name}")
 
@@ -53,8 +66,10 @@ def run_demo(out: Path, iterations: int = 5000, progress: bool = True, eval_task
     for dtype in ("float64", "float32"):
         results = {}
         for name in ("jax", "torch"):
-            twin = load(name, dtype)
-            results[name] = _meta_grads(twin, cfg.replace(dtype=dtype, meta_batch=25), params, float(final["alpha"]))
+            twin = load(name, dtype, device)
+            with twin.precision_scope("highest"):
+                batch = cfg.replace(dtype=dtype, meta_batch=25)
+                results[name] = _meta_grads(twin, batch, params, float(final["alpha"]))
         leaves = compare_trees(results["jax"], results["torch"], dtype)
         worst = max(leaves, key=lambda leaf: leaf.max_rel_err)
         ok &= all(leaf.ok for leaf in leaves)
@@ -62,13 +77,15 @@ def run_demo(out: Path, iterations: int = 5000, progress: bool = True, eval_task
             f"  {dtype}: {len(leaves)} quantities, worst {worst.name} relative error {worst.max_rel_err:.2e} "
             f"(tolerance {worst.tol.rtol:g}) -> {'ok' if all(leaf.ok for leaf in leaves) else 'MISMATCH'}"
         )
-    report = evaluate_and_report(out / "jax", eval_tasks, say)
+    report = evaluate_and_report(out / "jax", eval_tasks, say, device, precision)
     say(f"\nfull matrix: maml-parity check   |   outputs: {out}/jax, {out}/torch")
     say(f"report: {report}")
     return 0 if ok else 1
 
 
-def evaluate_and_report(run_dir: Path, tasks: int, say) -> Path:  # type: ignore[no-untyped-def]
+def evaluate_and_report(  # type: ignore[no-untyped-def]
+    run_dir: Path, tasks: int, say, device: str | None = None, precision: str = "default"
+) -> Path:
     """The seed's parts 2 and 3 on the JAX run: held-out tasks, phase shifts, random and pretrained
     baselines; then the figures and report.md. Returns the report's path."""
     from parity.eval import EvalSpec, evaluate_run, summary_lines
@@ -77,7 +94,7 @@ def evaluate_and_report(run_dir: Path, tasks: int, say) -> Path:  # type: ignore
     spec = EvalSpec(tasks=tasks, max_steps=10, phase_shifts=DEMO_PHASE_SHIFTS, pretrain_steps=1000)
     say(f"\nevaluation (JAX): {tasks} held-out tasks, adapted from the meta-learned, a random and a pretrained init:")
     t0 = time.perf_counter()
-    result = evaluate_run(run_dir, framework="jax", spec=spec)
+    result = evaluate_run(run_dir, framework="jax", spec=spec, device=device, precision=precision)
     for line in summary_lines(result):
         say("  " + line)
     T = SEED_ALPHA.inner_steps

@@ -119,12 +119,12 @@ def adaptation_curves(
     # Evaluation never differentiates through the steps: first order spares torch the
     # second-order graph (and JAX a no-op stop_gradient); the step itself is the same.
     step_cfg = cfg.replace(first_order=True)
-    x_s, y_s, x_q = model.to_arrays((tasks.x_support, tasks.y_support, tasks.x_query), cfg.dtype)
+    x_s, y_s, x_q = twin.to_arrays((tasks.x_support, tasks.y_support, tasks.x_query), cfg.dtype)
     n = tasks.x_support.shape[0]
     if isinstance(alpha, dict):  # per-parameter α gets the task axis too (no implicit rank promotion)
         alpha = {k: np.array(np.broadcast_to(v, (n, *np.shape(v)))) for k, v in alpha.items()}
-    alpha_t = model.to_arrays(alpha, cfg.dtype)
-    adapted = meta.broadcast_to_tasks(model.to_arrays(params, cfg.dtype), x_s)  # leaves [N, ...]
+    alpha_t = twin.to_arrays(alpha, cfg.dtype)
+    adapted = meta.broadcast_to_tasks(twin.to_arrays(params, cfg.dtype), x_s)  # leaves [N, ...]
     preds = []
     for step in range(max_steps + 1):
         if step > 0:
@@ -226,19 +226,27 @@ def evaluate(twin: Twin, cfg: Config, meta_params: dict[str, np.ndarray], alpha:
 
 
 def evaluate_run(
-    run_dir: Path, framework: str = "jax", dtype: str | None = None, spec: EvalSpec | None = None, write: bool = True
+    run_dir: Path,
+    framework: str = "jax",
+    dtype: str | None = None,
+    spec: EvalSpec | None = None,
+    write: bool = True,
+    device: str | None = None,
+    precision: str = "default",
 ) -> dict[str, Any]:
-    """Evaluate the checkpoint in ``run_dir`` in one twin; writes ``run_dir/eval.json``."""
+    """Evaluate the checkpoint in ``run_dir`` in one twin on ``device`` (cpu | gpu | cuda:N | tpu; None:
+    the framework's default), whichever device trained it; writes ``run_dir/eval.json``."""
     from parity.twins import load
 
     spec = spec or EvalSpec()
     ckpt = read_checkpoint(run_dir)
     cfg = ckpt.config if dtype is None else ckpt.config.replace(dtype=dtype)
-    twin = load(framework, cfg.dtype)
+    twin = load(framework, cfg.dtype, device)
     twin.model.check_dtype(cfg.dtype)
     alpha = _cast(alpha_from_variable(ckpt.state["alpha"], ckpt.config), cfg.dtype)  # α, whatever was learned
     t0 = time.perf_counter()
-    body = evaluate(twin, cfg, ckpt.state["params"], alpha, spec)
+    with twin.precision_scope(precision):
+        body = evaluate(twin, cfg, ckpt.state["params"], alpha, spec)
     out = {
         "format": "maml-parity-eval/1",
         "run": str(run_dir),
@@ -249,7 +257,8 @@ def evaluate_run(
         "alpha": _alpha_summary(alpha),
         **body,
         "wall_s": round(time.perf_counter() - t0, 3),
-        "device": device_description(framework),
+        "device": twin.device_description(),
+        "precision": precision,
         "hardware": hardware(),
         "versions": library_versions(),
     }
@@ -306,21 +315,6 @@ def summary_lines(result: dict[str, Any], steps: tuple[int, ...] | None = None) 
         lines.append(f"diverged tasks, of {result['tasks']}:")
         lines.extend(notes)
     return lines
-
-
-def device_description(framework: str) -> str:
-    """The device the twin computes on, e.g. ``cpu (TFRT_CPU_0)`` or a GPU's name."""
-    if framework == "jax":
-        import jax
-
-        dev = jax.devices()[0]
-        if dev.platform == "cpu":
-            return f"cpu ({platform.processor() or platform.machine()}, JAX)"
-        return f"{dev.platform} ({dev.device_kind})"
-    import torch
-
-    # The twins keep tensors on the CPU unless told otherwise (torch_impl.model.to_arrays).
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def hardware() -> dict[str, Any]:

@@ -9,6 +9,7 @@ between the twins and with the float64 JAX reference.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import math
@@ -23,7 +24,7 @@ from parity.compare import StructureError, compare_trees, is_stable, stability_f
 from parity.config import SEED_ALPHA, Config
 from parity.init import init_alpha, init_params
 from parity.tasks import sample_batch
-from parity.twins import Twin, full_precision_matmuls, load
+from parity.twins import Twin, load
 
 # The matrix DESIGN.md asks for.
 INNER_STEPS = (0, 1, 2, 3, 5, 10)
@@ -153,14 +154,13 @@ def case_stability(case: Case, reference: Twin) -> float:
     if case.kind == "trajectory" or case.cfg.inner_steps == 0:
         return 1.0
     cfg = case.cfg
-    model = reference.model
     gains = reference.meta.inner_step_gains(
-        model.to_arrays(init_params(cfg), "float64"),
-        model.to_arrays(init_alpha(cfg), "float64"),
-        model.to_arrays(tuple(sample_batch(cfg, 0)[:4]), "float64"),
+        reference.to_arrays(init_params(cfg), "float64"),
+        reference.to_arrays(init_alpha(cfg), "float64"),
+        reference.to_arrays(tuple(sample_batch(cfg, 0)[:4]), "float64"),
         cfg,
     )
-    return stability_factor(model.to_numpy(gains))
+    return stability_factor(reference.to_numpy(gains))
 
 
 # --- comparing --------------------------------------------------------------------------------
@@ -208,20 +208,29 @@ def run_case(case: Case, twins: dict[str, Twin]) -> list[Row]:
     return rows
 
 
-def run_check(cases: list[Case], on_case: Callable[[Case, list[Row]], None] | None = None) -> list[Row]:
-    """Run every case in both twins; ``on_case`` sees each case's rows as they come."""
-    twins = {name: load(name, "float64") for name in ("jax", "torch")}
-    for name in twins:
-        full_precision_matmuls(name)
+def run_check(
+    cases: list[Case],
+    on_case: Callable[[Case, list[Row]], None] | None = None,
+    device: str | None = None,
+    precision: str = "highest",
+) -> list[Row]:
+    """Run every case in both twins on ``device``; ``on_case`` sees each case's rows as they come.
+
+    ``precision`` (highest | default) holds inside the run only (each twin's ``precision_scope``).
+    """
+    twins = {name: load(name, "float64", device) for name in ("jax", "torch")}
     rows: list[Row] = []
-    for case in cases:
-        try:
-            case_rows = run_case(case, twins)
-        except StructureError as err:
-            raise StructureError(f"{case.name}: {err}") from None
-        rows.extend(case_rows)
-        if on_case is not None:
-            on_case(case, case_rows)
+    with contextlib.ExitStack() as scopes:
+        for twin in twins.values():
+            scopes.enter_context(twin.precision_scope(precision))
+        for case in cases:
+            try:
+                case_rows = run_case(case, twins)
+            except StructureError as err:
+                raise StructureError(f"{case.name}: {err}") from None
+            rows.extend(case_rows)
+            if on_case is not None:
+                on_case(case, case_rows)
     return rows
 
 

@@ -48,10 +48,9 @@ class TrainingDiverged(RuntimeError):
 
 
 def initial_state(twin: Twin, cfg: Config) -> Any:
-    """The twin's training state at step 0 from the shared NumPy initial parameters."""
-    model = twin.model
+    """The twin's training state at step 0 from the shared NumPy initial parameters, on its device."""
     return twin.train.init_state(
-        model.to_arrays(init_params(cfg), cfg.dtype), model.to_arrays(init_alpha_variable(cfg), cfg.dtype), cfg
+        twin.to_arrays(init_params(cfg), cfg.dtype), twin.to_arrays(init_alpha_variable(cfg), cfg.dtype), cfg
     )
 
 
@@ -88,7 +87,7 @@ def run(
         n = chunk_length(step, end, chunk, checkpoint_every)
         tasks = tuple(sample_batches(cfg, step, n)[:4])  # 4 × [N, B, P, 1]
         if placement is None:
-            state, metrics = twin.train.train_chunk(state, twin.model.to_arrays(tasks, cfg.dtype), cfg)
+            state, metrics = twin.train.train_chunk(state, twin.to_arrays(tasks, cfg.dtype), cfg)
         else:
             state, metrics = placement.train_chunk(state, placement.tasks(tasks, cfg.dtype), cfg)
         metrics = twin.model.to_numpy(metrics)  # the one host transfer of the chunk

@@ -8,30 +8,61 @@ from types import ModuleType
 from typing import Any, NamedTuple
 
 from parity.config import ConfigError
+from parity.devices import parse_device
 
 FRAMEWORKS = ("jax", "torch")
 
 
 class Twin(NamedTuple):
     name: str
-    model: ModuleType  # forward, point_loss, to_arrays, to_numpy, check_dtype
+    model: ModuleType  # forward, point_loss, resolve_device, to_arrays, precision_scope, to_numpy, check_dtype
     meta: ModuleType  # inner_loss … meta_value_and_grad, inner_step_gains
-    train: ModuleType  # init_state, train_step, train_chunk
+    train: ModuleType  # init_state, train_step, train_chunk, state_from_numpy
+    device: str | None = None  # cpu | gpu | cuda:N | tpu; None: the framework's default
+
+    def to_arrays(self, tree: Any, dtype: str) -> Any:
+        """NumPy → the twin's arrays of ``dtype`` on the twin's device (all host → device goes here)."""
+        return self.model.to_arrays(tree, dtype, self.device)
+
+    def to_numpy(self, tree: Any) -> Any:
+        return self.model.to_numpy(tree)
+
+    def state_from_numpy(self, neutral: dict[str, Any], cfg: Any) -> Any:
+        """A checkpoint's training state on the twin's device, whichever device wrote it."""
+        return self.train.state_from_numpy(neutral, cfg, self.device)
+
+    def precision_scope(self, precision: str) -> Any:
+        """``with twin.precision_scope("highest"):`` full float32 matmuls inside the block only."""
+        return self.model.precision_scope(precision)
+
+    def device_description(self) -> str:
+        return str(self.model.device_description(self.device))
 
 
-def load(framework: str, dtype: str | None = None) -> Twin:
-    """Import one twin. With ``dtype="float64"`` JAX's x64 mode is switched on first."""
+def load(framework: str, dtype: str | None = None, device: str | None = None, resolve: bool = True) -> Twin:
+    """Import one twin. With ``dtype="float64"`` JAX's x64 mode is switched on first.
+
+    ``device`` (cpu | gpu | cuda:N | tpu) is checked now (``resolve``), so that a device the framework
+    cannot see is one line (``ConfigError("device", ...)``) before any work; pass ``resolve=False``
+    where JAX must not start its backends yet (before ``jax.distributed.initialize``).
+    """
     if framework not in FRAMEWORKS:
         raise ConfigError("framework", f"must be one of {', '.join(FRAMEWORKS)}; got {framework!r}")
+    if device is not None:
+        parse_device(device)  # a malformed name is refused before anything is imported
     if framework == "jax" and dtype == "float64":
         enable_jax_x64()
     package = f"{framework}_impl"
-    return Twin(
+    twin = Twin(
         name=framework,
         model=importlib.import_module(f"{package}.model"),
         meta=importlib.import_module(f"{package}.meta"),
         train=importlib.import_module(f"{package}.train"),
+        device=device,
     )
+    if resolve:
+        twin.model.resolve_device(device)
+    return twin
 
 
 def enable_jax_x64() -> None:
@@ -70,9 +101,11 @@ def placement_for(
     coordinator: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
+    device: str | None = None,
 ) -> Any:
     """How a training run spreads its meta-batch: a twin's ``distributed.Placement``, or None for
-    one device (JAX sees one device and none were asked for; PyTorch was not started by torchrun).
+    one device (JAX sees one device of ``device``'s kind and none were asked for; PyTorch was not
+    started by torchrun).
     """
     import os
 
@@ -80,15 +113,13 @@ def placement_for(
         from jax_impl import distributed as jax_distributed
 
         jax_distributed.initialize(coordinator, num_processes, process_id)
-        import jax
-
-        if devices is None and jax.device_count() == 1:
+        if devices is None and jax_distributed.available(device) == 1:
             return None
-        return jax_distributed.placement(cfg, devices)
+        return jax_distributed.placement(cfg, devices, device)
     if coordinator is not None:
         raise ConfigError("coordinator", "is for the JAX twin; launch PyTorch on several hosts with torchrun")
     from torch_impl import distributed as torch_distributed
 
     if devices is None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return None
-    return torch_distributed.placement(cfg, devices)
+    return torch_distributed.placement(cfg, devices, device)
