@@ -1,18 +1,18 @@
 """The JAX twin behind the contract (``parity.contract``); mirrors torch_impl/adapter.py.
 
-Everything JAX-specific the framework-neutral code needs lives here: x64 mode for float64,
-matmul precision, the device description and the placement of a sharded meta-batch.
+Everything JAX-specific the framework-neutral code needs lives here or in the modules it names:
+x64 mode for float64, and the placement of a sharded meta-batch (``jax_impl.distributed``);
+devices and precision are ``jax_impl.model``'s ``resolve_device`` and ``precision_scope``.
 """
 
 from __future__ import annotations
 
 import os
-import platform
 from typing import Any
 
 from jax_impl import meta, model, train
 from parity.config import Config
-from parity.twins import PRECISIONS, TwinAdapter
+from parity.twins import TwinAdapter
 
 _FALSE_WORDS = ("0", "false", "no", "off")
 
@@ -31,20 +31,6 @@ class JaxTwin(TwinAdapter):
             enable_x64()
         model.check_dtype(dtype)
 
-    def set_precision(self, precision: str) -> None:
-        import jax
-
-        assert precision in PRECISIONS, precision
-        jax.config.update("jax_default_matmul_precision", "highest" if precision == "highest" else None)
-
-    def device_description(self) -> str:
-        import jax
-
-        dev = jax.devices()[0]
-        if dev.platform == "cpu":
-            return f"cpu ({platform.processor() or platform.machine()}, JAX)"
-        return f"{dev.platform} ({dev.device_kind})"
-
     def placement(
         self,
         cfg: Config,
@@ -53,14 +39,12 @@ class JaxTwin(TwinAdapter):
         num_processes: int | None = None,
         process_id: int | None = None,
     ) -> Any:
-        import jax
-
         from jax_impl import distributed
 
         distributed.initialize(coordinator, num_processes, process_id)
-        if devices is None and jax.device_count() == 1:
+        if devices is None and distributed.available(self.device) == 1:
             return None
-        return distributed.placement(cfg, devices)
+        return distributed.placement(cfg, devices, self.device)
 
 
 def enable_x64() -> None:

@@ -23,7 +23,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jax_impl import train
 from jax_impl.meta import Tasks
+from jax_impl.model import resolve_device
 from parity.config import Config, ConfigError
+from parity.devices import parse_device
 
 TASKS_AXIS = "tasks"
 
@@ -34,9 +36,23 @@ def initialize(coordinator: str | None, num_processes: int | None, process_id: i
         jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
 
 
-def device_count(requested: int | None, meta_batch: int) -> int:
+def platform_devices(device: str | None = None) -> list[jax.Device]:
+    """Every device (all processes) of ``device``'s kind (cpu | gpu | tpu; None: JAX's default
+    backend), in JAX's order; a kind JAX cannot see is one line (``ConfigError("device", ...)``)."""
+    if device is None:
+        return list(jax.devices())
+    resolve_device(device)  # refuses a kind JAX cannot see, and an index past the last
+    return list(jax.devices(parse_device(device).kind))
+
+
+def available(device: str | None = None) -> int:
+    """How many devices of ``device``'s kind JAX sees, over every process."""
+    return len(platform_devices(device))
+
+
+def device_count(requested: int | None, meta_batch: int, device: str | None = None) -> int:
     """How many devices to use: ``requested``, or (None) the most that split the meta-batch evenly."""
-    available = jax.device_count()
+    available = len(platform_devices(device))
     if requested is None:
         return max(n for n in range(1, available + 1) if meta_batch % n == 0)
     if requested < 1 or requested > available:
@@ -82,6 +98,8 @@ class Placement:
         return train.train_chunk(state, tasks, cfg)  # partitioned by the shardings of its inputs
 
 
-def placement(cfg: Config, devices: int | None = None) -> Placement:
-    n = device_count(devices, cfg.meta_batch)
-    return Placement(Mesh(np.array(jax.devices()[:n]), (TASKS_AXIS,)))
+def placement(cfg: Config, devices: int | None = None, device: str | None = None) -> Placement:
+    """The first ``devices`` devices of ``device``'s kind (``cuda:N`` / ``gpu:N``: the kind; the
+    tasks are spread from device 0)."""
+    n = device_count(devices, cfg.meta_batch, device)
+    return Placement(Mesh(np.array(platform_devices(device)[:n]), (TASKS_AXIS,)))

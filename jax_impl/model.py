@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -9,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from parity.config import Config, ConfigError, lookup
+from parity.devices import check_precision, not_visible, parse_device
 from parity.validate import ArrayTypeError, Spec, check_call
 
 Params = dict[str, jax.Array]
@@ -59,10 +62,55 @@ def check_dtype(dtype: str) -> None:
         )
 
 
-def to_arrays(tree: Any, dtype: str) -> Any:
-    """NumPy leaves → JAX arrays of ``dtype`` (the one conversion on the way in)."""
+def resolve_device(device: str | None) -> jax.Device | None:
+    """``cpu``, ``gpu``, ``cuda:N``, ``tpu`` → a ``jax.Device``; None → None (JAX's default device).
+
+    A device JAX cannot see is refused at once: ``ConfigError("device", ...)``, one line.
+    """
+    if device is None:
+        return None
+    kind, index = parse_device(device)
+    try:
+        found = jax.devices(kind)
+    except RuntimeError:  # no backend for that platform
+        found = []
+    if not found:
+        raise not_visible(device, "JAX", f"it sees {', '.join(sorted({d.platform for d in jax.devices()}))}")
+    if index is not None and index >= len(found):
+        raise ConfigError("device", f"{device!r}: JAX sees {len(found)} {kind} device(s), numbered from 0")
+    return found[index or 0]
+
+
+def to_arrays(tree: Any, dtype: str, device: str | None = None) -> Any:
+    """NumPy leaves → JAX arrays of ``dtype`` on ``device`` (the one conversion on the way in).
+
+    ``device`` None leaves placement to JAX (its default device, uncommitted).
+    """
     check_dtype(dtype)
-    return jax.tree.map(lambda leaf: jnp.asarray(np.asarray(leaf), dtype=dtype), tree)
+    target = resolve_device(device)
+    if target is None:
+        return jax.tree.map(lambda leaf: jnp.asarray(np.asarray(leaf), dtype=dtype), tree)
+    # Cast on the host (NumPy rounds to nearest, as XLA does), then one copy onto the device.
+    return jax.tree.map(lambda leaf: jax.device_put(np.asarray(leaf).astype(dtype, copy=False), target), tree)
+
+
+@contextlib.contextmanager
+def precision_scope(precision: str) -> Iterator[None]:
+    """Inside the block, ``highest``: full float32 matmuls (no TF32 or bf16 passes on GPUs and TPUs);
+    ``default``: JAX's own default. Only computations traced inside the block are affected (jit
+    keys its cache on the setting); nothing global is left changed.
+    """
+    if check_precision(precision) == "default":
+        yield
+        return
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
+def device_description(device: str | None) -> str:
+    """The device the twin computes on, e.g. ``cpu (JAX)`` or ``gpu (NVIDIA H100 80GB HBM3)``."""
+    dev = resolve_device(device) or jax.devices()[0]
+    return f"{dev.platform} ({dev.device_kind}, JAX)"
 
 
 def to_numpy(tree: Any) -> Any:

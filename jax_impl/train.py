@@ -8,6 +8,7 @@ the chunk ends.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -15,7 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from jax_impl.meta import Alpha, Tasks, meta_value_and_grad
-from jax_impl.model import Params, to_arrays, to_numpy
+from jax_impl.model import Params, resolve_device, to_arrays, to_numpy
 from parity.config import Config, lookup
 
 
@@ -46,13 +47,17 @@ def optimizers(cfg: Config) -> tuple[optax.GradientTransformation, optax.Gradien
 
 def init_state(params: Params, alpha: Alpha, cfg: Config, step: int = 0) -> TrainState:
     params_tx, alpha_tx = optimizers(cfg)
-    return TrainState(
+    state = TrainState(
         step=jnp.asarray(step, jnp.int32),
         params=params,
         alpha=alpha,
         params_opt=typed_counts(params_tx.init(params), cfg.dtype),
         alpha_opt=typed_counts(alpha_tx.init(alpha), cfg.dtype),
     )
+    first = jax.tree.leaves(params)[0]
+    if first.committed and isinstance(first.sharding, jax.sharding.SingleDeviceSharding):
+        state = jax.device_put(state, first.sharding)  # counts and moments where the parameters are
+    return state
 
 
 def typed_counts(opt_state: Any, dtype: str) -> Any:
@@ -101,16 +106,26 @@ def _sigmoid(rho: jax.Array) -> jax.Array:
     return jax.nn.sigmoid(rho)
 
 
-def train_step(state: TrainState, tasks: Tasks, cfg: Config, unroll: int = 0) -> tuple[TrainState, dict[str, Any]]:
+def train_step(
+    state: TrainState,
+    tasks: Tasks,
+    cfg: Config,
+    grad_fn: Callable[..., Any] = meta_value_and_grad,
+    unroll: int = 0,
+) -> tuple[TrainState, dict[str, Any]]:
     """One outer step; metrics describe the step (α and losses before its update).
 
     ``metrics["finite"]``: the outer loss, every gradient and the updated state (parameters, α,
     optimiser moments: Adam's g² overflows before g does) are finite; the host stops the run at the
     first step where this is false (parity.training.TrainingDiverged).
+
+    ``grad_fn``: the meta-gradient (``meta.meta_value_and_grad``'s signature). A sharded run keeps
+    the default: XLA inserts the all-reduce over devices itself (jax_impl.distributed); the
+    PyTorch twin's torchrun placement passes one that all-reduces over ranks.
     """
     params_tx, alpha_tx = optimizers(cfg)
     alpha = alpha_value(state.alpha, cfg)
-    (loss, inner), (grad_params, grad_alpha) = meta_value_and_grad(state.params, alpha, tasks, cfg, unroll)
+    (loss, inner), (grad_params, grad_alpha) = grad_fn(state.params, alpha, tasks, cfg, unroll)
     updates, params_opt = params_tx.update(grad_params, state.params_opt, state.params)
     params = optax.apply_updates(state.params, updates)
     updates, alpha_opt = alpha_tx.update(variable_grad(grad_alpha, state.alpha, cfg), state.alpha_opt, state.alpha)
@@ -125,19 +140,28 @@ def train_step(state: TrainState, tasks: Tasks, cfg: Config, unroll: int = 0) ->
     return TrainState(state.step + 1, params, variable, params_opt, alpha_opt), metrics
 
 
-def train_chunk(state: TrainState, tasks: Tasks, cfg: Config, unroll: int = 0) -> tuple[TrainState, dict[str, Any]]:
+def train_chunk(
+    state: TrainState,
+    tasks: Tasks,
+    cfg: Config,
+    grad_fn: Callable[..., Any] = meta_value_and_grad,
+    unroll: int = 0,
+) -> tuple[TrainState, dict[str, Any]]:
     """``N`` outer steps as one compiled scan; ``tasks`` leaves are [N, B, P, 1], metrics [N, ...].
 
+    It runs where its inputs live (``to_arrays(..., device)``, ``state_from_numpy(..., device)``).
     ``unroll``: inner loops of up to that many steps become straight-line code (jax_impl.meta).
     """
     # The run's length and seed never enter a step's arithmetic (the tasks arrive as arrays):
     # dropping them from the compile key lets resumed, extended and re-seeded runs share a compile.
-    return _train_chunk(state, tasks, cfg.replace(iterations=0, seed=0), unroll)
+    return _train_chunk(state, tasks, cfg.replace(iterations=0, seed=0), grad_fn, unroll)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "unroll"))
-def _train_chunk(state: TrainState, tasks: Tasks, cfg: Config, unroll: int = 0) -> tuple[TrainState, dict[str, Any]]:
-    return jax.lax.scan(lambda s, t: train_step(s, t, cfg, unroll), state, tasks)
+@functools.partial(jax.jit, static_argnames=("cfg", "grad_fn", "unroll"))
+def _train_chunk(
+    state: TrainState, tasks: Tasks, cfg: Config, grad_fn: Callable[..., Any], unroll: int = 0
+) -> tuple[TrainState, dict[str, Any]]:
+    return jax.lax.scan(lambda s, t: train_step(s, t, cfg, grad_fn, unroll), state, tasks)
 
 
 def state_to_numpy(state: TrainState, cfg: Config) -> dict[str, Any]:
@@ -153,16 +177,22 @@ def state_to_numpy(state: TrainState, cfg: Config) -> dict[str, Any]:
     }
 
 
-def state_from_numpy(neutral: dict[str, Any], cfg: Config) -> TrainState:
-    """Inverse of :func:`state_to_numpy`: continue training exactly where that state stopped."""
+def state_from_numpy(neutral: dict[str, Any], cfg: Config, device: str | None = None) -> TrainState:
+    """Inverse of :func:`state_to_numpy`: continue training exactly where that state stopped, on
+    ``device`` (None: JAX's default), whichever device the state was saved from."""
     state = init_state(
-        to_arrays(neutral["params"], cfg.dtype), to_arrays(neutral["alpha"], cfg.dtype), cfg, neutral["step"]
+        to_arrays(neutral["params"], cfg.dtype, device),
+        to_arrays(neutral["alpha"], cfg.dtype, device),
+        cfg,
+        neutral["step"],
     )
     alpha_opt = state.alpha_opt
     if cfg.alpha_learned:
-        alpha_opt = _opt_from_numpy(alpha_opt, neutral["opt"]["alpha"], cfg.alpha_optimizer, cfg.dtype)
-    params_opt = _opt_from_numpy(state.params_opt, neutral["opt"]["params"], cfg.outer_optimizer, cfg.dtype)
-    return state._replace(params_opt=params_opt, alpha_opt=alpha_opt)
+        alpha_opt = _opt_from_numpy(alpha_opt, neutral["opt"]["alpha"], cfg.alpha_optimizer, cfg.dtype, device)
+    params_opt = _opt_from_numpy(state.params_opt, neutral["opt"]["params"], cfg.outer_optimizer, cfg.dtype, device)
+    state = state._replace(params_opt=params_opt, alpha_opt=alpha_opt)
+    target = resolve_device(device)
+    return state if target is None else jax.device_put(state, target)  # the counts too
 
 
 def _opt_to_numpy(opt_state: Any, name: str) -> dict[str, Any]:
@@ -173,14 +203,14 @@ def _opt_to_numpy(opt_state: Any, name: str) -> dict[str, Any]:
     return {"count": int(adam.count), "mu": to_numpy(adam.mu), "nu": to_numpy(adam.nu)}
 
 
-def _opt_from_numpy(opt_state: Any, neutral: dict[str, Any], name: str, dtype: str) -> Any:
+def _opt_from_numpy(opt_state: Any, neutral: dict[str, Any], name: str, dtype: str, device: str | None) -> Any:
     if name != "adam":
         return opt_state
     adam = opt_state[0]
     assert isinstance(adam, optax.ScaleByAdamState), type(adam)
     adam = adam._replace(
         count=jnp.asarray(neutral["count"], adam.count.dtype),
-        mu=to_arrays(neutral["mu"], dtype),
-        nu=to_arrays(neutral["nu"], dtype),
+        mu=to_arrays(neutral["mu"], dtype, device),
+        nu=to_arrays(neutral["nu"], dtype, device),
     )
     return (adam, *opt_state[1:])

@@ -200,8 +200,18 @@ def checkpoint_path(path: str | os.PathLike[str]) -> Path:
     return path / CHECKPOINT_FILE if path.is_dir() or path.suffix != ".safetensors" else path
 
 
-def write_checkpoint(directory: str | os.PathLike[str], state: dict[str, Any], cfg: Config, framework: str) -> Path:
+def write_checkpoint(
+    directory: str | os.PathLike[str],
+    state: dict[str, Any],
+    cfg: Config,
+    framework: str,
+    device: str | None = None,
+    precision: str | None = None,
+) -> Path:
     """Write ``state`` (the neutral tree) as ``directory/checkpoint.safetensors`` + ``checkpoint.json``.
+
+    ``device`` and ``precision``: what the run trained on and with, recorded for the reader only
+    (the state is NumPy, and loads onto any device).
 
     Each file goes to a temporary file in the same folder, is fsynced, renamed over the old one,
     and the folder is fsynced: a crash leaves either the previous checkpoint or this one.
@@ -215,6 +225,8 @@ def write_checkpoint(directory: str | os.PathLike[str], state: dict[str, Any], c
         "format": CHECKPOINT_FORMAT,
         "step": int(state["step"]),
         "framework": framework,
+        **({"device": device} if device is not None else {}),
+        **({"precision": precision} if precision is not None else {}),
         "dtype": cfg.dtype,
         "config": cfg.to_dict(),
         # The sampler regenerates step i's tasks from (seed, stream, i): nothing else to save.

@@ -154,6 +154,24 @@ def _argparse_type(parse: Any, text: str) -> Any:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _add_device_flags(p: argparse.ArgumentParser, precision: str, device: str | None = "cpu") -> None:
+    """``--device`` and ``--precision``, checked (ConfigError naming the field) when the command runs."""
+    from parity.devices import DEVICE_HELP, PRECISION_HELP, PRECISIONS
+
+    default = f"default {device}" if device else "default: the twins on the CPU, and on a GPU where one is visible"
+    p.add_argument("--device", default=device, help=f"{DEVICE_HELP} ({default}); refused where none is visible")
+    text = f"{' | '.join(PRECISIONS)} (default {precision}): {PRECISION_HELP}"
+    p.add_argument("--precision", default=precision, metavar="P", help=text)
+
+
+def _device_args(args: argparse.Namespace) -> tuple[str | None, str]:
+    """(device, precision) of a command, both checked now, before any work."""
+    from parity.devices import check_precision, parse_device
+
+    parse_device(args.device)
+    return args.device, check_precision(args.precision)
+
+
 def _int_flag(field: str, minimum: int | None = None) -> Any:
     """An argparse type: an integer, at least ``minimum`` when given; errors name the field."""
 
@@ -269,10 +287,10 @@ def _run_dir(path: str) -> Path:
     return run_dir
 
 
-def _load_twin(framework: str, dtype: str) -> Any:
+def _load_twin(framework: str, dtype: str, device: str | None = None, check_device: bool = True) -> Any:
     from parity.twins import load
 
-    return load(framework, dtype)
+    return load(framework, dtype, device, check_device)
 
 
 def _add_threads_flag(p: argparse.ArgumentParser) -> None:
@@ -331,12 +349,21 @@ def cmd_check(args: argparse.Namespace) -> int:
         cases = [c for c in cases if args.cases in c.name]
         if not cases:
             raise ConfigError("cases", f"no case name contains {args.cases!r}")
-    impls = harness.load_impls(args.impl)
-    names = [impl.name for impl in impls]
+    device, precision = _device_args(args)
+    if args.impl:
+        if args.device is not None:
+            raise ConfigError("device", "give devices inside --impl SPECs (e.g. --impl torch@cuda:0), not with --impl")
+        groups = [harness.load_impls(args.impl, precision)]
+    elif args.device is not None:
+        groups = [harness.load_impls(None, precision, device)]
+    else:
+        groups = harness.default_groups(precision)
+    impls = [impl for group in groups for impl in group]
+    names = list(dict.fromkeys(impl.name for impl in impls))
     thread_line = _set_threads(args, None, tuple({getattr(i, "framework", "") for i in impls} & set(TWINS)))
+    pairs = "; ".join(f"reference {g[0].name}, checked: {', '.join(i.name for i in g[1:])}" for g in groups)
     print(
-        f"parity check: {len(cases)} cases; reference {names[0]}, checked: {', '.join(names[1:])}; "
-        f"float64 and float32; {thread_line}",
+        f"parity check: {len(cases)} cases; {pairs}; float64 and float32, {precision} precision; {thread_line}",
         file=human,
         flush=True,
     )
@@ -346,11 +373,16 @@ def cmd_check(args: argparse.Namespace) -> int:
         for line in harness.table_lines(rows, verbose=args.verbose):
             print(line, file=human, flush=True)
 
-    rows = harness.run_check(cases, on_case=on_case, impls=impls)
+    rows = harness.run_check(cases, on_case=on_case, groups=groups)
     ok = harness.overall_ok(rows, strict=args.strict)
     print(harness.summary(rows, strict=args.strict), file=human)
     if json_target:
-        document = {"ok": ok, "implementations": names, "rows": [harness.row_dict(r) for r in rows]}
+        document = {
+            "ok": ok,
+            "implementations": names,
+            "precision": precision,
+            "rows": [harness.row_dict(r) for r in rows],
+        }
         _write_json(json_target, document, human)
     return 0 if ok else EXIT_MISMATCH
 
@@ -364,15 +396,22 @@ def cmd_dump(args: argparse.Namespace) -> int:
     out = _output_file(args.out, "out", suffix=".npz")
     limits.check_train(cfg.replace(iterations=1), args.max_memory)  # one meta-gradient, one batch
     thread_line = _set_threads(args, cfg, (args.framework,) if args.framework in TWINS else ())
-    impl = resolve(args.framework)
+    device, precision = _device_args(args)
+    spec = args.framework if args.device is None or "@" in args.framework else f"{args.framework}@{device}"
+    impl = resolve(spec)
     prepare = getattr(impl, "prepare", None)
     if prepare is not None:
         prepare(cfg.dtype)
-    set_precision = getattr(impl, "set_precision", None)
-    if set_precision is not None:
-        set_precision("highest")
+    if hasattr(impl, "precision"):
+        impl.precision = precision
+    check_device = getattr(impl, "check_device", None)
+    if check_device is not None:
+        check_device()
     path = write_golden(out, golden_arrays(impl, cfg))
-    print(f"wrote {path} ({impl.name}, {cfg.dtype}, T={cfg.inner_steps}, B={cfg.meta_batch}; {thread_line})")
+    print(
+        f"wrote {path} ({impl.name}, {cfg.dtype}, T={cfg.inner_steps}, B={cfg.meta_batch}, {precision} precision; "
+        f"{thread_line})"
+    )
     return 0
 
 
@@ -394,14 +433,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     if main_process is None:  # another rank of a refused run: rank 0 says why, once
         return EXIT_USAGE
     thread_line = _set_threads(args, cfg, (args.framework,) if args.framework in TWINS else ())
-    twin = _load_twin(args.framework, cfg.dtype)
+    device, precision = _device_args(args)
+    # JAX's backends must not start before jax.distributed.initialize: the device is checked after it,
+    # still before any work.
+    twin = _load_twin(args.framework, cfg.dtype, device, check_device=False)
+    twin.precision = precision
     dist = (args.coordinator, args.num_processes, args.process_id)
     if args.coordinator is not None and twin.joins_coordinator:  # torchrun joins PyTorch's processes itself
         start_distributed(args.coordinator, args.num_processes, args.process_id, args.init_timeout)
         dist = (None, None, None)  # joined: placement must not join again
     placement = twin.placement(cfg, args.devices, *dist)
+    twin.check_device()
     if placement is None or placement.is_main:
-        print(f"train {args.framework}: {cfg.iterations} steps, {thread_line}", flush=True)
+        print(f"train {twin.name}: {cfg.iterations} steps, {precision} precision, {thread_line}", flush=True)
     if placement is not None and placement.is_main:
         print(f"{args.framework}: meta-batch of {cfg.meta_batch} split over {placement.devices} devices", flush=True)
     writer = placement is None or placement.is_main  # only the first process of a distributed run writes
@@ -417,16 +461,18 @@ def _train_locked(args: argparse.Namespace, twin: Any, cfg: Config, out: Path, p
     from parity.training import TrainingDiverged
 
     try:
-        state, rows = train_run(
-            twin,
-            cfg,
-            out,
-            print_every=args.print_every,
-            progress=not args.no_progress,
-            resume=args.resume,
-            checkpoint_every=args.checkpoint_every or 0,
-            placement=placement,
-        )
+        with twin.precision_scope():
+            state, rows = train_run(
+                twin,
+                cfg,
+                out,
+                print_every=args.print_every,
+                progress=not args.no_progress,
+                resume=args.resume,
+                checkpoint_every=args.checkpoint_every or 0,
+                placement=placement,
+                precision=twin.precision,
+            )
     except TrainingDiverged as err:
         if placement is None or placement.is_main:  # every process stops; one says why
             print(f"maml-parity: training diverged at {err}; {_kept_checkpoint(out)}", file=sys.stderr)
@@ -521,9 +567,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _output_file(str(run_dir / "eval.json"), "dir")  # a read-only run is refused before the work
     json_target, human = _json_target(args), _human(args)
     thread_line = _set_threads(args, _eval_work(run_dir, spec), (args.framework,) if args.framework in TWINS else ())
-    print(f"eval {args.framework}: {thread_line}", file=human, flush=True)
+    device, precision = _device_args(args)
+    _load_twin(args.framework, cfg.dtype, device)  # a device the twin cannot see: one line, before the work
+    print(f"eval {args.framework} on {device}, {precision} precision: {thread_line}", file=human, flush=True)
     with run_lock(run_dir, "dir"):
-        result = evaluate_run(run_dir, framework=args.framework, dtype=args.dtype, spec=spec)
+        result = evaluate_run(
+            run_dir, framework=args.framework, dtype=args.dtype, spec=spec, device=device, precision=precision
+        )
     print("\n".join(summary_lines(result)), file=human)
     print(f"wrote {run_dir}/eval.json", file=human)
     if json_target:
@@ -636,6 +686,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "JAX_ENABLE_X64",
             "is off, but the demo checks the twins' parity in float64 as well; unset it (or set it to 1) for the demo",
         )
+    device, precision = _device_args(args)
+    for name in TWINS:
+        _load_twin(name, "float32", device)  # a device either twin cannot see: one line, before any work
     runs = [out / name for name in TWINS]
     for run in runs:
         _refuse_existing_run(run, str(run), "choose another --out for the demo")
@@ -646,7 +699,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             stack.enter_context(run_lock(run, "out"))
         for run in runs:
             _refuse_existing_run(run, str(run), "choose another --out for the demo")
-        return run_demo(out, iterations=args.iterations, progress=not args.no_progress)
+        return run_demo(
+            out, iterations=args.iterations, progress=not args.no_progress, device=device, precision=precision
+        )
 
 
 # --- parser ----------------------------------------------------------------------------------------
@@ -670,11 +725,13 @@ def build_parser() -> argparse.ArgumentParser:
         "is checked against it (default: --impl jax --impl torch)",
     )
     p.add_argument("--strict", action="store_true", help="unsupported cases fail the check (exit 1)")
+    _add_device_flags(p, "highest", None)
     _add_threads_flag(p)
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("dump", help="write a golden .npz file any implementation can check itself against")
     _add_config_flags(p, "seed-alpha")
+    _add_device_flags(p, "highest")
     p.add_argument("--out", required=True, metavar="FILE.npz")
     _add_threads_flag(p)
     _add_memory_flag(p)
@@ -682,6 +739,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="meta-train in one twin; writes config.json, metrics.jsonl, final.npz")
     _add_config_flags(p, "seed-alpha")
+    _add_device_flags(p, "default")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument(
         "--print-every",
@@ -756,6 +814,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--json", metavar="FILE", help="also write the results (eval.json's content) to FILE; '-': standard output"
     )
+    _add_device_flags(p, "default")
     _add_threads_flag(p)
     _add_memory_flag(p)
     p.set_defaults(func=cmd_eval)
@@ -797,6 +856,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", metavar="DIR")
     p.add_argument("--iterations", type=_int_flag("iterations", 1), default=5000)
     p.add_argument("--no-progress", action="store_true")
+    _add_device_flags(p, "default")
     _add_threads_flag(p)
     p.set_defaults(func=cmd_demo)
     return parser

@@ -26,7 +26,16 @@ DEMO_PHASE_SHIFTS = (0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4, np.pi)
 PARITY_BATCH = 25  # tasks of the fresh meta-batch the twins' gradients are compared on
 
 
-def run_demo(out: Path, iterations: int = 5000, progress: bool = True, eval_tasks: int = 200) -> int:
+def run_demo(
+    out: Path,
+    iterations: int = 5000,
+    progress: bool = True,
+    eval_tasks: int = 200,
+    device: str | None = None,
+    precision: str = "default",
+) -> int:
+    """Both twins train seed-alpha on ``device``; ``precision`` applies to the training runs and the
+    evaluation (the float64 / float32 parity lines always use full float32 matmuls)."""
     reference, other = TWINS
     load(reference, "float64")  # float64 for the parity check at the end: switched on before any array
     cfg = SEED_ALPHA.replace(iterations=iterations)
@@ -38,7 +47,9 @@ def run_demo(out: Path, iterations: int = 5000, progress: bool = True, eval_task
     runs, train_s = {}, {}
     for name in TWINS:
         t0 = time.perf_counter()
-        _, rows = train_run(load(name), cfg, out / name, progress=progress)
+        twin = load(name, None, device)
+        with twin.precision_scope(precision):
+            _, rows = train_run(twin, cfg, out / name, progress=progress, precision=precision)
         runs[name] = rows
         train_s[name] = time.perf_counter() - t0
         say(f"{name}: trained in {train_s[name]:.1f} s -> {out / name}")
@@ -61,7 +72,7 @@ def run_demo(out: Path, iterations: int = 5000, progress: bool = True, eval_task
     for dtype in ("float64", "float32"):
         results = {}
         for name in TWINS:
-            twin = load(name, dtype)
+            twin = load(name, dtype, device)  # precision "highest": the contract's calls run under it
             cfg_d = cfg.replace(dtype=dtype, meta_batch=PARITY_BATCH)
             results[name] = _meta_grads(twin, cfg_d, params, float(final["alpha"]))
         leaves = compare_trees(results[reference], results[other], dtype)
@@ -93,7 +104,7 @@ def run_demo(out: Path, iterations: int = 5000, progress: bool = True, eval_task
             )
             if not leaf.ok:
                 say(f"    {leaf.name}: {verdict_reason(leaf)}")
-    evaluate_and_report(out / reference, eval_tasks, say)
+    evaluate_and_report(out / reference, eval_tasks, say, device, precision)
     demo = {
         "iterations": iterations,
         "train_s": train_s,
@@ -110,7 +121,9 @@ def run_demo(out: Path, iterations: int = 5000, progress: bool = True, eval_task
     return 0 if ok else 1
 
 
-def evaluate_and_report(run_dir: Path, tasks: int, say) -> None:  # type: ignore[no-untyped-def]
+def evaluate_and_report(  # type: ignore[no-untyped-def]
+    run_dir: Path, tasks: int, say, device: str | None = None, precision: str = "default"
+) -> None:
     """The seed's parts 2 and 3 on the JAX run: held-out tasks, phase shifts, random and pretrained
     baselines (writes ``run_dir/eval.json``; the report is the demo's)."""
     from parity.eval import EvalSpec, evaluate_run, summary_lines
@@ -121,7 +134,7 @@ def evaluate_and_report(run_dir: Path, tasks: int, say) -> None:  # type: ignore
         "adapted from the meta-learned, a random and a pretrained init:"
     )
     t0 = time.perf_counter()
-    result = evaluate_run(run_dir, framework=TWINS[0], spec=spec)
+    result = evaluate_run(run_dir, framework=TWINS[0], spec=spec, device=device, precision=precision)
     for line in summary_lines(result):
         say("  " + line)
     T = SEED_ALPHA.inner_steps

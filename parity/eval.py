@@ -278,17 +278,21 @@ def evaluate_run(
     dtype: str | None = None,
     spec: EvalSpec | None = None,
     write: bool = True,
+    device: str | None = None,
+    precision: str = "default",
 ) -> dict[str, Any]:
-    """Evaluate the checkpoint in ``run_dir`` in one twin; writes ``run_dir/eval.json``."""
+    """Evaluate the checkpoint in ``run_dir`` in one twin on ``device`` (cpu | gpu | cuda:N | tpu; None:
+    the framework's default), whichever device trained it; writes ``run_dir/eval.json``."""
     from parity.twins import load
 
     spec = spec or EvalSpec()
     ckpt = read_checkpoint(run_dir)
     cfg = ckpt.config if dtype is None else ckpt.config.replace(dtype=dtype)
-    twin = load(framework, cfg.dtype)
+    twin = load(framework, cfg.dtype, device)
     alpha = _cast(alpha_from_variable(ckpt.state["alpha"], ckpt.config), cfg.dtype)  # α, whatever was learned
     t0 = time.perf_counter()
-    body = evaluate(twin, cfg, ckpt.state["params"], alpha, spec)
+    with twin.precision_scope(precision):
+        body = evaluate(twin, cfg, ckpt.state["params"], alpha, spec)
     out = {
         "format": "maml-parity-eval/1",
         "run": str(run_dir),
@@ -296,6 +300,7 @@ def evaluate_run(
         "framework": framework,
         "trained_with": ckpt.manifest["framework"],
         "dtype": cfg.dtype,
+        "precision": precision,
         "alpha": _alpha_summary(alpha),
         **body,
         "wall_s": round(time.perf_counter() - t0, 3),

@@ -21,6 +21,7 @@ import numpy as np
 from parity.compare import StructureError, compare_trees, is_stable, stability_factor
 from parity.config import SEED_ALPHA, Config, ConfigError
 from parity.contract import ContractError, describe, unsupported_reason
+from parity.devices import check_precision
 from parity.localise import locate, where
 from parity.registry import TWINS, resolve
 from parity.twins import meta_results, step0_inputs
@@ -352,9 +353,12 @@ def _can_run(impl: Any, case: Case) -> bool:
 DEFAULT_IMPLS = TWINS  # a plain `check`: the twins, the first the reference
 
 
-def load_impls(specs: list[str] | None = None) -> list[Any]:
-    """Resolve SPECs (``parity.registry``); the twins by default. Full float32 matmuls for the twins."""
-    impls = [resolve(spec) for spec in (specs or list(DEFAULT_IMPLS))]
+def load_impls(specs: list[str] | None = None, precision: str = "highest", device: str | None = None) -> list[Any]:
+    """Resolve SPECs (``parity.registry``); the twins (on ``device``) by default. Implementations that
+    take a precision (the twins) run under ``precision``; a device they cannot see is refused now."""
+    if specs is None:
+        specs = [name if device is None else f"{name}@{device}" for name in DEFAULT_IMPLS]
+    impls = [resolve(spec) for spec in specs]
     if len(impls) < 2:
         raise ConfigError("impl", "give at least two implementations: a reference first, then one to check")
     names = [impl.name for impl in impls]
@@ -362,21 +366,39 @@ def load_impls(specs: list[str] | None = None) -> list[Any]:
     if duplicates:
         raise ConfigError("impl", f"{duplicates} named twice; each implementation needs its own name")
     for impl in impls:
-        set_precision = getattr(impl, "set_precision", None)
-        if set_precision is not None:
-            set_precision("highest")
+        if hasattr(impl, "precision"):
+            impl.precision = check_precision(precision)
+        check_device = getattr(impl, "check_device", None)
+        if check_device is not None:
+            check_device()
     return impls
 
 
+def default_groups(precision: str = "highest") -> list[list[Any]]:
+    """What a plain ``check`` compares: the twins (on the CPU); where a GPU is visible, the twins on
+    the CPU, both twins on the GPU, and each twin's CPU results against its GPU results
+    (``jax@cpu~jax@gpu``, ``torch@cpu~torch@gpu``)."""
+    plain = load_impls(None, precision)
+    if not all(getattr(impl, "gpu_visible", lambda: False)() for impl in plain):
+        return [plain]
+    cpu = load_impls([f"{name}@cpu" for name in DEFAULT_IMPLS], precision)
+    gpu = load_impls([f"{name}@gpu" for name in DEFAULT_IMPLS], precision)
+    return [cpu, gpu, *([c, g] for c, g in zip(cpu, gpu, strict=True))]
+
+
 def run_check(
-    cases: list[Case], on_case: Callable[[Case, list[Row]], None] | None = None, impls: list[Any] | None = None
+    cases: list[Case],
+    on_case: Callable[[Case, list[Row]], None] | None = None,
+    impls: list[Any] | None = None,
+    groups: list[list[Any]] | None = None,
 ) -> list[Row]:
-    """Run every case in every implementation (the first is the reference; default: the twins);
-    ``on_case`` sees each case's rows as they come."""
-    impls = impls if impls is not None else load_impls()
+    """Run every case in every implementation (the first of a group is its reference; default: the
+    twins); with ``groups``, each group in turn. ``on_case`` sees each case's rows as they come."""
+    if groups is None:
+        groups = [impls if impls is not None else load_impls()]
     rows: list[Row] = []
     for case in cases:
-        case_rows = run_case(case, impls)
+        case_rows = [row for group in groups for row in run_case(case, group)]
         rows.extend(case_rows)
         if on_case is not None:
             on_case(case, case_rows)

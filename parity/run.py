@@ -78,6 +78,7 @@ def train_run(
     resume: bool = False,
     checkpoint_every: int = 0,
     placement: Any = None,
+    precision: str | None = None,
 ) -> tuple[Any, list[dict[str, Any]]]:
     """Train ``cfg`` in ``twin``, writing ``out/config.json``, ``out/metrics.jsonl``, ``out/final.npz``
     and a checkpoint (``out/checkpoint.safetensors`` + ``out/checkpoint.json``) every
@@ -87,6 +88,8 @@ def train_run(
     regenerates every later step), whichever twin wrote it; ``metrics.jsonl`` is cut back to the
     checkpoint's step first so no step is logged twice. Without a checkpoint the run starts at 0.
     ``print_every`` > 0 also prints the seed lab's own lines every that many steps.
+    ``precision``: the matmul precision the caller runs under (``twin.precision_scope``), recorded
+    in the checkpoint's manifest with the twin's device (informational only).
     Returns the final state and the metric rows (those kept from before a resume included).
 
     At a step whose loss, gradient or new state is not finite, :class:`parity.training.TrainingDiverged` is
@@ -135,7 +138,9 @@ def train_run(
             # The metrics of every step before the checkpoint reach the disk first: a resume cuts
             # metrics.jsonl back to the checkpoint's step and must find them all there.
             os.fsync(log.fileno())
-            write_checkpoint(out, twin.train.state_to_numpy(state, cfg), cfg, twin.name)
+            write_checkpoint(
+                out, twin.train.state_to_numpy(state, cfg), cfg, twin.framework, twin.device_description(), precision
+            )
 
         try:
             state = training.run(
@@ -192,7 +197,7 @@ def resumed_state(twin: Twin, cfg: Config, ckpt: Any) -> tuple[Any, int]:
     check_resumable(ckpt.config, cfg)
     if ckpt.step > cfg.iterations:
         raise ConfigError("iterations", f"the checkpoint is at step {ckpt.step}, past this run's {cfg.iterations}")
-    return twin.train.state_from_numpy(ckpt.state, cfg), ckpt.step
+    return twin.state_from_numpy(ckpt.state, cfg), ckpt.step
 
 
 def _train_share(

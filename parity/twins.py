@@ -17,11 +17,10 @@ import numpy as np
 
 from parity.config import Config, ConfigError
 from parity.contract import MetaResult
+from parity.devices import check_precision, parse_device
 from parity.init import init_alpha, init_params
 from parity.registry import TWINS, resolve
 from parity.tasks import sample_batch
-
-PRECISIONS = ("highest", "default")
 
 
 class TwinAdapter:
@@ -39,8 +38,11 @@ class TwinAdapter:
     meta: ModuleType
     train: ModuleType
 
-    def __init__(self, device: str | None = None):
-        self.device = device
+    def __init__(self, device: str | None = None, precision: str = "highest"):
+        if device is not None:
+            parse_device(device)  # a malformed name is refused before the framework is asked
+        self.device = device  # cpu | gpu | cuda:N | tpu; None: the framework's default device
+        self.precision = check_precision(precision)  # what the contract's calls run under
         self.name = self.framework if device is None else f"{self.framework}@{device}"
 
     def __repr__(self) -> str:
@@ -52,13 +54,26 @@ class TwinAdapter:
         """Make ``dtype`` computable (JAX: x64 mode for float64), or raise ConfigError("dtype")."""
         raise NotImplementedError
 
-    def set_precision(self, precision: str) -> None:
-        """``highest``: full float32 matmuls (no TF32 / bf16 passes); ``default``: the framework's own."""
-        raise NotImplementedError
+    def precision_scope(self, precision: str | None = None) -> Any:
+        """``with twin.precision_scope("highest"):`` full float32 matmuls (no TF32 / bf16 passes) inside
+        the block only; ``default``: the framework's own. None: the adapter's ``precision``."""
+        return self.model.precision_scope(precision or self.precision)
+
+    def check_device(self) -> None:
+        """Refuse now, in one line (ConfigError "device"), a device the framework cannot see."""
+        self.model.resolve_device(self.device)
 
     def device_description(self) -> str:
         """The device the twin computes on, e.g. ``cpu (x86_64, JAX)`` or a GPU's name."""
-        raise NotImplementedError
+        return str(self.model.device_description(self.device))
+
+    def gpu_visible(self) -> bool:
+        """Whether the framework sees a GPU (``check``'s default pairs add the GPU ones then)."""
+        try:
+            self.model.resolve_device("gpu")
+        except ConfigError:
+            return False
+        return True
 
     def differentiable(self, params: Any) -> Any:
         """Parameters in the form the twin's ``adapt`` differentiates (eval's adaptation)."""
@@ -79,9 +94,11 @@ class TwinAdapter:
 
     def to_arrays(self, tree: Any, dtype: str) -> Any:
         """NumPy leaves -> the twin's arrays of ``dtype`` on its device (the one way in)."""
-        if self.device is None:
-            return self.model.to_arrays(tree, dtype)
-        return self.model.to_arrays(tree, dtype, device=self.device)
+        return self.model.to_arrays(tree, dtype, self.device)
+
+    def state_from_numpy(self, neutral: dict[str, Any], cfg: Config) -> Any:
+        """A checkpoint's training state on the twin's device, whichever device wrote it."""
+        return self.train.state_from_numpy(neutral, cfg, self.device)
 
     def to_numpy(self, tree: Any) -> Any:
         """The twin's arrays -> NumPy (the one way out)."""
@@ -100,10 +117,14 @@ class TwinAdapter:
         self, params: dict[str, np.ndarray], alpha: Any, tasks: tuple[np.ndarray, ...], cfg: Config
     ) -> MetaResult:
         self.prepare(cfg.dtype)
-        out = self.meta.meta_value_and_grad(
-            self.to_arrays(params, cfg.dtype), self.to_arrays(alpha, cfg.dtype), self.to_arrays(tasks, cfg.dtype), cfg
-        )
-        (loss, inner), (grad_params, grad_alpha) = self.to_numpy(out)
+        with self.precision_scope():
+            out = self.meta.meta_value_and_grad(
+                self.to_arrays(params, cfg.dtype),
+                self.to_arrays(alpha, cfg.dtype),
+                self.to_arrays(tasks, cfg.dtype),
+                cfg,
+            )
+            (loss, inner), (grad_params, grad_alpha) = self.to_numpy(out)
         return {
             "outer_loss": np.asarray(loss),
             "inner_losses": np.asarray(inner),
@@ -116,10 +137,14 @@ class TwinAdapter:
     def stability_gains(self, params: Any, alpha: Any, tasks: tuple[np.ndarray, ...], cfg: Config) -> np.ndarray:
         """The gate's per-step gains ``max|1 − α·λ(H_t)|`` [B, T] (see ``meta.inner_step_gains``)."""
         self.prepare(cfg.dtype)
-        gains = self.meta.inner_step_gains(
-            self.to_arrays(params, cfg.dtype), self.to_arrays(alpha, cfg.dtype), self.to_arrays(tasks, cfg.dtype), cfg
-        )
-        return np.asarray(self.to_numpy(gains))
+        with self.precision_scope():
+            gains = self.meta.inner_step_gains(
+                self.to_arrays(params, cfg.dtype),
+                self.to_arrays(alpha, cfg.dtype),
+                self.to_arrays(tasks, cfg.dtype),
+                cfg,
+            )
+            return np.asarray(self.to_numpy(gains))
 
     def trace(
         self, params: dict[str, np.ndarray], alpha: Any, tasks: tuple[np.ndarray, ...], cfg: Config
@@ -127,10 +152,14 @@ class TwinAdapter:
         """The inner loop recorded (``meta.trace``), flat NumPy: ``trace/support_loss`` [B, T],
         ``trace/inner_grad/<name>``, ``trace/adapted/<name>`` [B, T, *shape], ``trace/query_loss`` [B]."""
         self.prepare(cfg.dtype)
-        out = self.meta.trace(
-            self.to_arrays(params, cfg.dtype), self.to_arrays(alpha, cfg.dtype), self.to_arrays(tasks, cfg.dtype), cfg
-        )
-        return {f"trace/{key}": np.asarray(value) for key, value in self.to_numpy(out).items()}
+        with self.precision_scope():
+            out = self.meta.trace(
+                self.to_arrays(params, cfg.dtype),
+                self.to_arrays(alpha, cfg.dtype),
+                self.to_arrays(tasks, cfg.dtype),
+                cfg,
+            )
+            return {f"trace/{key}": np.asarray(value) for key, value in self.to_numpy(out).items()}
 
     def train_trajectory(self, cfg: Config, steps: int) -> dict[str, np.ndarray]:
         """Parameters and α after ``steps`` outer steps from the shared start, and every step's outer
@@ -140,7 +169,18 @@ class TwinAdapter:
         self.prepare(cfg.dtype)
         losses: list[np.ndarray] = []
         after: list[dict[str, np.ndarray]] = []
-        state = training.run(
+        with self.precision_scope():
+            state = self._trajectory(cfg, steps, losses, after)
+        results = training.final_values(self, state)
+        results["outer_loss"] = np.concatenate(losses)
+        if after:
+            results.update({f"trajectory/{k}": np.stack([a[k] for a in after]) for k in after[0]})
+        return results
+
+    def _trajectory(self, cfg: Config, steps: int, losses: list[np.ndarray], after: list[dict[str, np.ndarray]]) -> Any:
+        from parity import training
+
+        return training.run(
             self,
             cfg,
             iterations=steps,
@@ -152,25 +192,27 @@ class TwinAdapter:
                 {k: np.array(v) for k, v in training.final_values(self, s).items()}
             ),
         )
-        results = training.final_values(self, state)
-        results["outer_loss"] = np.concatenate(losses)
-        if after:
-            results.update({f"trajectory/{k}": np.stack([a[k] for a in after]) for k in after[0]})
-        return results
 
 
 # The type the training, evaluation and benchmark code take: any built-in twin's adapter.
 Twin = TwinAdapter
 
 
-def load(framework: str, dtype: str | None = None, device: str | None = None) -> TwinAdapter:
-    """A built-in twin's adapter, ready for ``dtype`` (JAX: x64 switched on for float64)."""
+def load(framework: str, dtype: str | None = None, device: str | None = None, check_device: bool = True) -> TwinAdapter:
+    """A built-in twin's adapter, ready for ``dtype`` (JAX: x64 switched on for float64).
+
+    ``device`` (cpu | gpu | cuda:N | tpu) is checked now (``check_device``), so that a device the
+    framework cannot see is one line before any work; pass ``check_device=False`` where JAX must not
+    start its backends yet (before ``jax.distributed.initialize``), and call ``twin.check_device()`` after.
+    """
     if framework not in TWINS:
         raise ConfigError("framework", f"must be one of {', '.join(TWINS)}; got {framework!r}")
     twin = resolve(framework if device is None else f"{framework}@{device}")
     assert isinstance(twin, TwinAdapter), type(twin)
     if dtype is not None:
         twin.prepare(dtype)
+    if check_device:
+        twin.check_device()
     return twin
 
 

@@ -15,11 +15,13 @@ import numpy as np
 import numpy_reference as oracle  # after the contract work: from parity import oracle
 import pytest
 
-from parity.twins import meta_results  # NumPy in, the flat results out (checked against the contract)
 from parity.config import SEED_ALPHA, SEED_MAML, Config, get_preset
 from parity.init import alpha_from_variable, init_alpha, init_alpha_variable, init_params
 from parity.tasks import sample_batch
-from parity.twins import load
+from parity.twins import (
+    load,
+    meta_results,  # NumPy in, the flat results out (checked against the contract)
+)
 
 FRAMEWORKS = ("jax", "torch")
 # A leaf passes when max|twin − oracle| ≤ ATOL + RTOL·max|oracle|. Seen over these cases (2-core

@@ -112,8 +112,7 @@ small_stable = st.builds(
 @settings(max_examples=12)
 @given(small_stable)
 def test_parity_holds_for_random_small_configs(cfg):
-    twins = {name: harness.load(name, "float64") for name in ("jax", "torch")}
-    rows = harness.run_case(harness.Case("random", cfg), twins)
+    rows = harness.run_case(harness.Case("random", cfg), harness.load_impls(["jax", "torch"]))
     assert all(r.stable for r in rows)
     bad = [r for r in rows if not r.ok]
     assert not bad, bad[:2]

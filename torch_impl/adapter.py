@@ -1,20 +1,18 @@
 """The PyTorch twin behind the contract (``parity.contract``); mirrors jax_impl/adapter.py.
 
-Everything PyTorch-specific the framework-neutral code needs lives here: matmul precision, the
-device description, leaf tensors for differentiation and the placement of a meta-batch over a
-``torch.distributed`` group.
+Everything PyTorch-specific the framework-neutral code needs lives here or in the modules it
+names: leaf tensors for differentiation, and the placement of a meta-batch over a
+``torch.distributed`` group (``torch_impl.distributed``); devices and precision are
+``torch_impl.model``'s ``resolve_device`` and ``precision_scope``.
 """
 
 from __future__ import annotations
 
 import os
-import platform
 from typing import Any
 
-import torch
-
 from parity.config import Config, ConfigError
-from parity.twins import PRECISIONS, TwinAdapter
+from parity.twins import TwinAdapter
 from torch_impl import meta, model, train
 
 
@@ -22,26 +20,13 @@ class TorchTwin(TwinAdapter):
     """``autograd.grad(create_graph=True)`` through the inner loop, tasks broadcast, torch.optim outside."""
 
     framework = "torch"
+    joins_coordinator = False  # torchrun starts and joins the processes
     model = model
     meta = meta
     train = train
 
     def prepare(self, dtype: str) -> None:
         model.check_dtype(dtype)
-
-    def set_precision(self, precision: str) -> None:
-        assert precision in PRECISIONS, precision
-        # PyTorch's own defaults: full float32 matmuls, TF32 convolutions (cuDNN); "highest" turns
-        # TF32 off everywhere.
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = precision != "highest"
-        torch.set_float32_matmul_precision("highest")
-
-    def device_description(self) -> str:
-        device = torch.device(self.device or "cpu")
-        if device.type == "cuda":
-            return f"cuda ({torch.cuda.get_device_name(device)})"
-        return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
     def differentiable(self, params: Any) -> Any:
         # torch_impl.meta.inner_step takes the gradient with torch.autograd.grad, which needs leaf
@@ -62,4 +47,4 @@ class TorchTwin(TwinAdapter):
 
         if devices is None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
             return None
-        return distributed.placement(cfg, devices)
+        return distributed.placement(cfg, devices, self.device)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 
-from parity.config import Config, lookup
+from parity.config import Config, ConfigError, lookup
+from parity.devices import check_precision, not_visible, parse_device
 from parity.validate import ArrayTypeError, Spec, check_call
 
 Params = dict[str, torch.Tensor]
@@ -52,15 +55,73 @@ def check_dtype(dtype: str) -> None:
     """PyTorch makes float64 tensors whenever asked; nothing to switch on."""
 
 
-def to_arrays(tree: Any, dtype: str, device: str | torch.device = "cpu") -> Any:
-    """NumPy leaves → tensors of ``dtype`` (the one conversion on the way in)."""
+def resolve_device(device: str | torch.device | None) -> torch.device | None:
+    """``cpu``, ``gpu``, ``cuda:N`` → a ``torch.device``; None → None (PyTorch's default, the CPU).
+
+    ``gpu`` is ``torch.device("cuda")``, CUDA's current device (under torchrun each rank's own,
+    ``cuda:LOCAL_RANK``, after torch_impl.distributed.initialize). A device PyTorch cannot see is
+    refused at once: ``ConfigError("device", ...)``, one line.
+    """
+    if device is None or isinstance(device, torch.device):
+        return device
+    kind, index = parse_device(device)
+    if kind == "cpu":
+        return torch.device("cpu")
+    if kind == "tpu":
+        raise ConfigError("device", f"{device!r}: the PyTorch twin runs on cpu or CUDA GPUs (gpu, cuda:N)")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise not_visible(device, "PyTorch", f"torch {torch.__version__}, CUDA {torch.version.cuda or 'not built'}")
+    if index is not None and index >= count:
+        raise ConfigError("device", f"{device!r}: PyTorch sees {count} CUDA device(s), numbered from 0")
+    return torch.device("cuda") if index is None else torch.device("cuda", index)
+
+
+def to_arrays(tree: Any, dtype: str, device: str | torch.device | None = None) -> Any:
+    """NumPy leaves → tensors of ``dtype`` on ``device`` (the one conversion on the way in)."""
     check_dtype(dtype)
+    return _to_tensors(tree, getattr(torch, dtype), resolve_device(device) or torch.device("cpu"))
+
+
+def _to_tensors(tree: Any, dtype: torch.dtype, device: torch.device) -> Any:
     if isinstance(tree, dict):
-        return {k: to_arrays(v, dtype, device) for k, v in tree.items()}
+        return {k: _to_tensors(v, dtype, device) for k, v in tree.items()}
     if isinstance(tree, (tuple, list)):
-        items = [to_arrays(v, dtype, device) for v in tree]
+        items = [_to_tensors(v, dtype, device) for v in tree]
         return type(tree)(*items) if hasattr(tree, "_fields") else type(tree)(items)
-    return torch.as_tensor(np.asarray(tree), dtype=getattr(torch, dtype), device=device).clone()
+    return torch.as_tensor(np.asarray(tree), dtype=dtype, device=device).clone()
+
+
+@contextlib.contextmanager
+def precision_scope(precision: str) -> Iterator[None]:
+    """Inside the block, ``highest``: full float32 matmuls (no TF32 in cuBLAS or cuDNN);
+    ``default``: PyTorch's own defaults. The previous settings are restored on the way out.
+    """
+    if check_precision(precision) == "default":
+        yield
+        return
+    saved = (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.get_float32_matmul_precision(),
+    )
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
+        torch.set_float32_matmul_precision(saved[2])
+
+
+def device_description(device: str | torch.device | None) -> str:
+    """The device the twin computes on, e.g. ``cpu (4 threads, PyTorch)`` or ``cuda:0 (NVIDIA H100 …)``."""
+    dev = resolve_device(device) or torch.device("cpu")
+    if dev.type == "cuda":
+        index = torch.cuda.current_device() if dev.index is None else dev.index
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)}, PyTorch)"
+    return f"cpu ({torch.get_num_threads()} threads, PyTorch)"
 
 
 def to_numpy(tree: Any) -> Any:

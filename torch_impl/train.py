@@ -26,16 +26,39 @@ class TrainState:
     alpha_opt: torch.optim.Optimizer | None  # None when α is fixed
 
 
-# Option choices as a table (an unknown name is refused by parity.config.lookup, never an `else`).
-OPTIMIZERS = {
-    "sgd": lambda leaves, lr: torch.optim.SGD(leaves, lr=lr),
-    "adam": lambda leaves, lr: torch.optim.Adam(leaves, lr=lr, betas=(0.9, 0.999), eps=1e-8),
-}
-
-
 def make_optimizer(name: str, lr: float, leaves: list[torch.Tensor]) -> torch.optim.Optimizer:
     """sgd: w ← w − lr·g. adam: β 0.9/0.999, ε 1e-8 (optax.adam with the same settings)."""
     return lookup(OPTIMIZERS, "optimizer", name)(leaves, lr)
+
+
+def _sgd(leaves: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(leaves, lr=lr)
+
+
+def _adam(leaves: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
+    """Adam's state is made now, not at its first step: its step count a scalar of the leaves' dtype
+    on their device (torch.optim would keep it on the CPU, in the default dtype). Off the CPU, Adam
+    runs ``capturable``: it reads that count on the device, with no host sync per step.
+    """
+    on_device = leaves[0].device.type != "cpu"
+    opt = torch.optim.Adam(leaves, lr=lr, betas=(0.9, 0.999), eps=1e-8, capturable=on_device)
+    for leaf in leaves:
+        opt.state[leaf] = adam_state(leaf, 0, torch.zeros_like(leaf), torch.zeros_like(leaf))
+    return opt
+
+
+# Option choices as a table (an unknown name is refused by parity.config.lookup, never an `else`).
+OPTIMIZERS = {"sgd": _sgd, "adam": _adam}
+
+
+def adam_state(leaf: torch.Tensor, count: int, mu: torch.Tensor, nu: torch.Tensor) -> dict[str, torch.Tensor]:
+    """torch.optim.Adam's per-leaf state after ``count`` steps, on ``leaf``'s device and in its dtype.
+
+    A count of 0 is Adam before its first step (exactly what its lazy initialisation makes). The
+    count is exact in the leaf's dtype up to 2**24 steps in float32.
+    """
+    step = torch.tensor(float(count), dtype=leaf.dtype, device=leaf.device)
+    return {"step": step, "exp_avg": mu.to(leaf.device), "exp_avg_sq": nu.to(leaf.device)}
 
 
 def _leaves(tree: Params | torch.Tensor) -> list[torch.Tensor]:
@@ -80,8 +103,10 @@ def variable_grad(grad_alpha: Alpha, variable: Alpha, cfg: Config) -> Alpha:
 def all_finite(*trees: Any) -> torch.Tensor:
     """[] bool: every entry of every leaf is finite (computed on the device; no host sync)."""
     # One isfinite over all leaves at once: a third of the time of one per leaf.
-    floats = [leaf.detach().reshape(-1) for leaf in _tree_leaves(trees) if leaf.is_floating_point()]
-    return torch.isfinite(torch.cat(floats)).all()  # integer leaves (step counts) are always finite
+    leaves = [leaf.detach() for leaf in _tree_leaves(trees) if leaf.is_floating_point()]
+    device = leaves[0].device  # the odd leaf elsewhere (a caller's CPU scalar) joins the first's device
+    floats = [leaf.reshape(-1).to(device, non_blocking=True) for leaf in leaves]
+    return torch.isfinite(torch.cat(floats)).all()  # integer leaves are always finite
 
 
 def _softplus(rho: torch.Tensor) -> torch.Tensor:
@@ -94,9 +119,10 @@ def _sigmoid(rho: torch.Tensor) -> torch.Tensor:
 
 
 def _moments(state: TrainState) -> list[torch.Tensor]:
-    # The optimisers' state tensors (Adam's exp_avg, exp_avg_sq and step; none for SGD).
+    # The optimisers' moments (Adam's exp_avg and exp_avg_sq; none for SGD). Not the step count:
+    # a count of steps is finite.
     opts = [opt for opt in (state.params_opt, state.alpha_opt) if opt is not None]
-    return [v.detach() for opt in opts for s in opt.state.values() for v in s.values() if torch.is_tensor(v)]
+    return [v.detach() for opt in opts for s in opt.state.values() for k, v in s.items() if k != "step"]
 
 
 def _tree_leaves(tree: Any) -> list[torch.Tensor]:
@@ -108,7 +134,11 @@ def _tree_leaves(tree: Any) -> list[torch.Tensor]:
 
 
 def train_step(
-    state: TrainState, tasks: Tasks, cfg: Config, grad_fn: Callable[..., Any] = meta_value_and_grad
+    state: TrainState,
+    tasks: Tasks,
+    cfg: Config,
+    grad_fn: Callable[..., Any] = meta_value_and_grad,
+    unroll: int = 0,
 ) -> tuple[TrainState, dict[str, Any]]:
     """One outer step; metrics describe the step (α and losses before its update).
 
@@ -120,7 +150,7 @@ def train_step(
     twin, XLA inserts that all-reduce itself, so it needs no such argument).
     """
     alpha = alpha_value(state.alpha, cfg)
-    (loss, inner), (grad_params, grad_alpha) = grad_fn(state.params, alpha, tasks, cfg)
+    (loss, inner), (grad_params, grad_alpha) = grad_fn(state.params, alpha, tasks, cfg, unroll)
     alpha_before = _detached(alpha)
     for name, p in state.params.items():
         p.grad = grad_params[name]
@@ -141,12 +171,16 @@ def train_step(
 
 
 def train_chunk(
-    state: TrainState, tasks: Tasks, cfg: Config, grad_fn: Callable[..., Any] = meta_value_and_grad
+    state: TrainState,
+    tasks: Tasks,
+    cfg: Config,
+    grad_fn: Callable[..., Any] = meta_value_and_grad,
+    unroll: int = 0,
 ) -> tuple[TrainState, dict[str, Any]]:
     """``N`` outer steps; ``tasks`` leaves are [N, B, P, 1], metrics [N, ...]."""
     steps = []
     for i in range(tasks[0].shape[0]):
-        state, metrics = train_step(state, tuple(t[i] for t in tasks), cfg, grad_fn)  # type: ignore[arg-type]
+        state, metrics = train_step(state, tuple(t[i] for t in tasks), cfg, grad_fn, unroll)  # type: ignore[arg-type]
         steps.append(metrics)
     return state, _stack(steps)
 
@@ -165,10 +199,14 @@ def state_to_numpy(state: TrainState, cfg: Config) -> dict[str, Any]:
     }
 
 
-def state_from_numpy(neutral: dict[str, Any], cfg: Config) -> TrainState:
-    """Inverse of :func:`state_to_numpy`: continue training exactly where that state stopped."""
+def state_from_numpy(neutral: dict[str, Any], cfg: Config, device: str | None = None) -> TrainState:
+    """Inverse of :func:`state_to_numpy`: continue training exactly where that state stopped, on
+    ``device`` (None: the CPU), whichever device the state was saved from."""
     state = init_state(
-        to_arrays(neutral["params"], cfg.dtype), to_arrays(neutral["alpha"], cfg.dtype), cfg, neutral["step"]
+        to_arrays(neutral["params"], cfg.dtype, device),
+        to_arrays(neutral["alpha"], cfg.dtype, device),
+        cfg,
+        neutral["step"],
     )
     if cfg.alpha_learned:
         _opt_from_numpy(state.alpha_opt, state.alpha, neutral["opt"]["alpha"], cfg.alpha_optimizer, cfg.dtype)
@@ -180,29 +218,21 @@ def _opt_to_numpy(opt: torch.optim.Optimizer | None, tree: Params | torch.Tensor
     if name != "adam":
         return {}  # plain SGD keeps no state
     assert isinstance(opt, torch.optim.Adam), type(opt)
-    states = [opt.state.get(leaf, {}) for leaf in _leaves(tree)]
-    if not states[0]:  # torch.optim.Adam makes its state lazily, at the first step: zeros
-        count, mu, nu = (
-            0,
-            [torch.zeros_like(leaf) for leaf in _leaves(tree)],
-            [torch.zeros_like(leaf) for leaf in _leaves(tree)],
-        )
-    else:
-        count, mu, nu = int(states[0]["step"].item()), [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
+    states = [opt.state[leaf] for leaf in _leaves(tree)]  # made with the optimiser (make_optimizer)
+    count, mu, nu = int(states[0]["step"].item()), [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
     return {"count": count, "mu": to_numpy(_detached(_like(tree, mu))), "nu": to_numpy(_detached(_like(tree, nu)))}
 
 
 def _opt_from_numpy(
     opt: torch.optim.Optimizer | None, tree: Params | torch.Tensor, neutral: dict[str, Any], name: str, dtype: str
 ) -> None:
-    if name != "adam" or neutral["count"] == 0:
-        return  # SGD keeps no state; Adam at count 0 is Adam before its first step
+    if name != "adam":
+        return  # SGD keeps no state
     assert isinstance(opt, torch.optim.Adam), type(opt)
-    mu, nu = _leaves(to_arrays(neutral["mu"], dtype)), _leaves(to_arrays(neutral["nu"], dtype))
+    device = _leaves(tree)[0].device
+    mu, nu = _leaves(to_arrays(neutral["mu"], dtype, device)), _leaves(to_arrays(neutral["nu"], dtype, device))
     for leaf, m, v in zip(_leaves(tree), mu, nu, strict=True):
-        # torch keeps `step` as a float tensor of the default dtype on the CPU (Adam's lazy init);
-        # it reads it back with .item(), so any exact representation of the count gives equal bits.
-        opt.state[leaf] = {"step": torch.tensor(float(neutral["count"])), "exp_avg": m, "exp_avg_sq": v}
+        opt.state[leaf] = adam_state(leaf, int(neutral["count"]), m, v)
 
 
 def _like(tree: Params | torch.Tensor, leaves: list[torch.Tensor]) -> Params | torch.Tensor:

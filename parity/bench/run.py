@@ -22,6 +22,10 @@ from parity.config import ConfigError
 # --- setup ---------------------------------------------------------------------------------
 
 
+# Held open for the process: the bench on a GPU times full float32 matmuls (no TF32).
+_PRECISION = contextlib.ExitStack()
+
+
 def configure(device: str, threads: int, pin: bool = True) -> dict[str, Any]:
     """Threads and device before either framework starts; returns what was actually set.
 
@@ -62,8 +66,8 @@ def configure(device: str, threads: int, pin: bool = True) -> dict[str, Any]:
         _require_gpu()
         from parity.twins import load
 
-        for name in ("jax", "torch"):
-            load(name).set_precision("highest")
+        for name in ("jax", "torch"):  # full float32 matmuls for the rest of the bench process
+            _PRECISION.enter_context(load(name).precision_scope("highest"))
     return applied
 
 
