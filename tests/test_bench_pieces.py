@@ -198,3 +198,25 @@ def test_single_task_fast_path_equals_the_batched_form(remat):
     assert abs(float(ga1 - ga2)) <= 1e-14 and abs(float(ga1)) > 1e-3
     adapted, losses = meta.adapt(params, alpha, one[0], one[1], cfg)
     assert losses.shape == (1, 3) and all(adapted[k].shape == (1, *params[k].shape) for k in params)
+
+
+def test_a_failing_row_is_skipped_with_its_error_and_the_others_are_measured(monkeypatch):
+    from parity.bench import run
+
+    real = run.prepare
+
+    def prepare(impl, *args, **kwargs):
+        if impl == "torch":
+            raise RuntimeError("Expected all tensors to be on the same device\nsecond line")
+        return real(impl, *args, **kwargs)
+
+    monkeypatch.setattr(run, "prepare", prepare)
+    result = bench.run_bench(settings=[(TINY, ["seed-loop", "torch"])], repeats=1, pin=False, flops=False)
+    assert [r["impl"] for r in result["rows"]] == ["seed-loop"]
+    assert result["skipped"] == [
+        {
+            "impl": "torch",
+            "setting": TINY.label,
+            "reason": "failed: RuntimeError: Expected all tensors to be on the same device",
+        }
+    ]
