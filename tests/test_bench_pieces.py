@@ -171,3 +171,52 @@ def test_gpu_plan():
         assert ("seed-loop" in impls) == (s.B == 1 and s.T <= 100)
         assert ("torch-graph" in impls) == (s.B <= 256)
         assert ("jax-cpu" in impls) == (s == bench.SEED_ALPHA_POINT)
+
+
+@pytest.mark.parametrize("remat", [False, True], ids=["plain", "remat"])
+def test_single_task_fast_path_equals_the_batched_form(remat):
+    """The PyTorch twin's unbatched path for B = 1 = the batched form on the same task twice (float64).
+
+    Two copies of one task have the mean of two equal values: the batched result must equal the
+    one-task result (to rounding); shapes keep the task axis.
+    """
+    import torch
+
+    from torch_impl import meta
+    from torch_impl.model import to_arrays
+
+    cfg = SEED_ALPHA.replace(inner_steps=3, dtype="float64", remat=remat)
+    params, alpha = to_arrays(init_params(cfg), "float64"), to_arrays(init_alpha(cfg), "float64")
+    one = to_arrays(tuple(sample_batch(cfg, 0)[:4]), "float64")
+    assert one[0].shape[0] == 1
+    two = tuple(torch.cat([t, t]) for t in one)
+    (loss1, inner1), (g1, ga1) = meta.meta_value_and_grad(params, alpha, one, cfg)
+    (loss2, inner2), (g2, ga2) = meta.meta_value_and_grad(params, alpha, two, cfg)
+    assert abs(float(loss1 - loss2)) <= 1e-14 and float((inner1 - inner2).abs().max()) <= 1e-14
+    for name in g1:
+        assert float((g1[name] - g2[name]).abs().max()) <= 1e-14, name
+    assert abs(float(ga1 - ga2)) <= 1e-14 and abs(float(ga1)) > 1e-3
+    adapted, losses = meta.adapt(params, alpha, one[0], one[1], cfg)
+    assert losses.shape == (1, 3) and all(adapted[k].shape == (1, *params[k].shape) for k in params)
+
+
+def test_a_failing_row_is_skipped_with_its_error_and_the_others_are_measured(monkeypatch):
+    from parity.bench import run
+
+    real = run.prepare
+
+    def prepare(impl, *args, **kwargs):
+        if impl == "torch":
+            raise RuntimeError("Expected all tensors to be on the same device\nsecond line")
+        return real(impl, *args, **kwargs)
+
+    monkeypatch.setattr(run, "prepare", prepare)
+    result = bench.run_bench(settings=[(TINY, ["seed-loop", "torch"])], repeats=1, pin=False, flops=False)
+    assert [r["impl"] for r in result["rows"]] == ["seed-loop"]
+    assert result["skipped"] == [
+        {
+            "impl": "torch",
+            "setting": TINY.label,
+            "reason": "failed: RuntimeError: Expected all tensors to be on the same device",
+        }
+    ]

@@ -59,12 +59,11 @@ def inner_step(
     losses = _inner_loss(params, x, y, cfg)
     # create_graph: the gradient is part of the forward pass (second order). Without it
     # (FOMAML) autograd hands back constants; retain_graph keeps the outer path alive.
+    total = losses if losses.dim() == 0 else losses.sum()  # one unbatched task (adapt): no sum kernel
     grads = dict(
         zip(
             params,
-            torch.autograd.grad(
-                losses.sum(), list(params.values()), create_graph=not cfg.first_order, retain_graph=True
-            ),
+            torch.autograd.grad(total, list(params.values()), create_graph=not cfg.first_order, retain_graph=True),
         )
     )
     new_params = {name: p - alpha_for(alpha, name) * grads[name] for name, p in params.items()}
@@ -81,7 +80,16 @@ def adapt(
     check_inputs("adapt", cfg, params=params, alpha=alpha, x=x, y=y)
     # The inner gradients need a graph even when the caller differentiates nothing (evaluation).
     params = {name: p if p.requires_grad else p.detach().requires_grad_() for name, p in params.items()}
-    params = broadcast_to_tasks(params, x)
+    tasks_shape = x.shape[:-2]
+    # One task ([1, K, 1], the seed's B = 1): run it unbatched, as plain matrix products, and put
+    # the task axis back at the end. The same arithmetic without the broadcast copies of the
+    # parameters, the batched matmuls and the sums that differentiate the broadcast (PyTorch's
+    # eager per-kernel cost dominates at this size; XLA drops size-1 axes by itself).
+    single = tasks_shape == (1,)
+    if single:
+        x, y = x[0], y[0]
+    else:
+        params = broadcast_to_tasks(params, x)
     losses: list[torch.Tensor] = []
     with torch.enable_grad():
         if cfg.remat:
@@ -90,9 +98,11 @@ def adapt(
             for _ in range(cfg.inner_steps):
                 params, loss = inner_step(params, alpha, x, y, cfg)
                 losses.append(loss)
+    if single:
+        params = {name: p.unsqueeze(0) for name, p in params.items()}
     if not losses:
-        return params, x.new_zeros(x.shape[:-2] + (0,))
-    return params, torch.stack(losses, dim=-1)
+        return params, x.new_zeros(tasks_shape + (0,))
+    return params, torch.stack(losses, dim=-1).reshape(tasks_shape + (len(losses),))
 
 
 def rematerialised_loop(

@@ -160,8 +160,8 @@ def measure(
 
     Each implementation is prepared (JAX: compiled) and warmed up once, with its peak memory
     measured on the warm-up call; then :func:`measure.time_rows` times them round by round. An
-    implementation that cannot run here (:class:`measure.Unavailable`) goes to ``skipped`` with
-    its reason.
+    implementation that cannot run here (:class:`measure.Unavailable`), or that fails while it is
+    prepared or warmed up, goes to ``skipped`` with its reason (given a ``skipped`` list; else it raises).
     """
     prepared: dict[str, m.Prepared] = {}
     first_call_s: dict[str, float] = {}
@@ -169,18 +169,27 @@ def measure(
     for impl in impls:
         try:
             prep = prepare(impl, setting, device, min_call_s, chunk, unroll)
-        except m.Unavailable as e:
-            if skipped is not None:
-                skipped.append({"impl": impl, "setting": setting.label, "reason": str(e)})
+            with prep.peak() as peak:
+                t = time.perf_counter()
+                prep.call()  # warm-up
+                first_call_s[impl] = time.perf_counter() - t
+        except ConfigError:
+            raise
+        except Exception as e:  # one row that cannot run (here) must not lose the others' figures
+            reason = str(e) if isinstance(e, m.Unavailable) else f"failed: {type(e).__name__}: {_first_line(e)}"
+            if skipped is None:
+                raise
+            skipped.append({"impl": impl, "setting": setting.label, "reason": reason})
+            first_call_s.pop(impl, None)
             continue
-        with prep.peak() as peak:
-            t = time.perf_counter()
-            prep.call()  # warm-up
-            first_call_s[impl] = time.perf_counter() - t
         prepared[impl], peak_mb[impl] = prep, peak["mb"]
     if not prepared:
         return []
     return m.time_rows(setting, prepared, first_call_s, peak_mb, repeats, row_budget_s)
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:200]
 
 
 # --- the run ---------------------------------------------------------------------------------------

@@ -108,8 +108,12 @@ def _capturable_optimizers(state: Any) -> None:
     the optimisers' state tensors: torch.optim keeps a plain Adam's step counter on the CPU).
     Same update formula; SGD keeps no state and is left alone.
     """
+    import warnings
+
     import torch
 
+    # torch.optim warns once per instance that capturable=True may cost time when not captured.
+    warnings.filterwarnings("ignore", message="This instance was constructed with capturable=True")
     for field in ("params_opt", "alpha_opt"):
         opt = getattr(state, field)
         if isinstance(opt, torch.optim.Adam):
