@@ -71,6 +71,10 @@ def meta_loss(params: dict[str, np.ndarray], alpha: Any, tasks: tuple, cfg: Any)
         losses = []
         for _ in range(cfg.inner_steps):
             value, gW, gb = _grads(W, b, x_s[task], y_s[task], cfg.activation, cfg.loss)
+            if cfg.first_order:  # FOMAML: the inner gradient is a constant, from the real parts alone
+                _, gW, gb = _grads(
+                    [w.real for w in W], [c.real for c in b], x_s[task], y_s[task], cfg.activation, cfg.loss
+                )
             losses.append(value)
             if isinstance(alpha, dict):
                 W = [W[i] - alpha[f"w{i}"] * gW[i] for i in range(n)]
