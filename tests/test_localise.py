@@ -355,3 +355,26 @@ def test_diff_refuses_a_bad_file_in_one_line(tmp_path, capsys) -> None:
     assert err.startswith("maml-parity: error: golden: ") and "bad.npz" in err and err.count("\n") == 1
     assert main(["diff", a, a, "--atol", "-1"]) == 2
     assert "atol: must be a finite number >= 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # the oracle at the matrix's full size: ~7 s on a busy core
+def test_check_prints_the_first_divergence_and_writes_it_to_json(tmp_path, capsys) -> None:
+    plugin = tmp_path / "planted.py"
+    plugin.write_text(
+        "from parity.oracle import NumpyOracle\n\n\n"
+        "class WrongSign(NumpyOracle):\n"
+        "    name = 'wrong-sign'\n\n"
+        "    def inner_update(self, w, a, g):\n"
+        "        return w + a * g\n"
+    )
+    out = tmp_path / "check.json"
+    args = ["check", "--impl", "numpy", "--impl", f"{plugin}:WrongSign", "--cases", "T2-a0.01-l1-scalar-second"]
+    assert main([*args, "--json", str(out)]) == 1
+    printed = capsys.readouterr().out
+    lines = [line for line in printed.splitlines() if line.startswith("  first divergence: ")]
+    assert len(lines) == 1 and lines[0].startswith("  first divergence: inner step 0, adapted/w0 task "), printed
+    rows = json.loads(out.read_text())["rows"]
+    located = [r["divergence"] for r in rows if r["verdict"] == "FAIL"]
+    assert located and all(d == located[0] for d in located)
+    assert (located[0]["inner_step"], located[0]["quantity"], located[0]["parameter"]) == (0, "adapted", "w0")
+    assert located[0]["gate_product_to_here"] is None  # neither side measures the gate's gains
