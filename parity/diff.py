@@ -144,7 +144,12 @@ def report_lines(report: dict[str, Any]) -> list[str]:
     if report["divergence"] is not None:
         lines.append(f"  first divergence: {where(report['divergence'])}")
     failing = [row["key"] for row in report["rows"] if not row["ok"]]
-    skipped = ", ".join(f"{d['key']} (only in {d['only_in'].upper()})" for d in report["not_compared"])
+    skipped = ", ".join(
+        dict.fromkeys(  # a trace is one thing: all its entries or none
+            f"{'trace/*' if d['key'].startswith('trace/') else d['key']} (only in {d['only_in'].upper()})"
+            for d in report["not_compared"]
+        )
+    )
     verdict = (
         "SAME" if report["ok"] else f"MISMATCH in {len(failing)} of {len(report['rows'])} entries: {', '.join(failing)}"
     )

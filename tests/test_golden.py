@@ -189,3 +189,27 @@ def test_the_signature_fields_are_those_config_meta_signature_keeps():
     changed = changed.replace(alpha_mode="per_parameter", first_order=True, dtype="float64")
     kept = changed.meta_signature().to_dict()
     assert all(kept[f] == changed.to_dict()[f] for f in SIGNATURE_FIELDS)
+
+
+def test_a_third_party_file_written_as_documented_diffs_without_a_plugin(tmp_path, small_golden, capsys):
+    """docs/formats-golden.md, "Writing your own file": the NumPy oracle as the third party."""
+    path, _ = small_golden
+    with np.load(path, allow_pickle=False) as f:
+        golden = {k: f[k] for k in f.files}
+    cfg = Config.from_json(str(golden["config"]))
+    params = {k[5:]: v for k, v in golden.items() if k.startswith("init/") and not k.startswith("init/alpha")}
+    tasks = tuple(golden[f"tasks/{k}"] for k in ("x_support", "y_support", "x_query", "y_query"))
+    result = NumpyOracle().meta_value_and_grad(params, golden["init/alpha"], tasks, cfg)
+    mine = {k: v for k, v in golden.items() if k.startswith(("init/", "tasks/")) or k in ("config", "dtype", "format")}
+    mine.update({"framework": np.asarray("mine"), "outer_loss": result["outer_loss"]})
+    mine.update({"inner_losses": result["inner_losses"], **{f"grad/{k}": g for k, g in result["grads"].items()}})
+    np.savez(tmp_path / "mine.npz", **mine)  # no grad/alpha: optional under the fixture's fixed alpha
+    capsys.readouterr()
+    assert main(["diff", str(path), str(tmp_path / "mine.npz")]) == 0
+    out = capsys.readouterr().out
+    assert "SAME: 6 entries within tolerance (float64); not compared: " in out
+    assert "grad/alpha (only in A)" in out and "task_outer_loss (only in A), trace/* (only in A)" in out
+    mine["grad/b0"] = mine["grad/b0"] + 1e-6
+    np.savez(tmp_path / "mine.npz", **mine)
+    assert main(["diff", str(path), str(tmp_path / "mine.npz")]) == 1
+    assert "first divergence: after the inner loop, grad/b0 index (" in capsys.readouterr().out
