@@ -6,7 +6,14 @@ gradient comes from complex-step differentiation, ``f'(x)·v = Im f(x + i·h·v)
 Every non-analytic piece is written so that it stays complex-step-safe: ``|z|`` is
 ``z·sign(Re z)`` and ``relu(z)`` is ``z·[Re z > 0]``.
 
-It reads nothing but a golden file's arrays and config, and shares no code with the twins.
+First order (``cfg.first_order``): each inner gradient is computed from the real parts of the
+parameters only, so the complex perturbation does not reach it: the inner gradient is a constant
+of the outer derivative (FOMAML), while α and the update ``w − α·g`` still carry it.
+Softplus (``alpha_parametrisation``): :func:`softplus_variable_grad` differentiates through
+``α = log(1 + e^ρ)`` by the same complex step, giving dL/dρ.
+
+It reads nothing but NumPy arrays and a config (or a golden file), and shares no code with the twins.
+``meta_value_and_grad`` has the contract's NumPy-in/NumPy-out shape.
 """
 
 from __future__ import annotations
@@ -70,11 +77,12 @@ def meta_loss(params: dict[str, np.ndarray], alpha: Any, tasks: tuple, cfg: Any)
         b = [params[f"b{i}"] for i in range(n)]
         losses = []
         for _ in range(cfg.inner_steps):
-            value, gW, gb = _grads(W, b, x_s[task], y_s[task], cfg.activation, cfg.loss)
-            if cfg.first_order:  # FOMAML: the inner gradient is a constant, from the real parts alone
-                _, gW, gb = _grads(
-                    [w.real for w in W], [c.real for c in b], x_s[task], y_s[task], cfg.activation, cfg.loss
+            if cfg.first_order:  # the inner gradient at the real parts: constant under the complex step
+                value, gW, gb = _grads(
+                    [w.real for w in W], [v.real for v in b], x_s[task], y_s[task], cfg.activation, cfg.loss
                 )
+            else:
+                value, gW, gb = _grads(W, b, x_s[task], y_s[task], cfg.activation, cfg.loss)
             losses.append(value)
             if isinstance(alpha, dict):
                 W = [W[i] - alpha[f"w{i}"] * gW[i] for i in range(n)]
@@ -93,50 +101,93 @@ def value_and_grad(golden: dict[str, Any]) -> dict[str, np.ndarray]:
     """Recompute ``outer_loss``, ``inner_losses`` and every ``grad/...`` entry of a golden file."""
     cfg = golden["config"]
     names = [k.split("/", 1)[1] for k in golden if k.startswith("init/") and not k.startswith("init/alpha")]
-    params = {k: np.asarray(golden[f"init/{k}"], dtype=np.float64) for k in names}
-    per_parameter = "init/alpha" not in golden
-    alpha: Any
-    if per_parameter:
-        alpha = {k: np.asarray(golden[f"init/alpha/{k}"], dtype=np.float64) for k in names}
-    else:
-        alpha = np.asarray(golden["init/alpha"], dtype=np.float64)
-    tasks = tuple(
-        np.asarray(golden[f"tasks/{k}"], dtype=np.float64) for k in ("x_support", "y_support", "x_query", "y_query")
-    )
+    params = {k: golden[f"init/{k}"] for k in names}
+    alpha: Any = {k: golden[f"init/alpha/{k}"] for k in names} if "init/alpha" not in golden else golden["init/alpha"]
+    tasks = tuple(golden[f"tasks/{k}"] for k in ("x_support", "y_support", "x_query", "y_query"))
+    return flat(meta_value_and_grad(params, alpha, tasks, cfg))
 
-    results: dict[str, np.ndarray] = {}
+
+def flat(result: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The contract's result under a golden file's names: outer_loss, inner_losses, grad/<name>,
+    grad/alpha (or grad/alpha/<name>)."""
+    out = {"outer_loss": result["outer_loss"], "inner_losses": result["inner_losses"]}
+    out.update({f"grad/{k}": v for k, v in result["grads"].items()})
+    if isinstance(result["alpha_grad"], dict):
+        out.update({f"grad/alpha/{k}": v for k, v in result["alpha_grad"].items()})
+    else:
+        out["grad/alpha"] = result["alpha_grad"]
+    return out
+
+
+def _basis(shape: tuple[int, ...]) -> np.ndarray:
+    size = int(np.prod(shape))
+    return np.eye(size).reshape((size, *shape))
+
+
+def _complex_step(f: Any, point: dict[str, np.ndarray], others: Any, which: str) -> dict[str, np.ndarray]:
+    """d f / d point[name] for every name, one complex step per entry; ``others`` ride along
+    broadcast (a dict of arrays, or a 0-d array). ``which``: "first" or "second" argument of f."""
+    grads = {}
+    for k, v in point.items():
+        basis = _basis(v.shape)
+        D = basis.shape[0]
+        moved = {
+            n: (np.broadcast_to(u, (D, *u.shape)) + (1j * H * basis if n == k else 0)).astype(complex)
+            for n, u in point.items()
+        }
+        still = (
+            {n: np.broadcast_to(u, (D, *u.shape)).astype(complex) for n, u in others.items()}
+            if isinstance(others, dict)
+            else np.broadcast_to(others, (D,)).astype(complex)
+        )
+        args = (moved, still) if which == "first" else (still, moved)
+        grads[k] = (f(*args).imag / H).reshape(v.shape)
+    return grads
+
+
+def meta_value_and_grad(params: dict[str, np.ndarray], alpha: Any, tasks: tuple, cfg: Any) -> dict[str, Any]:
+    """The contract's meta-gradient in NumPy (float64): ``{"outer_loss": 0-d, "inner_losses": [T],
+    "grads": {name: arr}, "alpha_grad": 0-d or {name: arr}}`` at ``params``, α ``alpha`` (0-d, or one
+    array per parameter), ``tasks`` = (x_support, y_support, x_query, y_query)."""
+    params = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
+    per_parameter = isinstance(alpha, dict)
+    alpha = (
+        {k: np.asarray(v, dtype=np.float64) for k, v in alpha.items()}
+        if per_parameter
+        else np.asarray(alpha, dtype=np.float64)
+    )
+    tasks = tuple(np.asarray(t, dtype=np.float64) for t in tasks)
+
+    def f(p: dict[str, np.ndarray], a: Any) -> np.ndarray:
+        return meta_loss(p, a, tasks, cfg)[0]
+
     p1 = {n: v[None].astype(complex) for n, v in params.items()}
     a1 = {n: v[None].astype(complex) for n, v in alpha.items()} if per_parameter else alpha.reshape(1).astype(complex)
     outer, inner = meta_loss(p1, a1, tasks, cfg)
-    results["outer_loss"] = outer[0].real
-    results["inner_losses"] = inner[0].real
-
-    def basis_for(shape: tuple[int, ...]) -> np.ndarray:
-        size = int(np.prod(shape))
-        return np.eye(size).reshape((size, *shape))
-
-    for k in names:
-        basis = basis_for(params[k].shape)
-        p = {
-            n: (np.broadcast_to(v, (basis.shape[0], *v.shape)) + (1j * H * basis if n == k else 0)).astype(complex)
-            for n, v in params.items()
-        }
-        a = (
-            {n: np.broadcast_to(v, (basis.shape[0], *v.shape)).astype(complex) for n, v in alpha.items()}
-            if per_parameter
-            else np.broadcast_to(alpha, (basis.shape[0],)).astype(complex)
-        )
-        results[f"grad/{k}"] = (meta_loss(p, a, tasks, cfg)[0].imag / H).reshape(params[k].shape)
+    result: dict[str, Any] = {"outer_loss": np.asarray(outer[0].real), "inner_losses": inner[0].real}
+    result["grads"] = _complex_step(f, params, alpha, "first")
     if per_parameter:
-        for k in names:
-            basis = basis_for(alpha[k].shape)
-            D = basis.shape[0]
-            p = {n: np.broadcast_to(v, (D, *v.shape)).astype(complex) for n, v in params.items()}
-            a = {
-                n: (np.broadcast_to(v, (D, *v.shape)) + (1j * H * basis if n == k else 0)).astype(complex)
-                for n, v in alpha.items()
-            }
-            results[f"grad/alpha/{k}"] = (meta_loss(p, a, tasks, cfg)[0].imag / H).reshape(alpha[k].shape)
+        result["alpha_grad"] = _complex_step(f, alpha, params, "second")
     else:
-        results["grad/alpha"] = np.asarray(meta_loss(p1, a1 + 1j * H, tasks, cfg)[0].imag[0] / H)
-    return results
+        result["alpha_grad"] = np.asarray(f(p1, a1 + 1j * H).imag[0] / H)
+    return result
+
+
+def softplus(rho: Any) -> Any:
+    """log(1 + e^ρ), complex-step-safe (analytic); ρ of moderate size."""
+    return np.log1p(np.exp(rho))
+
+
+def softplus_variable_grad(params: dict[str, np.ndarray], rho: Any, tasks: tuple, cfg: Any) -> Any:
+    """dL/dρ where α = softplus(ρ) (``alpha_parametrisation`` softplus): 0-d, or one array per
+    parameter; the complex step goes through the softplus."""
+    params = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
+    tasks = tuple(np.asarray(t, dtype=np.float64) for t in tasks)
+    if isinstance(rho, dict):
+        rho = {k: np.asarray(v, dtype=np.float64) for k, v in rho.items()}
+        return _complex_step(
+            lambda p, r: meta_loss(p, {n: softplus(v) for n, v in r.items()}, tasks, cfg)[0], rho, params, "second"
+        )
+    p1 = {n: v[None].astype(complex) for n, v in params.items()}
+    r1 = np.asarray(rho, dtype=np.float64).reshape(1) + 1j * H
+    return np.asarray(meta_loss(p1, softplus(r1), tasks, cfg)[0].imag[0] / H)
