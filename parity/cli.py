@@ -414,8 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dump", help="write a golden .npz file any implementation can check itself against")
     _add_config_flags(p, "seed-alpha")
     p.add_argument("--out", required=True, metavar="FILE.npz")
-    p.add_argument("--trace", action="store_true", help="also write the inner loop per task and step (trace/* entries)")
     p.set_defaults(func=cmd_dump)
+    p.add_argument("--trace", action="store_true", help="also write the inner loop per task and step (trace/* entries)")
 
     p = sub.add_parser(
         "diff", help="compare two golden or trace files from any source; exit 0 same, 1 different, 2 bad file"
