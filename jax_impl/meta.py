@@ -183,7 +183,8 @@ def _trace(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config) -> dict[str,
     adapted: list[Params] = []
     for _ in range(cfg.inner_steps):
         (_, loss), g = jax.value_and_grad(summed, has_aux=True)(p)
-        p = {name: v - alpha_for(alpha, name) * g[name] for name, v in p.items()}
+        # α (per parameter: shaped like one task's parameter) broadcast over the task axis
+        p = {name: v - jnp.broadcast_to(alpha_for(alpha, name), v.shape) * g[name] for name, v in p.items()}
         losses.append(loss)
         grads.append(g)
         adapted.append(p)

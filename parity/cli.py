@@ -407,12 +407,44 @@ def cmd_dump(args: argparse.Namespace) -> int:
     check_device = getattr(impl, "check_device", None)
     if check_device is not None:
         check_device()
-    path = write_golden(out, golden_arrays(impl, cfg))
+    path = write_golden(out, golden_arrays(impl, cfg, trace=args.trace))
+    traced = ", with traces" if args.trace else ""
     print(
-        f"wrote {path} ({impl.name}, {cfg.dtype}, T={cfg.inner_steps}, B={cfg.meta_batch}, {precision} precision; "
-        f"{thread_line})"
+        f"wrote {path} ({impl.name}, {cfg.dtype}, T={cfg.inner_steps}, B={cfg.meta_batch}, {precision} precision"
+        f"{traced}; {thread_line})"
     )
     return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from parity.diff import diff_files, report_lines, write_report
+
+    if args.json:
+        _output_file(args.json, "json")
+    report = diff_files(args.a, args.b, rtol=args.rtol, atol=args.atol)
+    for line in report_lines(report):
+        print(line)
+    if args.json:
+        write_report(report, Path(args.json))
+        print(f"wrote {args.json}")
+    return 0 if report["ok"] else EXIT_MISMATCH
+
+
+def _tolerance_flag(field: str) -> Any:
+    """An argparse type: a finite number >= 0; errors name the field."""
+
+    def parse(text: str) -> float:
+        import math
+
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{field}: must be a number >= 0, got {text!r}") from None
+        if not math.isfinite(value) or value < 0:
+            raise argparse.ArgumentTypeError(f"{field}: must be a finite number >= 0, got {text!r}")
+        return value
+
+    return parse
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -736,6 +768,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_threads_flag(p)
     _add_memory_flag(p)
     p.set_defaults(func=cmd_dump)
+    p.add_argument("--trace", action="store_true", help="also write the inner loop per task and step (trace/* entries)")
+
+    p = sub.add_parser(
+        "diff", help="compare two golden or trace files from any source; exit 0 same, 1 different, 2 bad file"
+    )
+    p.add_argument("a", metavar="A.npz", help="the reference file")
+    p.add_argument("b", metavar="B.npz", help="the file checked against it")
+    p.add_argument("--rtol", type=_tolerance_flag("rtol"), help="relative tolerance (default: by dtype and kind)")
+    p.add_argument("--atol", type=_tolerance_flag("atol"), help="absolute tolerance (default: by dtype and kind)")
+    p.add_argument("--json", metavar="FILE", help="write the comparison as JSON")
+    p.set_defaults(func=cmd_diff)
 
     p = sub.add_parser("train", help="meta-train in one twin; writes config.json, metrics.jsonl, final.npz")
     _add_config_flags(p, "seed-alpha")

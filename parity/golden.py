@@ -1,13 +1,22 @@
 """Golden files (``.npz``) that any implementation can check itself against.
 
-Golden file layout (``maml-parity dump``; load with ``numpy.load(path, allow_pickle=False)``):
+Golden file layout, version 2 (``maml-parity dump``; load with ``numpy.load(path,
+allow_pickle=False)``; the full description with the comparison rule is docs/formats-golden.md):
 
-- ``config``: the config as JSON text; ``framework``: which twin computed it; ``dtype``
+- ``format``: ``"maml-parity-golden/2"`` (version 1 files have no ``format`` entry and still read)
+- ``config``: the config as JSON text; ``framework``: who computed it; ``dtype``
+- ``conventions``: text; ``init/alpha`` and ``grad/alpha`` are α and dL/dα themselves, also under
+  the softplus parametrisation (a checkpoint stores ρ; a golden file never does)
+- ``meta_signature``: JSON text, the config fields that change the numbers (:data:`SIGNATURE_FIELDS`)
+- ``rule``: JSON text, the comparison rule (error measure, tolerances per dtype and kind)
 - ``init/<name>``, ``init/alpha`` (per-parameter α: ``init/alpha/<name>``)
 - ``tasks/x_support``, ``tasks/y_support`` [B, K, 1]; ``tasks/x_query``, ``tasks/y_query`` [B, Q, 1]
 - ``inner_losses`` [T]: meta-batch mean support loss before each inner step
-- ``outer_loss`` []: meta-batch mean query loss after T steps
-- ``grad/<name>``, ``grad/alpha`` (or ``grad/alpha/<name>``): the meta-gradient
+- ``outer_loss`` []: meta-batch mean query loss after T steps; ``task_outer_loss`` [B]: per task
+- ``grad/<name>``, ``grad/alpha`` (or ``grad/alpha/<name>``): the meta-gradient; ``grad/alpha``
+  is optional under a fixed α
+- optional, ``dump --trace``: ``trace/support_loss`` [B, T], ``trace/inner_grad/<name>`` and
+  ``trace/adapted/<name>`` [B, T, *shape], ``trace/query_loss`` [B] (``parity.contract``'s trace)
 
 Any file that is not such a golden file (missing, empty, truncated, corrupt, foreign, pickled)
 raises :class:`GoldenFileError`; nothing is ever unpickled.
@@ -15,6 +24,7 @@ raises :class:`GoldenFileError`; nothing is ever unpickled.
 
 from __future__ import annotations
 
+import json
 import lzma
 import os
 import struct
@@ -26,10 +36,37 @@ from typing import Any
 import numpy as np
 
 from parity.checkpoint import atomic_write
+from parity.compare import TOLERANCES
 from parity.config import Config, ConfigError
+from parity.contract import describe
 from parity.twins import meta_results, step0_inputs
 
 TASK_KEYS = ("x_support", "y_support", "x_query", "y_query")
+FORMAT = "maml-parity-golden/2"
+VERSION = 2
+# The config fields that change the numbers: Config.meta_signature()'s, less remat (which changes
+# how the gradient is computed, not what it is). Fixed and scalar α compute the same numbers.
+SIGNATURE_FIELDS = (
+    "k_support",
+    "k_query",
+    "hidden",
+    "activation",
+    "loss",
+    "inner_steps",
+    "alpha_mode",
+    "first_order",
+    "dtype",
+)
+TEXT_ENTRIES = ("config", "framework", "dtype", "format", "conventions", "meta_signature", "rule")
+CONVENTIONS = (
+    "init/alpha (init/alpha/<name>) is the inner learning rate alpha itself and grad/alpha "
+    "(grad/alpha/<name>) is dL/dalpha, also when the config's alpha_parametrisation is softplus "
+    "(a checkpoint stores rho with alpha = softplus(rho); a golden file never does): use them as they "
+    "are. Weights are (out, in) as in torch.nn.Linear. grad/alpha is optional when alpha_mode is "
+    "fixed. Losses are means over points, then over tasks (task_outer_loss: per task). trace/* "
+    "entries, when present, hold per task b and inner step t the support loss before step t, the "
+    "inner gradient of step t and the parameters after it, and the query loss after the last step."
+)
 
 
 class GoldenFileError(ConfigError):
@@ -59,20 +96,70 @@ _NPZ_ERRORS = (
 )
 
 
-def golden_arrays(impl: Any, cfg: Config) -> dict[str, np.ndarray]:
+def golden_arrays(impl: Any, cfg: Config, trace: bool = False) -> dict[str, np.ndarray]:
     """Everything a golden file holds, computed by ``impl`` (any implementation of the contract)
-    at the shared initial parameters on the sampler's step-0 meta-batch."""
+    at the shared initial parameters on the sampler's step-0 meta-batch.
+
+    ``task_outer_loss`` comes from the implementation's ``trace`` capability (left out when it
+    has none); ``trace``: the trace's entries too (an implementation without one is refused).
+    """
+    traces = callable(getattr(impl, "trace", None))
+    if trace and not traces:
+        raise ConfigError("trace", f"{describe(impl)} has no trace capability (see parity.contract)")
     params, alpha, tasks = step0_inputs(cfg)
     arrays: dict[str, np.ndarray] = {
+        "format": np.asarray(FORMAT),
         "config": np.asarray(cfg.to_json()),
         "framework": np.asarray(impl.name),
         "dtype": np.asarray(cfg.dtype),
+        "conventions": np.asarray(CONVENTIONS),
+        "meta_signature": np.asarray(json.dumps(meta_signature(cfg), sort_keys=True)),
+        "rule": np.asarray(json.dumps(comparison_rule(), indent=1)),
     }
     arrays.update({f"init/{k}": v for k, v in params.items()})
     arrays.update(flat("init/alpha", alpha))
     arrays.update({f"tasks/{k}": v for k, v in zip(TASK_KEYS, tasks, strict=True)})
     arrays.update(meta_results(impl, cfg, params, alpha, tasks))
+    if traces:
+        recorded = {k: np.asarray(v) for k, v in impl.trace(params, alpha, tasks, cfg).items()}
+        arrays["task_outer_loss"] = recorded["trace/query_loss"]
+        if trace:
+            arrays.update(recorded)
     return arrays
+
+
+def meta_signature(cfg: Config) -> dict[str, Any]:
+    """The config's values of the fields that change the numbers (:data:`SIGNATURE_FIELDS`)."""
+    values = cfg.to_dict()
+    return {field: values[field] for field in SIGNATURE_FIELDS}
+
+
+def signature_differences(a: Config, b: Config) -> list[tuple[str, Any, Any]]:
+    """``(field, a's value, b's value)`` for each field that changes the numbers and differs
+    (fixed and scalar α count as the same: they compute the same numbers)."""
+    sig_a, sig_b = a.meta_signature().to_dict(), b.meta_signature().to_dict()
+    values_a, values_b = a.to_dict(), b.to_dict()
+    return [(f, values_a[f], values_b[f]) for f in SIGNATURE_FIELDS if sig_a[f] != sig_b[f]]
+
+
+def comparison_rule() -> dict[str, Any]:
+    """How two golden files (or an implementation and a golden file) are compared: the ``rule`` entry."""
+    kinds = ("loss", "grad", "state")
+    return {
+        "measure": "max|a - b| <= atol + rtol * max|ref|",
+        "over": "each entry as a whole; ref is the reference side's entry; a NaN or infinity never passes",
+        "tolerances": {
+            dtype: {k: {"rtol": TOLERANCES[(dtype, k)][0], "atol": TOLERANCES[(dtype, k)][1]} for k in kinds}
+            for dtype in ("float64", "float32")
+        },
+        "kinds": {
+            "loss": ["outer_loss", "inner_losses", "task_outer_loss", "trace/support_loss", "trace/query_loss"],
+            "grad": ["grad/*", "trace/inner_grad/*"],
+            "state": ["trace/adapted/*"],
+        },
+        "inputs": "init/* and tasks/* are inputs: they must be identical, else the files describe different problems",
+        "optional": ["grad/alpha (grad/alpha/<name>) when alpha_mode is fixed", "task_outer_loss", "trace/*"],
+    }
 
 
 def flat(prefix: str, tree: Any) -> dict[str, np.ndarray]:
@@ -115,18 +202,31 @@ def read_golden(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise GoldenFileError(f"{path}: not a readable golden file ({type(err).__name__}: {err})") from None
     if "config" not in arrays:
         raise GoldenFileError(f"{path}: no 'config' entry; not a maml-parity golden file")
+    version = golden_version(path, arrays)
     try:
         cfg = Config.from_json(str(arrays["config"]))
     except ConfigError as err:
         raise GoldenFileError(f"{path}: the 'config' entry is not a valid config ({err})") from None
-    check_golden_layout(path, arrays, cfg)
+    check_golden_layout(path, arrays, cfg, version)
     out: dict[str, Any] = dict(arrays)
     out["config"] = cfg
     return out
 
 
+def golden_version(path: Any, arrays: dict[str, np.ndarray]) -> int:
+    """1 for a file without a ``format`` entry, 2 for ``maml-parity-golden/2``; anything else is refused."""
+    if "format" not in arrays:
+        return 1
+    tag = arrays["format"]
+    if tag.shape != () or tag.dtype.kind != "U":
+        raise GoldenFileError(f"{path}: entry 'format' must be text; got {tag.dtype}{list(tag.shape)}")
+    if str(tag) != FORMAT:
+        raise GoldenFileError(f"{path}: format {str(tag)[:60]!r} is not one this version reads ({FORMAT!r} or none)")
+    return VERSION
+
+
 def golden_layout(cfg: Config) -> dict[str, tuple[tuple[int, ...], str | None]]:
-    """Every array a golden file of ``cfg`` holds: name → (shape, dtype; None for text entries)."""
+    """Every array a golden file of ``cfg`` must hold: name → (shape, dtype; None for text entries)."""
     B, K, Q, T = cfg.meta_batch, cfg.k_support, cfg.k_query, cfg.inner_steps
     layout: dict[str, tuple[tuple[int, ...], str | None]] = {"config": ((), None), "framework": ((), None)}
     layout["dtype"] = ((), None)
@@ -144,11 +244,40 @@ def golden_layout(cfg: Config) -> dict[str, tuple[tuple[int, ...], str | None]]:
     return layout
 
 
-def check_golden_layout(path: Any, arrays: dict[str, np.ndarray], cfg: Config) -> None:
+def optional_layout(cfg: Config) -> dict[str, tuple[tuple[int, ...], str | None]]:
+    """The entries a golden file may hold, checked when present (see the module docstring)."""
+    layout: dict[str, tuple[tuple[int, ...], str | None]] = {k: ((), None) for k in TEXT_ENTRIES}
+    layout["task_outer_loss"] = ((cfg.meta_batch,), cfg.dtype)
+    layout.update(trace_layout(cfg))
+    return layout
+
+
+def trace_layout(cfg: Config) -> dict[str, tuple[tuple[int, ...], str | None]]:
+    """A trace's entries (``parity.contract``): all of them or none."""
+    B, T = cfg.meta_batch, cfg.inner_steps
+    layout: dict[str, tuple[tuple[int, ...], str | None]] = {"trace/support_loss": ((B, T), cfg.dtype)}
+    for group in ("inner_grad", "adapted"):
+        layout.update({f"trace/{group}/{k}": ((B, T, *s), cfg.dtype) for k, s in cfg.param_shapes.items()})
+    layout["trace/query_loss"] = ((B,), cfg.dtype)
+    return layout
+
+
+def check_golden_layout(path: Any, arrays: dict[str, np.ndarray], cfg: Config, version: int = VERSION) -> None:
     layout = golden_layout(cfg)
+    if cfg.alpha_mode == "fixed":  # dL/dα under a fixed α is optional
+        layout.pop("grad/alpha")
+    if version >= 2:
+        layout["format"] = ((), None)
     missing = sorted(set(layout) - set(arrays))
     if missing:
         raise GoldenFileError(f"{path}: entries missing for its config: {missing}")
+    traced = [k for k in trace_layout(cfg) if k in arrays]
+    if traced and len(traced) < len(trace_layout(cfg)):
+        absent = sorted(set(trace_layout(cfg)) - set(traced))
+        raise GoldenFileError(f"{path}: trace entries incomplete (a trace holds all or none); missing {absent}")
+    if cfg.alpha_mode == "fixed" and "grad/alpha" in arrays:
+        layout["grad/alpha"] = ((), cfg.dtype)
+    layout.update({k: v for k, v in optional_layout(cfg).items() if k in arrays and k not in layout})
     for name, (shape, dtype) in layout.items():
         got = arrays[name]
         if dtype is None:
@@ -157,4 +286,13 @@ def check_golden_layout(path: Any, arrays: dict[str, np.ndarray], cfg: Config) -
         elif got.shape != shape or got.dtype != np.dtype(dtype):
             raise GoldenFileError(
                 f"{path}: entry {name!r} is {got.dtype}{list(got.shape)}, its config needs {dtype}{list(shape)}"
+            )
+    if "meta_signature" in arrays:
+        try:
+            written = json.loads(str(arrays["meta_signature"]))
+        except ValueError:
+            raise GoldenFileError(f"{path}: entry 'meta_signature' is not JSON") from None
+        if written != json.loads(json.dumps(meta_signature(cfg))):
+            raise GoldenFileError(
+                f"{path}: entry 'meta_signature' disagrees with the config ({str(arrays['meta_signature'])[:120]})"
             )

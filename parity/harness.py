@@ -6,6 +6,8 @@ step-0 meta-batch) or ``trajectory`` (parameters and α after N outer steps from
 start). The first implementation is the reference (by default the twins, JAX first): every
 float64 result of every other is compared with it, and every float32 result both with its
 float32 and its float64 results. Implementations are resolved lazily (``parity.registry``).
+A comparison that fails carries where the pair first parts (``Row.divergence``, from
+``parity.localise``: both sides rerun with their traces when they offer them).
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ class Row:
     ok: bool  # within tolerance (and finite)
     verdict: str = ""  # ok | unstable | FAIL | unsupported | not compared; derived from the numbers when empty
     detail: str = ""  # why: an exception's message, the reason a case is unsupported
-    divergence: dict[str, Any] | None = None  # FAIL rows: where the pair first parts (parity.localise)
+    # FAIL rows: where the pair first parts (parity.localise)
+    divergence: dict[str, Any] | None = dataclasses.field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not self.verdict:

@@ -201,7 +201,11 @@ def _trace(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config) -> dict[str,
             p = {name: v.detach().requires_grad_() for name, v in p.items()}
             loss = _inner_loss(p, x_support, y_support, cfg)
             g = dict(zip(p, torch.autograd.grad(loss.sum(), list(p.values()))))
-            p = {name: (v - alpha_for(alpha, name) * g[name]).detach() for name, v in p.items()}
+            # α (per parameter: shaped like one task's parameter) broadcast over the task axis
+            p = {
+                name: (v - torch.broadcast_to(alpha_for(alpha, name), v.shape) * g[name]).detach()
+                for name, v in p.items()
+            }
             losses.append(loss.detach())
             grads.append(g)
             adapted.append(p)
