@@ -216,6 +216,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     import contextlib
+    import os
 
     from parity import limits
     from parity.runlock import run_lock
@@ -229,18 +230,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     hint = "pass --resume to continue it, or choose another --out"
     if not args.resume:
         _refuse_existing_run(out, args.out, hint)
-    twin = _load_twin(args.framework, cfg.dtype)
     dist = (args.coordinator, args.num_processes, args.process_id)
-    if args.coordinator is not None and args.framework == "jax":
+    if args.coordinator is not None and args.framework == "jax":  # before the lock: a timeout leaves nothing
         start_distributed(args.coordinator, args.num_processes, args.process_id, args.init_timeout)
         dist = (None, None, None)  # joined: placement_for must not join again
-    placement = placement_for(args.framework, cfg, args.devices, *dist)
-    if placement is not None and placement.is_main:
-        print(f"{args.framework}: meta-batch of {cfg.meta_batch} split over {placement.devices} devices", flush=True)
-    writer = placement is None or placement.is_main  # only the first process of a distributed run writes
+    # Only the first process of a distributed run writes files (JAX: process 0; torchrun: rank 0).
+    writer = (args.process_id or 0) == 0 and os.environ.get("RANK", "0") == "0"
     with run_lock(out, "out") if writer else contextlib.nullcontext():
         if writer and not args.resume:
             _refuse_existing_run(out, args.out, hint)  # again, now that no one else can start one
+        twin = _load_twin(args.framework, cfg.dtype)
+        placement = placement_for(args.framework, cfg, args.devices, *dist)
+        if placement is not None and placement.is_main:
+            print(
+                f"{args.framework}: meta-batch of {cfg.meta_batch} split over {placement.devices} devices", flush=True
+            )
         return _train_locked(args, twin, cfg, out, placement)
 
 
