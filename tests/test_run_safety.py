@@ -818,3 +818,17 @@ def test_atomic_writes_honour_the_umask(tmp_path, mask) -> None:
         os.umask(old)
     for path in (tmp_path / "f.json", tmp_path / "run" / CHECKPOINT_FILE, tmp_path / "run" / MANIFEST_FILE):
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask, path
+
+
+def test_a_failed_atomic_write_names_the_file_not_its_temporary(tmp_path) -> None:
+    def full_disk(name_it: bool):
+        def write(f) -> None:  # what write() raises on a full disk: no file name, or the descriptor
+            raise OSError(28, "No space left on device", *([f.name] if name_it else []))
+
+        return write
+
+    for name_it in (False, True):
+        with pytest.raises(OSError) as info:
+            atomic_write(tmp_path / "eval.json", full_disk(name_it))
+        assert info.value.filename == str(tmp_path / "eval.json") and info.value.strerror == "No space left on device"
+        assert listing(tmp_path) == []
