@@ -832,3 +832,24 @@ def test_a_failed_atomic_write_names_the_file_not_its_temporary(tmp_path) -> Non
             atomic_write(tmp_path / "eval.json", full_disk(name_it))
         assert info.value.filename == str(tmp_path / "eval.json") and info.value.strerror == "No space left on device"
         assert listing(tmp_path) == []
+
+
+def test_ctrl_c_while_the_interpreter_shuts_down_is_exit_130_without_a_traceback() -> None:
+    """What `main` arms once a command has finished: a Ctrl-C during shutdown (here, inside an
+    atexit handler, where Python would print a traceback and exit 0) ends the process at once."""
+    code = (
+        "import atexit, os, signal, time\n"
+        "from parity.startup import exit_quietly_on_interrupt\n"
+        "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(30)))\n"
+        "exit_quietly_on_interrupt()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=60)
+    assert (result.returncode, result.stderr) == (130, "maml-parity: interrupted\n")
+    unarmed = subprocess.run(
+        [sys.executable, "-c", code.replace("exit_quietly_on_interrupt()\n", "")],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=60,
+    )
+    assert unarmed.returncode == 0 and "KeyboardInterrupt" in unarmed.stderr  # the failure it prevents
