@@ -93,6 +93,7 @@ def stop(child: subprocess.Popen) -> None:
 # --- 1. one writer per run directory ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_held_run_directory_refuses_train_eval_and_report_naming_the_holder(tmp_path, capsys) -> None:
     run = tmp_path / "run"
     write_ckpt(run, small_state(SMALL, 4), SMALL, "torch")
@@ -208,6 +209,7 @@ def test_demo_with_jax_x64_off_is_refused_before_training(tmp_path, capsys, monk
     assert listing(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_resume_without_a_checkpoint_checks_config_json_and_refuses_another_runs_history(tmp_path, capsys) -> None:
     run = tmp_path / "run"
     run.mkdir()
