@@ -62,8 +62,11 @@ def atomic_write(path: Path, write: Any) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        # Name the file asked for: never the temporary, and never no file at all (a write to a full disk).
+        if isinstance(err, OSError) and err.errno is not None and (err.filename is None or err.filename in (tmp, fd)):
+            raise OSError(err.errno, err.strerror, str(path)) from None
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:

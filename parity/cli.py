@@ -449,6 +449,7 @@ def _tolerance_flag(field: str) -> Any:
 
 def cmd_train(args: argparse.Namespace) -> int:
     import contextlib
+    import os
 
     from parity import limits
     from parity.runlock import run_lock
@@ -471,19 +472,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     twin = _load_twin(args.framework, cfg.dtype, device, check_device=False)
     twin.precision = precision
     dist = (args.coordinator, args.num_processes, args.process_id)
-    if args.coordinator is not None and twin.joins_coordinator:  # torchrun joins PyTorch's processes itself
+    if args.coordinator is not None and twin.joins_coordinator:  # before the lock: a timeout leaves nothing
         start_distributed(args.coordinator, args.num_processes, args.process_id, args.init_timeout)
         dist = (None, None, None)  # joined: placement must not join again
-    placement = twin.placement(cfg, args.devices, *dist)
-    twin.check_device()
-    if placement is None or placement.is_main:
-        print(f"train {twin.name}: {cfg.iterations} steps, {precision} precision, {thread_line}", flush=True)
-    if placement is not None and placement.is_main:
-        print(f"{args.framework}: meta-batch of {cfg.meta_batch} split over {placement.devices} devices", flush=True)
-    writer = placement is None or placement.is_main  # only the first process of a distributed run writes
+    # Only the first process of a distributed run writes files (JAX: process 0; torchrun: rank 0).
+    writer = (args.process_id or 0) == 0 and os.environ.get("RANK", "0") == "0"
     with run_lock(out, "out") if writer else contextlib.nullcontext():
         if writer and not args.resume:
             _refuse_existing_run(out, args.out, hint)  # again, now that no one else can start one
+        placement = twin.placement(cfg, args.devices, *dist)
+        twin.check_device()
+        if placement is None or placement.is_main:
+            print(f"train {twin.name}: {cfg.iterations} steps, {precision} precision, {thread_line}", flush=True)
+        if placement is not None and placement.is_main:
+            print(
+                f"{args.framework}: meta-batch of {cfg.meta_batch} split over {placement.devices} devices", flush=True
+            )
         return _train_locked(args, twin, cfg, out, placement)
 
 

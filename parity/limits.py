@@ -87,17 +87,19 @@ def available_memory() -> int:
 # --- caps ------------------------------------------------------------------------------------------
 
 
-def _cap(field: str, value: int, cap_name: str | None = None, what: str = "") -> None:
+def _cap(field: str, value: int, cap_name: str | None = None, shown: str | None = None) -> None:
     cap = CAPS[cap_name or field]
     if value > cap:
-        raise ConfigError(field, f"{what}{value} is past the limit of {cap}; a value this large is refused unrun")
+        raise ConfigError(
+            field, f"{shown or value}, past the limit of {cap}; a value this large is refused before any work"
+        )
 
 
 def check_caps(cfg: Config) -> None:
     """Refuse a config whose size fields are past :data:`CAPS`, naming the field."""
-    _cap("hidden", len(cfg.hidden), "hidden_layers", "the number of hidden layers, ")
+    _cap("hidden", len(cfg.hidden), "hidden_layers", f"{len(cfg.hidden)} layers")
     for width in cfg.hidden:
-        _cap("hidden", width, "hidden_width", "a hidden width of ")
+        _cap("hidden", width, "hidden_width", f"a width of {width}")
     for field in ("inner_steps", "k_support", "k_query", "meta_batch", "iterations"):
         _cap(field, getattr(cfg, field))
 
@@ -108,7 +110,7 @@ def check_eval_caps(tasks: int, shots: int | None, max_steps: int, pretrain_step
         _cap("shots", shots)
     _cap("max_steps", max_steps)
     _cap("pretrain_steps", pretrain_steps)
-    _cap("phase_shift", phase_shifts, "phase_shifts", "the number of phase shifts, ")
+    _cap("phase_shift", phase_shifts, "phase_shifts", f"{phase_shifts} phase shifts")
 
 
 # --- estimates -------------------------------------------------------------------------------------

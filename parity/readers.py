@@ -118,12 +118,12 @@ def read_metrics(path: Path, field: str = "dir") -> list[dict[str, Any]]:
 
 # --- checkpoint.json (the manifest copy) -----------------------------------------------------------
 
-_MANIFEST_TYPES: dict[str, type | tuple[type, ...]] = {
-    "format": str,
-    "step": int,
-    "framework": str,
-    "dtype": str,
-    "config": dict,
+_MANIFEST_TYPES: dict[str, tuple[type, str]] = {
+    "format": (str, "text"),
+    "step": (int, "an integer"),
+    "framework": (str, "text"),
+    "dtype": (str, "text"),
+    "config": (dict, "an object"),
 }
 
 
@@ -131,10 +131,10 @@ def manifest_problem(manifest: Any) -> str | None:
     """What is wrong with a checkpoint manifest's shape and types, or None."""
     if not isinstance(manifest, dict):
         return f"a JSON {type(manifest).__name__}, not an object"
-    for key, kind in _MANIFEST_TYPES.items():
+    for key, (kind, words) in _MANIFEST_TYPES.items():
         value = manifest.get(key)
         if not isinstance(value, kind) or isinstance(value, bool):
-            return f"{key!r} must be a {getattr(kind, '__name__', kind)}, got {printable(repr(value), 40)}"
+            return f"{key!r} must be {words}, got {printable(repr(value), 40)}"
     if manifest["step"] < 0:
         return f"'step' must be >= 0, got {manifest['step']}"
     for key in ("framework", "dtype", "format"):

@@ -14,9 +14,12 @@
 
 from __future__ import annotations
 
+import lzma
 import os
+import struct
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,24 @@ import numpy as np
 
 from parity.config import ConfigError
 
+# What zipfile and NumPy's header reader raise on a damaged archive.
+_ZIP_ERRORS = (
+    OSError,
+    ValueError,
+    EOFError,
+    KeyError,
+    IndexError,
+    TypeError,
+    OverflowError,
+    NotImplementedError,
+    RuntimeError,
+    SyntaxError,  # a damaged .npy header is parsed as a Python literal
+    struct.error,
+    zlib.error,
+    lzma.LZMAError,
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+)
 CONFIG_MAX_BYTES = 1 << 20  # a config is a few hundred bytes; a MiB is generous
 IMAGE_SUFFIXES = (".png", ".pdf", ".svg")
 
@@ -106,7 +127,7 @@ def check_npz_entries(
         raise
     except FileNotFoundError:
         raise fail(f"{where}: no such file") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError) as err:
+    except _ZIP_ERRORS as err:
         raise fail(f"{where}: not a readable .npz file ({type(err).__name__}: {printable(err, 120)})") from None
     return out
 
