@@ -29,15 +29,19 @@ def test_ordinary_values_pass_on_the_relative_tolerance_and_a_failure_shows_the_
     assert verdict_reason(nan).startswith("non-finite")
 
 
-def test_thread_default_is_one_for_seed_sized_work_and_the_flag_wins():
+def test_thread_default_is_one_for_seed_sized_work_and_the_flag_wins(monkeypatch):
     from parity import threads
 
+    monkeypatch.setattr(threads, "_load_average", lambda: 0.0)  # an idle machine
     assert threads.choose(None, SEED_ALPHA) == (1, "auto: small model, one thread is fastest")
     assert threads.work_size(SEED_ALPHA) < threads.SMALL_WORK
     big = MAML_PAPER.replace(hidden=(256, 256))
     count, why = threads.choose(None, big)
     assert count == threads.available_cores() and why.startswith("auto: larger model")
     assert threads.choose(3, SEED_ALPHA) == (3, "--threads")
+    monkeypatch.setattr(threads, "_load_average", lambda: float(threads.available_cores()))  # a busy one
+    assert threads.choose(None, big)[0] == 1
+    assert threads.choose(None, big)[1].startswith("auto: larger model, but the machine is busy")
 
 
 def test_apply_sets_torch_threads():
