@@ -25,7 +25,7 @@ SHORTER = {
     "train": ["--iterations", "3", "--no-progress"],
     "demo": ["--iterations", "3", "--no-progress"],
     "eval": ["--tasks", "4", "--max-steps", "2", "--pretrain-steps", "2"],
-    "check": ["--cases", "T1-"],
+    "check": ["--quick", "--cases", "T1-"],
 }
 
 
