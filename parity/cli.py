@@ -52,8 +52,9 @@ class _Parser(argparse.ArgumentParser):
 
 # Config fields with a flag of their own, in the order --help lists them: the fields people change
 # most. The flag is the field's name with dashes; its type comes from the Config field (a list of
-# integers, an integer, a number, a word, or true/false as a --x / --no-x pair); the Config checks
-# the value, so an error names the field as a config file's would. Any other field: --set.
+# integers, an integer, a number, a word, or true/false as a pair such as --first-order /
+# --second-order); the Config checks the value, so an error names the field as a config file's
+# would. Any other field: --set.
 CONFIG_FLAGS: dict[str, str] = {
     "hidden": "hidden layer widths, e.g. --hidden 40 40",
     "activation": f"{' | '.join(ACTIVATIONS)}",
@@ -117,7 +118,7 @@ def _add_config_flags(p: argparse.ArgumentParser, default_preset: str, framework
         default=[],
         metavar="KEY=VALUE",
         help="set any config field (repeatable); VALUE is read as JSON, else as a string: "
-        "--set outer_lr=0.02 --set hidden=[64,64] --set init_scheme=maml",
+        "--set outer_lr=0.02 --set 'hidden=[64, 64]' --set init_scheme=maml",
     )
 
 

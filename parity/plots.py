@@ -159,7 +159,7 @@ def adaptation_figure(result: dict[str, Any], cfg: Config, path: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"query MSE ({result['query_points']} points)")
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=8, ncol=4, loc="outside lower center")
+    fig.legend(handles, labels, fontsize=8, ncol=2 * len(panels), loc="outside lower center")
     fig.suptitle(
         _title(
             f"Error while adapting to {result['tasks']} held-out tasks (mean, band = 95% CI), "
@@ -191,7 +191,7 @@ def phase_shift_figure(result: dict[str, Any], cfg: Config, path: Path) -> Path:
             ls=ls,
             capsize=3,
             color=COLORS[name],
-            label=f"{LABELS[name]}, after {T} steps",
+            label=f"{LABELS[name]}, after {T} step{'s' if T != 1 else ''}",
         )
         ax.plot(
             shifts[order],

@@ -4,7 +4,8 @@ At the seed's size (one task of 4 points per step, a 1→32→32→1 net) every 
 hundred floating-point operations: a second thread only adds synchronisation, and on a machine
 whose cores are busy with other processes a thread pool that waits for a core slows the PyTorch
 twin down about five-fold (docs/performance.md has the measurement). So the default is one thread
-for seed-sized work and every core this process may use for work large enough to split.
+for seed-sized work; for work large enough to split, every core this process may use unless the
+machine is already busy (load average at or above the cores), where one thread was faster again.
 
 What each framework allows:
 
@@ -46,12 +47,27 @@ def work_size(cfg: Any) -> int:
 
 
 def choose(requested: int | None, cfg: Any = None) -> tuple[int, str]:
-    """(threads, why): ``requested`` when given, else one for seed-sized work, else every core."""
+    """(threads, why): ``requested`` when given; else one for seed-sized work, one when the machine
+    is already busy (a load average at or above the usable cores: extra threads would wait for a
+    core at every operation), else every usable core."""
     if requested is not None:
         return requested, "--threads"
     if cfg is None or work_size(cfg) < SMALL_WORK:
         return 1, "auto: small model, one thread is fastest"
-    return available_cores(), f"auto: larger model, all {available_cores()} usable cores"
+    cores = available_cores()
+    load = _load_average()
+    if cores == 1:
+        return 1, "auto: one usable core"
+    if load is not None and load >= cores:
+        return 1, f"auto: larger model, but the machine is busy (load {load:.1f} on {cores} cores)"
+    return cores, f"auto: larger model, all {cores} usable cores"
+
+
+def _load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # not on every platform
+        return None
 
 
 def apply(threads: int, frameworks: tuple[str, ...] = ("jax", "torch")) -> str:

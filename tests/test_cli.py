@@ -237,6 +237,17 @@ def test_train_flags_land_in_config_json_and_final_alpha_is_reported(tmp_path):
     assert f"final alpha {final_alpha:.6g} (after the last update" in result.stdout
 
 
+def test_jax_devices_that_do_not_split_the_meta_batch_are_refused_before_jax_starts(tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("train", "--framework", "jax", "--preset", "maml-paper", "--devices", "2", "--out", str(out))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "maml-parity: error: devices: the meta-batch of 25 tasks does not split evenly over 2 devices; "
+        "use a multiple of 2, e.g. --meta-batch 24 (or --set meta_batch=24)"
+    )
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("rank", [0, 1])
 def test_meta_batch_that_does_not_split_is_refused_once_by_rank_0(tmp_path, rank):
     # The check runs before torch.distributed starts, so the environment torchrun sets is enough.

@@ -84,3 +84,38 @@ def test_a_failed_write_leaves_the_previous_report_whole(meta_sgd_run, monkeypat
     after = {p.name: p.read_bytes() for p in meta_sgd_run.iterdir() if p.suffix in (".md", ".png")}
     assert after == before  # not one figure replaced: they are moved in only once all are written
     assert not [p for p in meta_sgd_run.iterdir() if p.name.startswith(".report-")]  # no temporary left
+
+
+@pytest.mark.slow
+def test_demo_writes_one_report_with_parity_and_both_twins_alpha(tmp_path, capsys):
+    from parity.demo import run_demo
+
+    assert run_demo(tmp_path, iterations=3, progress=False, eval_tasks=4) == 0
+    out = capsys.readouterr().out
+    # The parity lines name the deciding tolerance and the reason.
+    for dtype in ("float64", "float32"):
+        line = next(line for line in out.splitlines() if line.strip().startswith(f"{dtype}:"))
+        assert "closest to its limit" in line and "decided by the" in line and line.endswith("-> ok")
+        assert ("<= atol" in line) or ("<= rtol" in line)
+    assert out.strip().endswith(f"report: {tmp_path / 'report.md'}")
+    text = (tmp_path / "report.md").read_text()
+    demo = json.loads((tmp_path / "demo.json").read_text())
+    # The α table of both twins beside the seed's column, from the two runs' metrics.
+    jax_alpha = json.loads((tmp_path / "jax" / "metrics.jsonl").read_text().splitlines()[0])["alpha"]
+    torch_alpha = json.loads((tmp_path / "torch" / "metrics.jsonl").read_text().splitlines()[0])["alpha"]
+    assert "| step | α, JAX twin | α, PyTorch twin | α, the seed's run |" in text
+    assert f"| 0 | {jax_alpha:.5f} | {torch_alpha:.5f} |  |" in text
+    # The parity section: every quantity of both dtypes, with its errors, tolerances and verdict.
+    rows = [line for line in text.splitlines() if line.startswith("| float64 |") or line.startswith("| float32 |")]
+    assert len(rows) == len(demo["parity"]) == 18  # 9 quantities (losses, dL/dα, 6 parameter grads) x 2
+    for row, record in zip(rows, demo["parity"]):
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[:2] == [record["dtype"], record["quantity"]]
+        assert float(cells[2]) == pytest.approx(record["max_abs_err"], rel=0.05, abs=1e-300)
+        assert cells[7] == record["decided_by"] and cells[8] == "ok"
+    # The evaluation and the figures, named relative to the report, exist and parse.
+    assert "**phase shift 3.142 (π)**" in text
+    figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert len(figures) == 5
+    for name in figures:
+        png_size(tmp_path / name)
