@@ -19,7 +19,8 @@ import pytest
 from parity.cli import main
 from parity.registry import ENTRY_POINT_GROUP, resolve
 
-MUTANTS = Path(__file__).resolve().parent / "mutants_impls.py"
+ROOT = Path(__file__).resolve().parent.parent
+MUTANTS = ROOT / "tests" / "mutants_impls.py"
 # Second order, per-parameter α, l1, T = 2: every planted bug changes something here.
 CASE = "T2-a0.05-l1-per_parameter-second"
 
@@ -116,6 +117,18 @@ def test_broken_mutant_is_a_fail_row_with_its_message(capsys, tmp_path, mutant, 
     assert errors and all(message in r["detail"] for r in errors if r["dtype"] == "float64"), errors
     lines = fail_lines(out)
     assert any("error" in line and message in line for line in lines), out
+
+
+def test_the_documented_example_passes(capsys, tmp_path):
+    """The complete implementation in docs/contract.md, as a reader would save it, passes check."""
+    text = (ROOT / "docs" / "contract.md").read_text()
+    section = text[text.index("## A complete implementation") :]
+    code = section[section.index("```python\n") + len("```python\n") : section.index("\n```\n")]
+    (tmp_path / "mine.py").write_text(code + "\n")
+    code_, out, document = check(capsys, tmp_path, "jax", f"{tmp_path / 'mine.py'}:IMPL")
+    assert code_ == 0, out
+    mine = [r for r in document["rows"] if r["framework_pair"] == "jax~mine"]
+    assert {r["dtype"] for r in mine} == {"float64", "float32"} and all(r["verdict"] == "ok" for r in mine)
 
 
 # --- the registry's SPECs ---------------------------------------------------------------------------
