@@ -150,6 +150,7 @@ def test_unsupported_is_skipped_never_passed_and_fails_under_strict(tmp_path):
     assert code == 1 and "(strict)" in out
 
 
+@pytest.mark.slow  # seven pytest runs
 def test_golden_file_written_then_compared_then_regenerated(tmp_path):
     where = project(tmp_path)
     golden = where / "test_mine" / "mine.npz"
