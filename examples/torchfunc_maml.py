@@ -23,35 +23,46 @@ import torch
 from torch.func import grad_and_value, vmap
 
 
-def mlp(params: dict[str, torch.Tensor], x: torch.Tensor, activation: str) -> torch.Tensor:
-    """``1 → hidden … → 1``: ``x @ W.T + b`` per layer, the activation between layers, none after the last."""
-    n = len(params) // 2
-    act = torch.tanh if activation == "tanh" else torch.relu
-    h = x
-    for i in range(n):
-        h = h @ params[f"w{i}"].T + params[f"b{i}"]
-        if i < n - 1:
-            h = act(h)
-    return h
-
-
-def point_loss(pred: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
-    """The mean over points of |error| (``l1``) or error² (``mse``)."""
-    err = pred - y
-    return err.abs().mean() if kind == "l1" else (err * err).mean()
-
-
 class TorchFuncMAML:
-    """MAML with a learnable inner learning rate, in ``torch.func``, behind the maml-parity contract."""
+    """MAML with a learnable inner learning rate, in ``torch.func``, behind the maml-parity contract.
+
+    The pieces are small methods (the model, the loss, the inner gradient, the inner step) so that
+    a variant, or a deliberately broken copy (``tests/mutants_impls.py``), overrides one of them.
+    """
 
     name = "torchfunc"
 
     def supports(self, cfg: Any) -> str | None:
         # Every config of the contract computes here: remat only changes the memory of the
         # twins' backward pass (same math), the softplus parametrisation hands us α itself, and
-        # both float32 and float64 are native. Trajectories need train_trajectory, which this
-        # example leaves out (the harness reports those cases unsupported).
+        # float32 and float64 are both native. Trajectories need train_trajectory, which this
+        # example leaves out (the harness reports those cases unsupported, never passing).
         return None
+
+    def model(self, w: dict[str, torch.Tensor], x: torch.Tensor, activation: str) -> torch.Tensor:
+        """``1 → hidden … → 1``: ``x @ W.T + b`` per layer, the activation between layers, none after the last."""
+        n = len(w) // 2
+        act = torch.tanh if activation == "tanh" else torch.relu
+        h = x
+        for i in range(n):
+            h = h @ w[f"w{i}"].T + w[f"b{i}"]
+            if i < n - 1:
+                h = act(h)
+        return h
+
+    def loss(self, pred: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
+        """The mean over points of |error| (``l1``) or error² (``mse``)."""
+        err = pred - y
+        return err.abs().mean() if kind == "l1" else (err * err).mean()
+
+    def inner_grad(self, g: dict[str, torch.Tensor], first_order: bool) -> dict[str, torch.Tensor]:
+        """Second order: the inner gradient stays in the graph; FOMAML: it is a constant."""
+        return {k: v.detach() for k, v in g.items()} if first_order else g
+
+    def inner_step(self, w: dict[str, torch.Tensor], a: Any, g: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``w ← w − α ⊙ g`` with a scalar α or one α per parameter."""
+        step = a if isinstance(a, dict) else {k: a for k in w}
+        return {k: w[k] - step[k] * g[k] for k in w}
 
     def meta_value_and_grad(
         self, params: dict[str, np.ndarray], alpha: Any, tasks: tuple[np.ndarray, ...], cfg: Any
@@ -65,22 +76,19 @@ class TorchFuncMAML:
         a = {k: tensor(v) for k, v in alpha.items()} if isinstance(alpha, dict) else tensor(alpha)
         x_s, y_s, x_q, y_q = (tensor(t) for t in tasks)
 
-        def support_loss(w: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return point_loss(mlp(w, x, cfg.activation), y, cfg.loss)
+        def support_loss(w, x, y):
+            return self.loss(self.model(w, x, cfg.activation), y, cfg.loss)
 
         def adapt_one(w, a, xs, ys, xq, yq):  # one task: T inner steps, then the query loss
             inner = []
             for _ in range(cfg.inner_steps):
                 g, value = grad_and_value(support_loss)(w, xs, ys)
-                if cfg.first_order:  # FOMAML: the inner gradient is a constant
-                    g = {k: v.detach() for k, v in g.items()}
                 inner.append(value)
-                step = a if isinstance(a, dict) else {k: a for k in w}
-                w = {k: w[k] - step[k] * g[k] for k in w}
+                w = self.inner_step(w, a, self.inner_grad(g, cfg.first_order))
             inner_losses = torch.stack(inner) if inner else xs.new_zeros(0)
             return support_loss(w, xq, yq), inner_losses
 
-        def meta_loss(w, a):
+        def meta_loss(w, a):  # vmap over the meta-batch; mean over tasks
             outer, inner = vmap(adapt_one, in_dims=(None, None, 0, 0, 0, 0))(w, a, x_s, y_s, x_q, y_q)
             return outer.mean(), inner.mean(dim=0)
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-# DESIGN.md, "Numerics". Keyed by (dtype, kind), kind = "loss" | "grad" | "state".
+# docs/design.md, "Numerics". Keyed by (dtype, kind), kind = "loss" | "grad" | "state".
 TOLERANCES: dict[tuple[str, str], tuple[float, float]] = {
     ("float64", "loss"): (1e-10, 1e-12),
     ("float64", "grad"): (1e-10, 1e-12),

@@ -1,4 +1,4 @@
-"""The config: presets as DESIGN.md gives them, validation naming the field, JSON round trip."""
+"""The config: presets as docs/design.md gives them, validation naming the field, JSON round trip."""
 
 from __future__ import annotations
 
