@@ -484,7 +484,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         placement = twin.placement(cfg, args.devices, *dist)
         twin.check_device()
         if placement is None or placement.is_main:
-            print(f"train {twin.name}: {cfg.iterations} steps, {precision} precision, {thread_line}", flush=True)
+            print(
+                f"train {args.framework}: {cfg.iterations} steps, {thread_line}; on {device}, {precision} precision",
+                flush=True,
+            )
         if placement is not None and placement.is_main:
             print(
                 f"{args.framework}: meta-batch of {cfg.meta_batch} split over {placement.devices} devices", flush=True

@@ -39,6 +39,7 @@ from parity.checkpoint import atomic_write
 from parity.compare import TOLERANCES
 from parity.config import Config, ConfigError
 from parity.contract import describe
+from parity.safeio import check_npz_entries
 from parity.twins import meta_results, step0_inputs
 
 TASK_KEYS = ("x_support", "y_support", "x_query", "y_query")
@@ -110,7 +111,7 @@ def golden_arrays(impl: Any, cfg: Config, trace: bool = False) -> dict[str, np.n
     arrays: dict[str, np.ndarray] = {
         "format": np.asarray(FORMAT),
         "config": np.asarray(cfg.to_json()),
-        "framework": np.asarray(impl.name),
+        "framework": np.asarray(getattr(impl, "framework", impl.name)),
         "dtype": np.asarray(cfg.dtype),
         "conventions": np.asarray(CONVENTIONS),
         "meta_signature": np.asarray(json.dumps(meta_signature(cfg), sort_keys=True)),
@@ -191,6 +192,9 @@ def read_golden(path: str | os.PathLike[str]) -> dict[str, Any]:
             if not isinstance(data, np.lib.npyio.NpzFile):
                 raise GoldenFileError(f"{path}: a single .npy array, not a golden .npz file")
             with data:
+                # Names, dtypes and declared sizes first, from the members' headers alone: an unknown
+                # entry, an object array or a 2 GB all-zero entry is refused before it is inflated.
+                check_npz_entries(path, is_golden_key, MAX_GOLDEN_BYTES, error=GoldenFileError)
                 arrays = {key: data[key] for key in data.files}
     except FileNotFoundError:
         raise GoldenFileError(f"{path}: no such file") from None
@@ -211,6 +215,17 @@ def read_golden(path: str | os.PathLike[str]) -> dict[str, Any]:
     out: dict[str, Any] = dict(arrays)
     out["config"] = cfg
     return out
+
+
+# The largest golden file read: the seed-sized ones are kilobytes; a 1→1024→1024→1 net with a
+# per-task trace of 100 steps for 64 tasks is still well under this.
+MAX_GOLDEN_BYTES = 1 << 30
+_GOLDEN_PREFIXES = ("init/", "grad/", "tasks/", "trace/")
+
+
+def is_golden_key(key: str) -> bool:
+    """An entry name a golden file (v1 or v2) may hold."""
+    return key in (*TEXT_ENTRIES, "inner_losses", "outer_loss", "task_outer_loss") or key.startswith(_GOLDEN_PREFIXES)
 
 
 def golden_version(path: Any, arrays: dict[str, np.ndarray]) -> int:

@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from parity import training
-from parity.checkpoint import flatten_state, golden_arrays
+from parity.checkpoint import flatten_state
 from parity.compare import compare_trees
 from parity.config import SEED_ALPHA, ConfigError
 from parity.devices import canonical, parse_device
-from parity.twins import load
+from parity.twins import load, meta_results, step0_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -173,7 +173,7 @@ def test_cpu_and_gpu_give_the_same_meta_gradient(framework, dtype, case):
     for device in ("cpu", "gpu"):
         twin = load(framework, dtype, device)
         with twin.precision_scope("highest"):
-            results[device] = golden_arrays(twin, cfg)
+            results[device] = meta_results(twin, cfg, *step0_inputs(cfg))
     leaves = compare_trees(results["cpu"], results["gpu"], dtype)
     assert leaves and all(leaf.ok for leaf in leaves), [(lf.name, lf.max_rel_err) for lf in leaves if not lf.ok]
 
@@ -188,7 +188,7 @@ def test_jax_and_torch_agree_on_the_gpu(dtype):
     for framework in ("jax", "torch"):
         twin = load(framework, dtype, "gpu")
         with twin.precision_scope("highest"):
-            results[framework] = golden_arrays(twin, cfg)
+            results[framework] = meta_results(twin, cfg, *step0_inputs(cfg))
     leaves = compare_trees(results["jax"], results["torch"], dtype)
     assert leaves and all(leaf.ok for leaf in leaves), [(lf.name, lf.max_rel_err) for lf in leaves if not lf.ok]
 

@@ -112,7 +112,7 @@ def test_uneven_meta_batch_is_refused(tmp_path, config_b8):
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "maml-parity: error: devices: the meta-batch of 8 tasks does not split evenly over 3 devices; "
-        "use a meta_batch that is a multiple of 3, or --devices dividing 8"
+        "use a multiple of 3, e.g. --meta-batch 6 (or --set meta_batch=6)"
     )
     assert not (tmp_path / "x").exists()
 

@@ -87,7 +87,7 @@ def test_unreadable_golden_files_give_a_clear_error(tmp_path):
         read_golden(tmp_path / "missing.npz")
     other = tmp_path / "other.npz"
     np.savez(other, x=np.zeros(3))
-    with pytest.raises(GoldenFileError, match="no 'config' entry"):
+    with pytest.raises(GoldenFileError, match="unexpected entry 'x'"):
         read_golden(other)
 
 
@@ -213,3 +213,19 @@ def test_a_third_party_file_written_as_documented_diffs_without_a_plugin(tmp_pat
     np.savez(tmp_path / "mine.npz", **mine)
     assert main(["diff", str(path), str(tmp_path / "mine.npz")]) == 1
     assert "first divergence: after the inner loop, grad/b0 index (" in capsys.readouterr().out
+
+
+def test_an_oversized_entry_is_refused_before_it_is_inflated(tmp_path):
+    """A member whose .npy header declares 16 GiB (with no data behind it) is refused from the header
+    alone: the reader never allocates what a golden file's layout cannot need."""
+    import zipfile
+
+    path = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(path, "w") as z:
+        with z.open("config.npy", "w") as f:
+            np.lib.format.write_array(f, np.asarray("{}"))
+        with z.open("trace/query_loss.npy", "w") as f:
+            header = {"descr": "<f8", "fortran_order": False, "shape": (1 << 31,)}
+            np.lib.format.write_array_header_1_0(f, header)  # the header only: 16 GiB declared, 0 written
+    with pytest.raises(GoldenFileError, match=r"declares 17179869184 bytes .* refused before inflating it"):
+        read_golden(path)

@@ -57,6 +57,7 @@ configs = st.builds(
     inner_steps=st.integers(0, 4),
     alpha_mode=st.sampled_from(["fixed", "scalar", "per_parameter"]),
     alpha_init=st.floats(-1, 1, allow_nan=False),
+    allow_negative_alpha=st.just(True),  # negative alpha is allowed only when asked for (tests/test_run_safety.py)
     first_order=st.booleans(),
     meta_batch=st.integers(1, 6),
     dtype=st.sampled_from(["float32", "float64"]),
