@@ -66,6 +66,22 @@ def test_json_structure(result, tmp_path, restore_env):
     assert impls == [("seed-loop", False), ("jax", False), ("torch", False), ("jax", True), ("torch", True)]
     for row in loaded["rows"]:
         assert ROW_KEYS <= set(row), ROW_KEYS - set(row)
+    peaks = machine["peaks"]
+    assert peaks["matmul"]["flop_per_s"] > 0 and peaks["copy"]["bytes_per_s"] > 0
+
+
+def test_throughput_from_xla_counts(result):
+    """Every row carries the JAX program's counts for its setting, and rates consistent with its time."""
+    peaks = result["machine"]["peaks"]
+    by_setting: dict[tuple, set] = {}
+    for row in result["rows"]:
+        assert math.isfinite(row["flops_per_step"]) and row["flops_per_step"] > 0
+        assert math.isfinite(row["bytes_per_step"]) and row["bytes_per_step"] > 0
+        assert row["gflop_per_s"] == pytest.approx(row["flops_per_step"] / row["us_per_step"] / 1e3)
+        assert row["pct_peak_flops"] == pytest.approx(100 * row["gflop_per_s"] * 1e9 / peaks["matmul"]["flop_per_s"])
+        assert row["pct_peak_bw"] == pytest.approx(100 * row["gb_per_s"] * 1e9 / peaks["copy"]["bytes_per_s"])
+        by_setting.setdefault((row["T"], row["B"], row["width"]), set()).add(row["flops_per_step"])
+    assert all(len(counts) == 1 for counts in by_setting.values())
 
 
 def test_numbers_are_positive_and_finite(result):
