@@ -53,15 +53,21 @@ def losses(out: Path) -> np.ndarray:
     return np.array([[r["outer_loss"], *r["inner_losses"]] for r in rows])
 
 
+# README: sharded and single-device runs end equal to ≤ 1.1e-15 relative (seen); held at 1e-14.
+SHARDED_RTOL = 1e-14
+
+
 def assert_same_run(a: Path, b: Path) -> None:
     sa, sb = final_state(a), final_state(b)
     assert sa.keys() == sb.keys()
     for k in sa:
         scale = max(float(np.abs(sb[k]).max()), 1e-300)
-        assert float(np.abs(sa[k] - sb[k]).max()) <= 1e-12 * scale, k
+        rel = float(np.abs(sa[k] - sb[k]).max()) / scale
+        assert rel <= SHARDED_RTOL, (k, rel)
     la, lb = losses(a), losses(b)
     assert la.shape == lb.shape == (12, 6)
-    assert float(np.abs(la - lb).max()) <= 1e-12 * float(np.abs(lb).max())
+    rel = float(np.abs(la - lb).max()) / float(np.abs(lb).max())
+    assert rel <= SHARDED_RTOL, ("losses", rel)
 
 
 @pytest.fixture(scope="module")

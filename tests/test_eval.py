@@ -95,7 +95,9 @@ def test_adaptation_steps_equal_the_training_inner_loop(framework: str) -> None:
     assert np.array_equal(frozen[2], frozen[0])
 
 
-@pytest.mark.parametrize(("dtype", "rtol"), [("float64", 1e-9), ("float32", 1e-5)])
+# Every mean and CI half-width, entry by entry. Seen here (2-core CPU, jax 0.10.2, torch 2.13.0):
+# 6.9e-16 relative in float64, 7.1e-8 in float32.
+@pytest.mark.parametrize(("dtype", "rtol"), [("float64", 2e-14), ("float32", 1e-6)])
 def test_jax_trained_run_evaluates_the_same_in_torch(jax_run, dtype: str, rtol: float) -> None:
     results = {fw: evaluate_run(jax_run, fw, dtype, SPEC, write=False) for fw in ("jax", "torch")}
     assert results["jax"]["dtype"] == results["torch"]["dtype"] == dtype
@@ -197,12 +199,16 @@ def test_eval_of_a_folder_without_checkpoint_names_it(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_meta_init_adapts_far_better_than_random_and_worse_when_phase_shifted(tmp_path) -> None:
-    """The seed's parts 2 and 3, at its own size: 3000 steps of seed-alpha in JAX."""
-    cfg = SEED_ALPHA.replace(iterations=3000)
+def test_demo_meta_init_is_over_8x_better_than_random_and_worse_when_phase_shifted(tmp_path) -> None:
+    """The seed's parts 2 and 3 at the demo's size: 5000 steps of seed-alpha in JAX (float32),
+    200 held-out tasks, T = 5 adaptation steps. The README's figures come from this run: query MSE
+    0.058 (meta) against 0.531 (random), 9.1× lower; shifted by π, 1.52."""
+    cfg = SEED_ALPHA  # 5000 steps, as `maml-parity demo` trains it
     train_run(load("jax", "float32"), cfg, tmp_path, progress=False)
     result = evaluate_run(tmp_path, "jax", None, EvalSpec(tasks=200, max_steps=5, pretrain_steps=500), write=False)
     T = cfg.inner_steps
     meta, rand = result["meta"][0]["mse_mean"][T], result["random"][0]["mse_mean"][T]
-    assert meta * 3 < rand, (meta, rand)
-    assert result["meta"][1]["mse_mean"][T] > 3 * meta  # shifted by π
+    assert rand / meta >= 8.0, (meta, rand, rand / meta)
+    assert 0.05 <= meta <= 0.07 and 0.45 <= rand <= 0.62, (meta, rand)
+    shifted = result["meta"][1]["mse_mean"][T]  # shifted by π
+    assert shifted > 2 * rand and shifted > 20 * meta, (shifted, meta, rand)
