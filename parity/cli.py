@@ -483,19 +483,17 @@ def cmd_train(args: argparse.Namespace) -> int:
             _refuse_existing_run(out, args.out, hint)  # again, now that no one else can start one
         placement = twin.placement(cfg, args.devices, *dist)
         twin.check_device()
-        if placement is None or placement.is_main:
-            print(
-                f"train {args.framework}: {cfg.iterations} steps, {thread_line}; on {device}, {precision} precision",
-                flush=True,
-            )
         if placement is not None and placement.is_main:
             print(
                 f"{args.framework}: meta-batch of {cfg.meta_batch} split over {placement.devices} devices", flush=True
             )
-        return _train_locked(args, twin, cfg, out, placement)
+        announce = f"train {args.framework}: {cfg.iterations} steps, {thread_line}; on {device}, {precision} precision"
+        return _train_locked(args, twin, cfg, out, placement, announce)
 
 
-def _train_locked(args: argparse.Namespace, twin: Any, cfg: Config, out: Path, placement: Any) -> int:
+def _train_locked(
+    args: argparse.Namespace, twin: Any, cfg: Config, out: Path, placement: Any, announce: str | None = None
+) -> int:
     """``train`` once the run directory's lock is held."""
     from parity.run import train_run
     from parity.training import TrainingDiverged
@@ -512,6 +510,7 @@ def _train_locked(args: argparse.Namespace, twin: Any, cfg: Config, out: Path, p
                 checkpoint_every=args.checkpoint_every or 0,
                 placement=placement,
                 precision=twin.precision,
+                announce=announce,
             )
     except TrainingDiverged as err:
         if placement is None or placement.is_main:  # every process stops; one says why

@@ -79,6 +79,7 @@ def train_run(
     checkpoint_every: int = 0,
     placement: Any = None,
     precision: str | None = None,
+    announce: str | None = None,
 ) -> tuple[Any, list[dict[str, Any]]]:
     """Train ``cfg`` in ``twin``, writing ``out/config.json``, ``out/metrics.jsonl``, ``out/final.npz``
     and a checkpoint (``out/checkpoint.safetensors`` + ``out/checkpoint.json``) every
@@ -90,6 +91,8 @@ def train_run(
     ``print_every`` > 0 also prints the seed lab's own lines every that many steps.
     ``precision``: the matmul precision the caller runs under (``twin.precision_scope``), recorded
     in the checkpoint's manifest with the twin's device (informational only).
+    ``announce``: a line printed on standard output once the run's directory has been checked
+    (a refused resume prints nothing but its error).
     Returns the final state and the metric rows (those kept from before a resume included).
 
     At a step whose loss, gradient or new state is not finite, :class:`parity.training.TrainingDiverged` is
@@ -113,6 +116,8 @@ def train_run(
     elif resume:
         check_history(out, cfg)
         print(f"no checkpoint in {out}; starting at step 0", file=stream)
+    if announce is not None:
+        print(announce, flush=True)
     atomic_write(out / "config.json", lambda f: f.write((cfg.to_json() + "\n").encode()))
     bar = _progress_bar(cfg.iterations, f"train {twin.name}", progress, stream, initial=start)
     # wall_s continues from the last kept row, so it stays the run's time spent training.
