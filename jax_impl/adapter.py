@@ -12,9 +12,11 @@ from typing import Any
 
 from jax_impl import meta, model, train
 from parity.config import Config
+from parity.devices import parse_device
 from parity.twins import TwinAdapter
 
 _FALSE_WORDS = ("0", "false", "no", "off")
+UNROLL_ON_ACCELERATORS = 16  # inner loops up to this long are unrolled off the CPU (compile time grows with T)
 
 
 class JaxTwin(TwinAdapter):
@@ -30,6 +32,14 @@ class JaxTwin(TwinAdapter):
         if dtype == "float64":
             enable_x64()
         model.check_dtype(dtype)
+
+    def unroll_for(self, cfg: Config) -> int:
+        """On a GPU or TPU a short inner loop is unrolled: at B = 1, T = 5 on an H100 a training step
+        took 161 us unrolled against 412 us rolled (and 186 us on one CPU core); docs/performance.md.
+        On the CPU the rolled loop compiles a second faster and unrolling gains little, so it stays rolled."""
+        if self.device is None or parse_device(self.device).kind == "cpu":
+            return 0
+        return cfg.inner_steps if 0 < cfg.inner_steps <= UNROLL_ON_ACCELERATORS else 0
 
     def placement(
         self,

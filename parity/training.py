@@ -87,7 +87,9 @@ def run(
         n = chunk_length(step, end, chunk, checkpoint_every)
         tasks = tuple(sample_batches(cfg, step, n)[:4])  # 4 × [N, B, P, 1]
         if placement is None:
-            state, metrics = twin.train.train_chunk(state, twin.to_arrays(tasks, cfg.dtype), cfg)
+            state, metrics = twin.train.train_chunk(
+                state, twin.to_arrays(tasks, cfg.dtype), cfg, unroll=twin.unroll_for(cfg)
+            )
         else:
             state, metrics = placement.train_chunk(state, placement.tasks(tasks, cfg.dtype), cfg)
         metrics = twin.to_numpy(metrics)  # the one host transfer of the chunk

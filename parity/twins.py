@@ -79,6 +79,10 @@ class TwinAdapter:
         """Parameters in the form the twin's ``adapt`` differentiates (eval's adaptation)."""
         return params
 
+    def unroll_for(self, cfg: Config) -> int:
+        """Inner loops up to this many steps run as straight-line code in training (0: never)."""
+        return 0
+
     def placement(
         self,
         cfg: Config,
