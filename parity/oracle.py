@@ -203,6 +203,52 @@ class NumpyOracle:
                     out[f"trace/{group}/{kind}{i}"] = np.array(steps, dtype=np.float64).reshape(B, T, *shape)
         return out
 
+    def softplus_variable_grad(self, params: dict[str, np.ndarray], rho: Any, tasks: tuple, cfg: Config) -> Any:
+        """dL/dρ where α = softplus(ρ) (``alpha_parametrisation`` softplus): 0-d, or one array per
+        parameter; the complex step goes through the softplus itself, ``log(1 + e^ρ)``."""
+        params, rho, tasks = _float64(params, rho, tasks)
+
+        def softplus(r: np.ndarray) -> np.ndarray:
+            return np.log1p(np.exp(r))  # analytic: complex-step safe
+
+        if not isinstance(rho, dict):
+            value = self.meta_loss(_one(params), softplus(_one(rho) + 1j * H), tasks, cfg)[0]
+            return np.asarray(value.imag[0] / H)
+        out = {}
+        for k in rho:
+            basis = _basis(rho[k].shape)
+            D = basis.shape[0]
+            moved = {
+                n: softplus(np.broadcast_to(v, (D, *v.shape)) + (1j * H * basis if n == k else 0))
+                for n, v in rho.items()
+            }
+            fixed = {n: np.broadcast_to(v, (D, *v.shape)).astype(complex) for n, v in params.items()}
+            out[k] = (self.meta_loss(fixed, moved, tasks, cfg)[0].imag / H).reshape(rho[k].shape)
+        return out
+
+
+def golden_results(golden: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Recompute a golden file's ``outer_loss``, ``inner_losses`` and every ``grad/...`` entry from
+    its config, initial parameters, α and tasks alone (``parity.golden.read_golden``'s dict), flat."""
+    cfg = golden["config"]
+    names = [k.split("/", 1)[1] for k in golden if k.startswith("init/") and not k.startswith("init/alpha")]
+    params = {k: golden[f"init/{k}"] for k in names}
+    alpha: Any = {k: golden[f"init/alpha/{k}"] for k in names} if "init/alpha" not in golden else golden["init/alpha"]
+    tasks = tuple(golden[f"tasks/{k}"] for k in ("x_support", "y_support", "x_query", "y_query"))
+    return flat(NumpyOracle().meta_value_and_grad(params, alpha, tasks, cfg))
+
+
+def flat(result: Any) -> dict[str, np.ndarray]:
+    """A contract result under a golden file's names: ``outer_loss``, ``inner_losses``,
+    ``grad/<name>``, ``grad/alpha`` (or ``grad/alpha/<name>``)."""
+    out = {"outer_loss": result["outer_loss"], "inner_losses": result["inner_losses"]}
+    out.update({f"grad/{k}": v for k, v in result["grads"].items()})
+    if isinstance(result["alpha_grad"], dict):
+        out.update({f"grad/alpha/{k}": v for k, v in result["alpha_grad"].items()})
+    else:
+        out["grad/alpha"] = result["alpha_grad"]
+    return out
+
 
 def _float64(params: Any, alpha: Any, tasks: tuple) -> tuple[dict[str, np.ndarray], Any, tuple]:
     params = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}

@@ -12,6 +12,6 @@ jax.config.update("jax_enable_x64", True)
 # Equinox's habit: implicit rank promotion is a bug in this code, so make it one.
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
-# tests/ holds numpy_reference.py, the independent implementation the golden tests use.
+# tests/ holds helper modules (mutants_impls.py) that some tests import by name.
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("MPLBACKEND", "Agg")

@@ -12,17 +12,18 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import numpy_reference as oracle  # after the contract work: from parity import oracle
 import pytest
 
 from parity.config import SEED_ALPHA, SEED_MAML, Config, get_preset
 from parity.init import alpha_from_variable, init_alpha, init_alpha_variable, init_params
+from parity.oracle import NumpyOracle, flat
 from parity.tasks import sample_batch
 from parity.twins import (
     load,
     meta_results,  # NumPy in, the flat results out (checked against the contract)
 )
 
+ORACLE = NumpyOracle()
 FRAMEWORKS = ("jax", "torch")
 # A leaf passes when max|twin − oracle| ≤ ATOL + RTOL·max|oracle|. Seen over these cases (2-core
 # CPU, jax 0.10.2, torch 2.13.0): ≤ 3.9e-15 relative on every leaf above 1e-12; ATOL covers the
@@ -78,7 +79,7 @@ def assert_close(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray],
 def test_both_twins_equal_the_numpy_oracle(case):
     cfg = CASES[case]
     params, alpha, tasks = inputs(cfg)
-    expected = oracle.flat(oracle.meta_value_and_grad(params, alpha, tasks, cfg))
+    expected = flat(ORACLE.meta_value_and_grad(params, alpha, tasks, cfg))
     assert expected["inner_losses"].shape == (cfg.inner_steps,)
     if cfg.inner_steps:
         assert float(np.abs(expected["grad/w1"]).max()) > 0
@@ -96,7 +97,7 @@ def test_both_twins_softplus_variable_gradient_equals_the_oracle(case):
     params, _, tasks = inputs(cfg)
     rho = init_alpha_variable(cfg)
     alpha = alpha_from_variable(rho, cfg)
-    expected = oracle.softplus_variable_grad(params, rho, tasks, cfg)
+    expected = ORACLE.softplus_variable_grad(params, rho, tasks, cfg)
     for framework in FRAMEWORKS:
         twin = load(framework, "float64")
         grad_alpha = meta_results(twin, cfg, params, alpha, tasks)
@@ -116,8 +117,8 @@ def test_first_order_oracle_differs_from_second_order_and_matches_its_closed_for
     gradient, from the oracle's own backpropagation), and it differs from the second-order one."""
     cfg = CASES["first-order"]
     params, alpha, tasks = inputs(cfg)
-    first = oracle.meta_value_and_grad(params, alpha, tasks, cfg)
-    second = oracle.meta_value_and_grad(params, alpha, tasks, cfg.replace(first_order=False))
+    first = ORACLE.meta_value_and_grad(params, alpha, tasks, cfg)
+    second = ORACLE.meta_value_and_grad(params, alpha, tasks, cfg.replace(first_order=False))
     np.testing.assert_array_equal(first["inner_losses"], second["inner_losses"])
     assert float(first["outer_loss"]) == float(second["outer_loss"])
     assert np.abs(first["grads"]["w1"] - second["grads"]["w1"]).max() > 1e-6
@@ -128,10 +129,10 @@ def test_first_order_oracle_differs_from_second_order_and_matches_its_closed_for
         W = [params[f"w{i}"][None] for i in range(n)]
         b = [params[f"b{i}"][None] for i in range(n)]
         for _ in range(cfg.inner_steps):
-            _, gW, gb = oracle._grads(W, b, tasks[0][t], tasks[1][t], cfg.activation, cfg.loss)
+            _, gW, gb = ORACLE.loss_grads(W, b, tasks[0][t], tasks[1][t], cfg.activation, cfg.loss)
             W = [w - alpha * g for w, g in zip(W, gW)]
             b = [v - alpha * g for v, g in zip(b, gb)]
-        _, gW, gb = oracle._grads(W, b, tasks[2][t], tasks[3][t], cfg.activation, cfg.loss)
+        _, gW, gb = ORACLE.loss_grads(W, b, tasks[2][t], tasks[3][t], cfg.activation, cfg.loss)
         for i in range(n):
             expected[f"w{i}"] += gW[i][0].real / cfg.meta_batch
             expected[f"b{i}"] += gb[i][0].real / cfg.meta_batch
