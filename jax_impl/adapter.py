@@ -33,6 +33,20 @@ class JaxTwin(TwinAdapter):
             enable_x64()
         model.check_dtype(dtype)
 
+    def set_threads(self, threads: int) -> str:
+        # XLA reads XLA_FLAGS once, when its CPU backend starts, and has no flag for an exact thread
+        # count: one thread is --xla_cpu_multi_thread_eigen=false, set only before the backend starts.
+        flag = "--xla_cpu_multi_thread_eigen=false"
+        flags = os.environ.get("XLA_FLAGS", "")
+        if threads != 1:
+            return "jax: XLA default pool"
+        if flag in flags:
+            return "jax: single-threaded eigen"
+        if _backend_started():
+            return "jax: backend already started, XLA default pool"
+        os.environ["XLA_FLAGS"] = (flags + " " + flag).strip()
+        return "jax: single-threaded eigen"
+
     def unroll_for(self, cfg: Config) -> int:
         """On a GPU or TPU a short inner loop is unrolled: at B = 1, T = 5 on an H100 a training step
         took 161 us unrolled against 412 us rolled (and 186 us on one CPU core); docs/performance.md.
@@ -55,6 +69,15 @@ class JaxTwin(TwinAdapter):
         if devices is None and distributed.available(self.device) == 1:
             return None
         return distributed.placement(cfg, devices, self.device)
+
+
+def _backend_started() -> bool:
+    try:
+        from jax._src import xla_bridge
+
+        return bool(getattr(xla_bridge, "_backends", {}))
+    except ImportError:  # private module moved: assume the worst
+        return True
 
 
 def enable_x64() -> None:

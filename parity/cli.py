@@ -28,7 +28,7 @@ from parity.config import (
     field_names,
     get_preset,
 )
-from parity.registry import DEFAULT_TWIN, TWINS
+from parity.registry import BUILTINS, DEFAULT_TWIN, ENTRY_POINT_GROUP, TWINS
 
 EXIT_MISMATCH = 1
 EXIT_USAGE = 2
@@ -548,9 +548,9 @@ def _check_split(args: argparse.Namespace, cfg: Config) -> bool | None:
     """
     import os
 
-    if args.framework == "torch" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun: one process per share
         parts, unit, rank = int(os.environ["WORLD_SIZE"]), "processes", int(os.environ.get("RANK", "0"))
-    elif args.framework == "jax" and (args.devices or args.num_processes):
+    elif args.devices or args.num_processes:
         parts, unit, rank = (args.devices or args.num_processes), "devices", args.process_id or 0
     else:
         return True
@@ -759,9 +759,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--impl",
         action="append",
         metavar="SPEC",
-        help="an implementation: jax | torch | numpy | package.module:NAME | path/file.py:NAME | an entry point "
-        "(group maml_parity.implementations), optionally @DEVICE; repeat it: the first is the reference, every other "
-        "is checked against it (default: --impl jax --impl torch)",
+        help=f"an implementation: {' | '.join(BUILTINS)} | package.module:NAME | path/file.py:NAME | an entry point "
+        f"(group {ENTRY_POINT_GROUP}), optionally @DEVICE; repeat it: the first is the reference, every other "
+        f"is checked against it (default: {' '.join('--impl ' + name for name in TWINS)})",
     )
     p.add_argument("--strict", action="store_true", help="unsupported cases fail the check (exit 1)")
     _add_device_flags(p, "highest", None)
@@ -804,12 +804,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--devices",
         type=_int_flag("devices", 1),
         metavar="N",
-        help="split each meta-batch over N devices (JAX: default the most local devices that divide it; "
-        "PyTorch: the torchrun world size)",
+        help="split each meta-batch over N devices (default: twins that shard over local devices use the most that "
+        "divide it; under torchrun, the world size)",
     )
-    p.add_argument("--coordinator", metavar="HOST:PORT", help="JAX multi-host: jax.distributed coordinator address")
-    p.add_argument("--num-processes", type=_int_flag("num_processes", 1), metavar="N", help="JAX multi-host: processes")
-    p.add_argument("--process-id", type=_int_flag("process_id", 0), metavar="I", help="JAX multi-host: this process")
+    p.add_argument("--coordinator", metavar="HOST:PORT", help="multi-host (twins that join a coordinator): its address")
+    p.add_argument(
+        "--num-processes", type=_int_flag("num_processes", 1), metavar="N", help="multi-host: the number of processes"
+    )
+    p.add_argument(
+        "--process-id", type=_int_flag("process_id", 0), metavar="I", help="multi-host: this process's index"
+    )
     p.add_argument(
         "--checkpoint-every",
         type=_int_flag("checkpoint_every", 1),
@@ -932,10 +936,8 @@ def _main(argv: Sequence[str] | None) -> int:
             return EXIT_USAGE
         from parity.startup import check_environment
 
-        uses_jax = args.command in ("check", "bench", "demo") or (
-            args.command in ("dump", "train", "eval") and args.framework == "jax"
-        )
-        check_environment(uses_jax)
+        framework = getattr(args, "framework", None)
+        check_environment(TWINS if args.command in ("check", "bench", "demo") else (framework,) if framework else ())
         return int(args.func(args))
     except (ConfigError, UsageError) as err:
         print(f"maml-parity: error: {err}", file=sys.stderr)

@@ -40,6 +40,8 @@ from typing import Any
 
 import pytest
 
+from parity.registry import DEFAULT_TWIN
+
 MARKER = "maml_parity"
 MATRICES = ("full", "quick")
 
@@ -57,7 +59,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--maml-parity-strict", action="store_true", default=None, help="unsupported cases fail")
     group.addoption("--maml-parity-regen", action="store_true", help="rewrite maml_parity_golden files")
     parser.addini("maml_parity_impl", "maml-parity: the implementation under test (SPEC)", default="")
-    parser.addini("maml_parity_reference", "maml-parity: the reference implementation (SPEC)", default="jax")
+    parser.addini("maml_parity_reference", "maml-parity: the reference implementation (SPEC)", default=DEFAULT_TWIN)
     parser.addini("maml_parity_matrix", "maml-parity: full | quick", default="full")
     parser.addini("maml_parity_cases", "maml-parity: only cases whose name contains this", default="")
     parser.addini("maml_parity_strict", "maml-parity: unsupported cases fail", type="bool", default=False)
@@ -114,7 +116,7 @@ class ParityChecker:
 
     @property
     def reference_spec(self) -> str:
-        return _setting(self.config, "reference") or "jax"
+        return _setting(self.config, "reference") or DEFAULT_TWIN
 
     @property
     def strict(self) -> bool:

@@ -29,6 +29,7 @@ from parity.checkpoint import MANIFEST_FILE, library_versions
 from parity.config import Config, ConfigError
 from parity.eval import STARTS, read_eval, read_json
 from parity.plots import LABELS, write_figures
+from parity.registry import TWINS
 from parity.run import read_metrics
 
 FIGURE_CAPTIONS = {
@@ -354,7 +355,8 @@ def write_demo_report(out: Path, demo: dict[str, Any], run_dir: Path) -> Path:
     ]
     for row in demo["alpha_rows"]:
         seen = "" if row["seed"] is None else f"{row['seed']:.5f}"
-        text.append(f"| {row['step']} | {row['jax']:.5f} | {row['torch']:.5f} | {seen} |")
+        reference, other = TWINS
+        text.append(f"| {row['step']} | {row[reference]:.5f} | {row[other]:.5f} | {seen} |")
     text += ["", "## Parity at the learned initialisation", ""]
     text += [
         f"Both twins' meta-gradients at the JAX-learned parameters and α on a fresh meta-batch of "

@@ -67,8 +67,11 @@ def exit_quietly_on_interrupt() -> None:
         pass
 
 
-def check_environment(uses_jax: bool) -> None:
-    """The environment a command runs in, checked before any work; raises :class:`ConfigError`."""
+def check_environment(frameworks: tuple[str, ...] = ()) -> None:
+    """The environment a command runs in, checked before any work; raises :class:`ConfigError`.
+    ``frameworks``: the built-in twins the command will use (JAX's platform variable is checked
+    only when the JAX twin is among them)."""
+    uses_jax = "jax" in frameworks
     encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
     try:
         PRINTED_CHARACTERS.encode(encoding)

@@ -24,7 +24,6 @@ Nothing here imports a framework at import time.
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any
 
 # Multiply-adds per hidden layer per outer step below which one thread is used: the seed's
@@ -70,37 +69,10 @@ def _load_average() -> float | None:
         return None
 
 
-def apply(threads: int, frameworks: tuple[str, ...] = ("jax", "torch")) -> str:
-    """Set the thread count in the named frameworks; returns the one-line description to print."""
-    notes = []
-    if "jax" in frameworks:
-        notes.append(_apply_jax(threads))
-    if "torch" in frameworks:
-        import torch
+def apply(threads: int, frameworks: tuple[str, ...] = ()) -> str:
+    """Set the thread count in the named built-in twins (each adapter's ``set_threads``); returns the
+    one-line description to print. No framework is imported for an empty ``frameworks``."""
+    from parity.registry import resolve
 
-        torch.set_num_threads(threads)
-        notes.append(f"torch {torch.get_num_threads()}")
-    return f"{threads} CPU thread{'s' if threads != 1 else ''} ({', '.join(notes)})"
-
-
-def _apply_jax(threads: int) -> str:
-    flag = "--xla_cpu_multi_thread_eigen=false"
-    flags = os.environ.get("XLA_FLAGS", "")
-    started = "jax" in sys.modules and _jax_backend_started()
-    if threads != 1:
-        return "jax: XLA default pool"
-    if flag in flags:
-        return "jax: single-threaded eigen"
-    if started:
-        return "jax: backend already started, XLA default pool"
-    os.environ["XLA_FLAGS"] = (flags + " " + flag).strip()
-    return "jax: single-threaded eigen"
-
-
-def _jax_backend_started() -> bool:
-    try:
-        from jax._src import xla_bridge
-
-        return bool(getattr(xla_bridge, "_backends", {}))
-    except ImportError:  # pragma: no cover - private module moved
-        return True
+    notes = [resolve(name).set_threads(threads) for name in frameworks]
+    return f"{threads} CPU thread{'s' if threads != 1 else ''} ({', '.join(notes) or 'no framework'})"

@@ -79,6 +79,11 @@ class TwinAdapter:
         """Parameters in the form the twin's ``adapt`` differentiates (eval's adaptation)."""
         return params
 
+    def set_threads(self, threads: int) -> str:
+        """Use ``threads`` CPU threads where the framework allows it; returns what was done, for the
+        command's first line (``parity.threads``)."""
+        raise NotImplementedError
+
     def unroll_for(self, cfg: Config) -> int:
         """Inner loops up to this many steps run as straight-line code in training (0: never)."""
         return 0

@@ -28,6 +28,12 @@ class TorchTwin(TwinAdapter):
     def prepare(self, dtype: str) -> None:
         model.check_dtype(dtype)
 
+    def set_threads(self, threads: int) -> str:
+        import torch
+
+        torch.set_num_threads(threads)  # intra-op threads; allowed at any time
+        return f"torch {torch.get_num_threads()}"
+
     def differentiable(self, params: Any) -> Any:
         # torch_impl.meta.inner_step takes the gradient with torch.autograd.grad, which needs leaf
         # tensors that require grad; JAX differentiates any array.
