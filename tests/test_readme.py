@@ -42,6 +42,13 @@ def readme_commands(text: str) -> list[str]:
     return commands
 
 
+def readme_example(text: str) -> str:
+    """The README's complete example implementation: its ```python block that defines ``IMPL``."""
+    blocks = [b for b in re.findall(r"^```python\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE) if "IMPL = " in b]
+    assert len(blocks) == 1, "the README shows one complete implementation"
+    return blocks[0]
+
+
 def runnable(command: str) -> bool:
     return "pip install" not in command and "pytest" not in command
 
@@ -89,6 +96,8 @@ def workdir(tmp_path_factory) -> Path:
 def test_readme_command_runs(command, workdir):
     if "--impl" in command and "--impl" not in _check_help():
         pytest.skip("`check --impl` arrives with the implementation contract (parity/contract.py)")
+    if "mine.py" in command:  # the README's example implementation, saved as it says
+        (workdir / "mine.py").write_text(readme_example((ROOT / "README.md").read_text()))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cwd = ROOT if "examples/" in command else workdir  # a path into the checkout; such commands write nothing
     result = subprocess.run(argv(command), cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
