@@ -919,6 +919,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line. ``argv`` None (the console script, ``python -m parity``): the process
     ends here, so a Ctrl-C leaves through ``os._exit(130)`` (``parity.startup``)."""
+    if argv is None:
+        from parity.startup import install_interrupt_handler
+
+        install_interrupt_handler()
     status = _main(argv)
     if argv is None:
         from parity.startup import exit_quietly_on_interrupt
