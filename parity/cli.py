@@ -608,8 +608,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     thread_line = _set_threads(args, _eval_work(run_dir, spec), (args.framework,) if args.framework in TWINS else ())
     device, precision = _device_args(args)
     _load_twin(args.framework, cfg.dtype, device)  # a device the twin cannot see: one line, before the work
-    print(f"eval {args.framework} on {device}, {precision} precision: {thread_line}", file=human, flush=True)
     with run_lock(run_dir, "dir"):
+        print(f"eval {args.framework} on {device}, {precision} precision: {thread_line}", file=human, flush=True)
         result = evaluate_run(
             run_dir, framework=args.framework, dtype=args.dtype, spec=spec, device=device, precision=precision
         )

@@ -428,7 +428,7 @@ def test_distributed_flags_are_checked_before_any_work(tmp_path, capsys) -> None
 @pytest.mark.slow
 def test_distributed_start_up_times_out_in_one_line_and_answers_ctrl_c(tmp_path) -> None:
     args = ["train", "--out", str(tmp_path / "run"), "--no-progress", "--coordinator", "localhost:23456"]
-    args += ["--num-processes", "2", "--process-id", "0", "--init-timeout", "3", "--meta-batch", "2"]
+    args += ["--meta-batch", "2", "--num-processes", "2", "--process-id", "0", "--init-timeout", "3"]
     t0 = time.perf_counter()
     result = subprocess.run(
         [sys.executable, "-m", "parity", *args], capture_output=True, text=True, env=ENV, timeout=120
