@@ -726,12 +726,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "is off, but the demo checks the twins' parity in float64 as well; unset it (or set it to 1) for the demo",
         )
     device, precision = _device_args(args)
-    for name in TWINS:
-        _load_twin(name, "float32", device)  # a device either twin cannot see: one line, before any work
     runs = [out / name for name in TWINS]
     for run in runs:
         _refuse_existing_run(run, str(run), "choose another --out for the demo")
-    thread_line = _set_threads(args, SEED_ALPHA, TWINS)
+    thread_line = _set_threads(args, SEED_ALPHA, TWINS)  # before JAX's backend starts
+    for name in TWINS:
+        _load_twin(name, "float32", device)  # a device either twin cannot see: one line, before any work
     print(f"demo: {thread_line}", flush=True)
     with contextlib.ExitStack() as stack:
         for run in runs:
