@@ -44,6 +44,7 @@ from parity.config import Config, ConfigError
 from parity.init import alpha_from_variable, init_params
 from parity.registry import DEFAULT_TWIN
 from parity.tasks import EVAL_STREAM, sample_batch, sinusoid
+from parity.text import alpha_summary, pm, short
 from parity.twins import Twin
 
 STARTS = ("meta", "random", "pretrained")
@@ -301,7 +302,7 @@ def evaluate_run(
         "trained_with": ckpt.manifest["framework"],
         "dtype": cfg.dtype,
         "precision": precision,
-        "alpha": _alpha_summary(alpha),
+        "alpha": alpha_summary(alpha),
         **body,
         "wall_s": round(time.perf_counter() - t0, 3),
         "device": twin.device_description(),
@@ -342,14 +343,14 @@ def summary_lines(result: dict[str, Any], steps: tuple[int, ...] | None = None) 
     steps = steps or tuple(sorted({0, 1, min(5, S), S} & set(range(S + 1))))
     lines = [
         f"{result['tasks']} held-out tasks, {result['shots']} shots, {result['framework']} {result['dtype']}, "
-        f"alpha {_short(result['alpha'])}; query MSE (mean ± 95% CI) after k adaptation steps"
+        f"alpha {short(result['alpha'])}; query MSE (mean ± 95% CI) after k adaptation steps"
     ]
     notes = []
     for i, shift in enumerate(result["phase_shifts"]):
         table = [[f"phase shift {shift:.4g}:", *(f"k={k}" for k in steps)]]
         for name in STARTS:
             rec = result[name][i]
-            table.append([f"  {name}", *(_pm(rec["mse_mean"][k], rec["mse_ci95"][k]) for k in steps)])
+            table.append([f"  {name}", *(pm(rec["mse_mean"][k], rec["mse_ci95"][k]) for k in steps)])
             diverged = rec.get("diverged", [0] * (S + 1))
             if any(diverged[k] for k in steps):
                 counts = ", ".join(f"k={k}: {diverged[k]}" for k in steps if diverged[k])
@@ -385,27 +386,6 @@ def _cast(tree: Any, dtype: str) -> Any:
     if isinstance(tree, dict):
         return {k: np.array(v, dtype=dtype) for k, v in tree.items()}
     return np.array(tree, dtype=dtype)
-
-
-def _alpha_summary(alpha: Any) -> Any:
-    if isinstance(alpha, dict):
-        flat = np.concatenate([np.ravel(v) for v in alpha.values()])
-        return {"mean": float(flat.mean()), "min": float(flat.min()), "max": float(flat.max())}
-    return float(alpha)
-
-
-def _pm(mean: float | None, ci: float | None) -> str:
-    if mean is None or ci is None:
-        return "all diverged"
-    if abs(mean) >= 1e3:  # keep the table's columns: the digits after the point say nothing here
-        return f"{mean:.3e} ± {ci:.1e}"
-    return f"{mean:.4f} ± {ci:.4f}"
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, dict):
-        return "/".join(f"{k}={v:.4g}" for k, v in value.items())
-    return f"{value:.4g}"
 
 
 def _rounded(values: np.ndarray) -> list[float | None]:

@@ -25,11 +25,7 @@ raises :class:`GoldenFileError`; nothing is ever unpickled.
 from __future__ import annotations
 
 import json
-import lzma
 import os
-import struct
-import zipfile
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +35,7 @@ from parity.checkpoint import atomic_write
 from parity.compare import TOLERANCES
 from parity.config import Config, ConfigError
 from parity.contract import describe
-from parity.safeio import check_npz_entries
+from parity.safeio import NPZ_ERRORS, check_npz_entries
 from parity.twins import meta_results, step0_inputs
 
 TASK_KEYS = ("x_support", "y_support", "x_query", "y_query")
@@ -75,26 +71,6 @@ class GoldenFileError(ConfigError):
 
     def __init__(self, message: str, field: str = "golden"):
         super().__init__(field, message)
-
-
-# What NumPy's and zipfile's readers raise on a damaged .npz: caught and turned into one error.
-_NPZ_ERRORS = (
-    OSError,
-    ValueError,
-    EOFError,
-    KeyError,
-    IndexError,
-    TypeError,
-    NotImplementedError,
-    OverflowError,
-    MemoryError,
-    RuntimeError,
-    struct.error,
-    zlib.error,
-    lzma.LZMAError,
-    zipfile.BadZipFile,
-    zipfile.LargeZipFile,
-)
 
 
 def golden_arrays(impl: Any, cfg: Config, trace: bool = False) -> dict[str, np.ndarray]:
@@ -202,7 +178,7 @@ def read_golden(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise GoldenFileError(f"{path}: is a directory, not a golden file") from None
     except GoldenFileError:
         raise
-    except _NPZ_ERRORS as err:
+    except NPZ_ERRORS as err:
         raise GoldenFileError(f"{path}: not a readable golden file ({type(err).__name__}: {err})") from None
     if "config" not in arrays:
         raise GoldenFileError(f"{path}: no 'config' entry; not a maml-parity golden file")

@@ -31,6 +31,7 @@ from parity.eval import STARTS, read_eval, read_json
 from parity.plots import LABELS, write_figures
 from parity.registry import TWINS
 from parity.run import read_metrics
+from parity.text import pm
 
 FIGURE_CAPTIONS = {
     "fit.png": "One held-out task: the true curve, the K examples, and each starting point before and after "
@@ -160,7 +161,7 @@ def evaluation_section(result: dict[str, Any], cfg: Config, level: str = "##") -
         out.append("|---|" + "---:|" * len(steps))
         for name in STARTS:
             rec = result[name][i]
-            cells = [_pm(rec["mse_mean"][k], rec["mse_ci95"][k]) for k in steps]
+            cells = [pm(rec["mse_mean"][k], rec["mse_ci95"][k]) for k in steps]
             out.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
         out.append("")
     out += _diverged_section(result, steps)
@@ -399,14 +400,6 @@ def _num(value: float | None) -> str:
 
 def _ratio(a: float | None, b: float | None) -> str:
     return "n/a" if a is None or b is None or b == 0 else f"{a / b:.1f}×"
-
-
-def _pm(mean: float | None, ci: float | None) -> str:
-    if mean is None or ci is None:
-        return "all diverged"
-    if abs(mean) >= 1e3:
-        return f"{mean:.3e} ± {ci:.1e}"
-    return f"{mean:.4f} ± {ci:.4f}"
 
 
 def _alpha_text(alpha: Any) -> str:

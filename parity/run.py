@@ -29,20 +29,8 @@ from parity.checkpoint import (
 )
 from parity.config import Config, ConfigError
 from parity.safeio import printable
+from parity.text import alpha_grad_summary, alpha_summary
 from parity.twins import Twin
-
-
-def alpha_summary(alpha: Any) -> Any:
-    if isinstance(alpha, dict):
-        flat = np.concatenate([np.ravel(v) for v in alpha.values()])
-        return {"mean": float(flat.mean()), "min": float(flat.min()), "max": float(flat.max())}
-    return float(alpha)
-
-
-def alpha_grad_summary(grad: Any) -> Any:
-    if isinstance(grad, dict):
-        return {"norm": float(np.sqrt(sum(float(np.sum(np.square(v))) for v in grad.values())))}
-    return float(grad)
 
 
 def metric_rows(first_step: int, metrics: dict[str, Any], wall_s: float) -> list[dict[str, Any]]:

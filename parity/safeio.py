@@ -28,8 +28,8 @@ import numpy as np
 
 from parity.config import ConfigError
 
-# What zipfile and NumPy's header reader raise on a damaged archive.
-_ZIP_ERRORS = (
+# What zipfile and NumPy's readers raise on a damaged archive (golden files use it too).
+NPZ_ERRORS = (
     OSError,
     ValueError,
     EOFError,
@@ -127,7 +127,7 @@ def check_npz_entries(
         raise
     except FileNotFoundError:
         raise fail(f"{where}: no such file") from None
-    except _ZIP_ERRORS as err:
+    except NPZ_ERRORS as err:
         raise fail(f"{where}: not a readable .npz file ({type(err).__name__}: {printable(err, 120)})") from None
     return out
 
