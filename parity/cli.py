@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -925,9 +926,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         install_interrupt_handler()
     status = _main(argv)
     if argv is None:
-        from parity.startup import exit_quietly_on_interrupt
+        from parity.startup import exit_quietly_on_interrupt, hard_exit
 
         exit_quietly_on_interrupt()
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # A torchrun rank ends here, every file written and closed: left to interpreter shutdown,
+            # the process group's C++ threads sometimes abort it ("terminate called without an active
+            # exception", 1 run in 3 of two gloo ranks), and torchrun then reports the run failed.
+            hard_exit(status)
     return status
 
 
