@@ -33,11 +33,13 @@ class TrainState(NamedTuple):
 def adam(lr: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> optax.GradientTransformation:
     """optax.adam, except for how the bias correction ``1 − β**t`` is computed.
 
-    optax computes ``β**t`` in the run's dtype; in float32 the rounding of β itself (0.999 is
+    optax computes ``β**t`` with an int32 count: in float64 under JAX's x64 mode even in a float32 run
+    (whose numbers then depended on the mode), in float32 otherwise, where the rounding of β itself (0.999 is
     stored as 0.99900001…) makes ``1 − β`` 1.3e-5 off at t = 1, and a float32 JAX run of seed-alpha
     ended 1.4e-3 away in α from the PyTorch twin, whose torch.optim.Adam takes ``β**t`` in Python
     floats (float64). Here ``1 − β**t = −expm1(t·log β)`` with ``log β`` taken in float64 on the
-    host: accurate to a few float32 ulps at every t, in either dtype. Every other operation is
+    host and the count cast to the moments' dtype: accurate to a few float32 ulps at every t, and the
+    same with x64 mode on or off (``tests/test_precision.py``). Every other operation is
     optax's own (``scale_by_adam`` then ``scale_by_learning_rate``); the state is its
     ``ScaleByAdamState``, so checkpoints read and write the same layout.
     """
@@ -82,26 +84,13 @@ def init_state(params: Params, alpha: Alpha, cfg: Config, step: int = 0) -> Trai
         step=jnp.asarray(step, jnp.int32),
         params=params,
         alpha=alpha,
-        params_opt=typed_counts(params_tx.init(params), cfg.dtype),
-        alpha_opt=typed_counts(alpha_tx.init(alpha), cfg.dtype),
+        params_opt=params_tx.init(params),
+        alpha_opt=alpha_tx.init(alpha),
     )
     first = jax.tree.leaves(params)[0]
     if first.committed and isinstance(first.sharding, jax.sharding.SingleDeviceSharding):
         state = jax.device_put(state, first.sharding)  # counts and moments where the parameters are
     return state
-
-
-def typed_counts(opt_state: Any, dtype: str) -> Any:
-    """The optimiser's step count (optax keeps an int32) as a scalar of the run's ``dtype``.
-
-    Adam's bias correction is ``1 − β**count`` with β a Python float. With an integer count, JAX
-    gives that power the weak float type of the mode: float64 when x64 is on, so a float32 run
-    computed its bias correction in float64 and gave other numbers with x64 on than off (seed-alpha
-    first differed at step 36). With a count of the run's dtype, β adopts that dtype in both modes.
-    The count stays exact up to 2**24 steps in float32, where 1 − β**count is 1 in every dtype.
-    (torch.optim.Adam keeps its count as a float tensor as well.)
-    """
-    return jax.tree.map(lambda leaf: leaf.astype(dtype) if jnp.issubdtype(leaf.dtype, jnp.integer) else leaf, opt_state)
 
 
 def alpha_value(variable: Alpha, cfg: Config) -> Alpha:

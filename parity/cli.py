@@ -123,16 +123,17 @@ def _add_config_flags(p: argparse.ArgumentParser, default_preset: str, framework
     )
 
 
-def _float_flag(field: str) -> Any:
-    """An argparse type: a finite number; errors name the field."""
+def _float_flag(field: str, minimum: float | None = None) -> Any:
+    """An argparse type: a finite number, at least ``minimum`` when given; errors name the field."""
+    bound = "" if minimum is None else f" >= {minimum:g}"
 
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{field}: must be a number, got {text!r}") from None
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"{field}: must be a finite number, got {text!r}")
+            raise argparse.ArgumentTypeError(f"{field}: must be a number{bound}, got {text!r}") from None
+        if not math.isfinite(value) or (minimum is not None and value < minimum):
+            raise argparse.ArgumentTypeError(f"{field}: must be a finite number{bound}, got {text!r}")
         return value
 
     return parse
@@ -430,23 +431,6 @@ def cmd_diff(args: argparse.Namespace) -> int:
         write_report(report, Path(args.json))
         print(f"wrote {args.json}")
     return 0 if report["ok"] else EXIT_MISMATCH
-
-
-def _tolerance_flag(field: str) -> Any:
-    """An argparse type: a finite number >= 0; errors name the field."""
-
-    def parse(text: str) -> float:
-        import math
-
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{field}: must be a number >= 0, got {text!r}") from None
-        if not math.isfinite(value) or value < 0:
-            raise argparse.ArgumentTypeError(f"{field}: must be a finite number >= 0, got {text!r}")
-        return value
-
-    return parse
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -783,8 +767,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("a", metavar="A.npz", help="the reference file")
     p.add_argument("b", metavar="B.npz", help="the file checked against it")
-    p.add_argument("--rtol", type=_tolerance_flag("rtol"), help="relative tolerance (default: by dtype and kind)")
-    p.add_argument("--atol", type=_tolerance_flag("atol"), help="absolute tolerance (default: by dtype and kind)")
+    p.add_argument("--rtol", type=_float_flag("rtol", 0), help="relative tolerance (default: by dtype and kind)")
+    p.add_argument("--atol", type=_float_flag("atol", 0), help="absolute tolerance (default: by dtype and kind)")
     p.add_argument("--json", metavar="FILE", help="write the comparison as JSON")
     p.set_defaults(func=cmd_diff)
 

@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from parity import safeio
 from parity.config import ConfigError
 from parity.safeio import printable
 
@@ -41,14 +42,7 @@ def _summary(value: Any, keys: tuple[str, ...]) -> bool:
 
 
 def read_bytes_capped(path: Path, field: str, max_bytes: int = JSON_MAX_BYTES) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(max_bytes + 1)
-    except OSError as err:
-        raise ConfigError(field, f"cannot read {str(path)!r} ({err.strerror or err})") from None
-    if len(data) > max_bytes:
-        raise ConfigError(field, f"{str(path)!r} is larger than {max_bytes} bytes; not a maml-parity run file")
-    return data
+    return safeio.read_bytes_capped(path, field, max_bytes, "a maml-parity run file")
 
 
 def load_json(path: Path, field: str) -> Any:

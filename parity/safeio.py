@@ -58,8 +58,9 @@ def printable(value: Any, limit: int = 80) -> str:
     return out + ("…" if len(text) > limit else "")
 
 
-def read_text_capped(path: str | os.PathLike[str], field: str, max_bytes: int = CONFIG_MAX_BYTES) -> str:
-    """A UTF-8 text file of at most ``max_bytes`` bytes, or a :class:`ConfigError` naming ``field``."""
+def read_bytes_capped(path: str | os.PathLike[str], field: str, max_bytes: int, what: str) -> bytes:
+    """A file's bytes, at most ``max_bytes`` of them read (``/dev/zero`` is refused, not read until
+    memory runs out), or a :class:`ConfigError` naming ``field``; ``what`` the file should have been."""
     where = repr(str(path))
     try:
         with open(path, "rb") as f:
@@ -67,7 +68,14 @@ def read_text_capped(path: str | os.PathLike[str], field: str, max_bytes: int = 
     except OSError as err:
         raise ConfigError(field, f"cannot read {where} ({err.strerror or err})") from None
     if len(data) > max_bytes:
-        raise ConfigError(field, f"{where} is larger than {max_bytes} bytes; not a config file")
+        raise ConfigError(field, f"{where} is larger than {max_bytes} bytes; not {what}")
+    return data
+
+
+def read_text_capped(path: str | os.PathLike[str], field: str, max_bytes: int = CONFIG_MAX_BYTES) -> str:
+    """A UTF-8 text file of at most ``max_bytes`` bytes, or a :class:`ConfigError` naming ``field``."""
+    where = repr(str(path))
+    data = read_bytes_capped(path, field, max_bytes, "a config file")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:

@@ -4,7 +4,7 @@ PyTorch's thread count. And ``precision_scope`` sets full float32 matmuls only i
 Before the fix, optax's Adam bias correction ``1 − β**count`` (β a Python float, count an int32)
 was computed in float64 under x64 mode, and ``train --preset seed-alpha`` in float32 first
 differed between ``JAX_ENABLE_X64=0`` and ``=1`` at step 36 (the jaxpr of the float32 training
-step then held six float64 operations; see jax_impl.train.typed_counts).
+step then held six float64 operations; see jax_impl.train.adam).
 """
 
 from __future__ import annotations
