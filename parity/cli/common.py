@@ -1,0 +1,153 @@
+"""What the commands share: exit statuses, config resolution, output targets checked before any
+work, the run directory a command reads, threads, devices and the --json target."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from parity.cli.parser import CONFIG_FLAGS
+from parity.config import DTYPES, Config, ConfigError, field_names, get_preset
+
+EXIT_MISMATCH = 1
+
+EXIT_USAGE = 2
+
+EXIT_DIVERGED = 3
+
+
+def resolve_config(args: argparse.Namespace) -> Config:
+    """The preset, then --config (file or inline JSON), then the field flags, then --set (see PRECEDENCE_HELP)."""
+    cfg = get_preset(args.preset)
+    if args.config:
+        cfg = Config.from_json(_config_text(args.config), base=cfg)
+    overrides: dict[str, Any] = {}
+    if getattr(args, "dtype", None) is not None and args.dtype not in DTYPES:
+        raise ConfigError("dtype", f"must be one of {', '.join(DTYPES)}; got {args.dtype!r}")
+    for field in CONFIG_FLAGS:
+        value = getattr(args, field, None)
+        if value is not None:
+            overrides[field] = tuple(value) if isinstance(value, list) else value
+    cfg = cfg.replace(**overrides) if overrides else cfg
+    for item in getattr(args, "set_fields", None) or []:
+        cfg = cfg.replace(**dict([parse_set(item)]))
+    return cfg
+
+
+def _config_text(value: str) -> str:
+    """--config's JSON text: the value itself when it starts with '{', else the named file's
+    contents (read with a size cap: ``--config /dev/zero`` is refused, not read until memory runs out)."""
+    from parity.safeio import read_text_capped
+
+    if value.lstrip().startswith("{"):
+        return value
+    return read_text_capped(value, "config")
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` -> (field, value): VALUE as JSON when it parses (numbers, true, lists), else the
+    string itself (``--set activation=relu``). An unknown field is named with the allowed ones."""
+    key, sep, text = item.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep or not key:
+        raise ConfigError("set", f"must be KEY=VALUE (a config field and its value), got {item!r}")
+    if key not in field_names():
+        raise ConfigError(key, f"unknown config field (in --set {item!r}); allowed: {', '.join(field_names())}")
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        value = text
+    if isinstance(value, list) and key == "hidden":
+        value = tuple(value)
+    return key, value
+
+
+def _output_file(path: str, field: str, suffix: str | tuple[str, ...] | None = None) -> Path:
+    """A file the command will write: refused now, before any work, if it cannot be one
+    (``parity.safeio.check_output_file``: a name, the suffix, a writable folder)."""
+    from parity.safeio import check_output_file
+
+    return check_output_file(path, field, (suffix,) if isinstance(suffix, str) else suffix)
+
+
+def _output_dir(path: str, field: str = "out") -> Path:
+    """A directory the command will write into: refused now if it is (or lies under) a file, has
+    no name, or cannot be written (``parity.safeio.check_output_dir``)."""
+    from parity.safeio import check_output_dir
+
+    return check_output_dir(path, field)
+
+
+def _refuse_existing_run(out: Path, shown: str, hint: str) -> None:
+    from parity.checkpoint import CHECKPOINT_FILE
+
+    if any((out / name).exists() for name in (CHECKPOINT_FILE, "metrics.jsonl")):
+        raise ConfigError("out", f"{shown!r} already holds a training run; {hint} (nothing was overwritten)")
+
+
+def _run_dir(path: str) -> Path:
+    """An existing training run (``eval`` and ``report`` read one)."""
+    from parity.checkpoint import CHECKPOINT_FILE
+
+    run_dir = Path(path)
+    if not run_dir.exists():
+        raise ConfigError("dir", f"no such directory {path!r}")
+    if not run_dir.is_dir():
+        raise ConfigError("dir", f"{path!r} is not a directory (give the run's --out DIR)")
+    if not (run_dir / CHECKPOINT_FILE).exists() and not (run_dir / "config.json").exists():
+        raise ConfigError(
+            "dir", f"{path!r} holds no training run (no {CHECKPOINT_FILE}); make one with train --out DIR"
+        )
+    return run_dir
+
+
+def _load_twin(framework: str, dtype: str, device: str | None = None, check_device: bool = True) -> Any:
+    from parity.twins import load
+
+    return load(framework, dtype, device, check_device)
+
+
+def _device_args(args: argparse.Namespace) -> tuple[str | None, str]:
+    """(device, precision) of a command, both checked now, before any work."""
+    from parity.devices import check_precision, parse_device
+
+    parse_device(args.device)
+    return args.device, check_precision(args.precision)
+
+
+def _set_threads(args: argparse.Namespace, cfg: Config | None, frameworks: tuple[str, ...]) -> str:
+    """Apply --threads (or the size-based default) before a framework starts; the line to print."""
+    from parity import threads
+
+    count, why = threads.choose(getattr(args, "threads", None), cfg)
+    return f"{threads.apply(count, frameworks)}, {why}"
+
+
+def _json_target(args: argparse.Namespace) -> str | None:
+    """--json FILE, checked before any work; '-' is standard output."""
+    target = getattr(args, "json", None)
+    if target and target != "-":
+        _output_file(target, "json")
+    return target
+
+
+def _human(args: argparse.Namespace) -> Any:
+    """Where the human-readable lines go: standard error when --json - takes standard output."""
+    return sys.stderr if getattr(args, "json", None) == "-" else sys.stdout
+
+
+def _write_json(target: str, obj: Any, human: Any) -> None:
+    text = json.dumps(obj, indent=1) + "\n"
+    if target == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    from parity.checkpoint import atomic_write
+
+    out = Path(target)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda f: f.write(text.encode()))
+    print(f"wrote {out}", file=human)

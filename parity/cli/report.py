@@ -1,0 +1,81 @@
+"""``report`` and ``demo``: a run's figures and report, and the main job (both twins, compared)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from parity.cli.common import (
+    _device_args,
+    _load_twin,
+    _output_dir,
+    _output_file,
+    _refuse_existing_run,
+    _run_dir,
+    _set_threads,
+)
+from parity.cli.parser import _add_device_flags, _add_threads_flag, _int_flag
+from parity.config import SEED_ALPHA, ConfigError
+from parity.registry import TWINS
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from parity.report import write_report
+    from parity.runlock import run_lock
+
+    run_dir = _run_dir(args.dir)
+    _output_file(str(run_dir / "report.md"), "dir")  # a read-only run is refused before the work
+    with run_lock(run_dir, "dir"):
+        path = write_report(run_dir)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import contextlib
+    import os
+
+    from parity.demo import run_demo
+    from parity.runlock import run_lock
+    from parity.startup import JAX_FALSE
+
+    out = _output_dir(args.out)
+    if os.environ.get("JAX_ENABLE_X64", "").strip().lower() in JAX_FALSE:
+        raise ConfigError(
+            "JAX_ENABLE_X64",
+            "is off, but the demo checks the twins' parity in float64 as well; unset it (or set it to 1) for the demo",
+        )
+    device, precision = _device_args(args)
+    runs = [out / name for name in TWINS]
+    for run in runs:
+        _refuse_existing_run(run, str(run), "choose another --out for the demo")
+    thread_line = _set_threads(args, SEED_ALPHA, TWINS)  # before JAX's backend starts
+    for name in TWINS:
+        _load_twin(name, "float32", device)  # a device either twin cannot see: one line, before any work
+    print(f"demo: {thread_line}", flush=True)
+    with contextlib.ExitStack() as stack:
+        for run in runs:
+            stack.enter_context(run_lock(run, "out"))
+        for run in runs:
+            _refuse_existing_run(run, str(run), "choose another --out for the demo")
+        return run_demo(
+            out, iterations=args.iterations, progress=not args.no_progress, device=device, precision=precision
+        )
+
+
+def register_report(sub: Any) -> None:
+    """The ``report`` subcommand and its flags."""
+    p = sub.add_parser("report", help="figures and DIR/report.md from a run and its eval.json")
+    p.add_argument("dir", metavar="DIR")
+    p.set_defaults(func=cmd_report)
+
+
+def register_demo(sub: Any) -> None:
+    """The ``demo`` subcommand and its flags."""
+    p = sub.add_parser("demo", help="the main job: seed-alpha in JAX and PyTorch, compared")
+    p.add_argument("--out", default="runs/demo", metavar="DIR")
+    p.add_argument("--iterations", type=_int_flag("iterations", 1), default=5000)
+    p.add_argument("--no-progress", action="store_true")
+    _add_device_flags(p, "default")
+    _add_threads_flag(p)
+    p.set_defaults(func=cmd_demo)
