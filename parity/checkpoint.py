@@ -39,11 +39,12 @@ import numpy as np
 
 from parity.config import Config, ConfigError
 from parity.registry import versioned_packages
+
+# The file names are parity.rundir's; importers of parity.checkpoint still find them here.
+from parity.rundir import CHECKPOINT_FILE, MANIFEST_FILE, RunDir
 from parity.safeio import file_mode
 from parity.tasks import TRAIN_STREAM
 
-CHECKPOINT_FILE = "checkpoint.safetensors"
-MANIFEST_FILE = "checkpoint.json"
 CHECKPOINT_FORMAT = "maml-parity-checkpoint/2"
 READABLE_FORMATS = ("maml-parity-checkpoint/1", CHECKPOINT_FORMAT)  # /1: no checksum
 # Config fields a resumed run may change: the number of steps does not alter any step's arithmetic.
@@ -332,14 +333,9 @@ def checksum(manifest_text: str, arrays: dict[str, np.ndarray]) -> str:
 
 
 def remove_stale_temporaries(directory: str | os.PathLike[str]) -> list[Path]:
-    """Delete the temporary files an :func:`atomic_write` killed mid-write leaves in ``directory``
-    (``.<name>.<random>.tmp``); the files they were to replace are intact. Returns what it deleted."""
-    removed = []
-    for name in (CHECKPOINT_FILE, MANIFEST_FILE, "metrics.jsonl", "config.json", "final.npz"):
-        for tmp in Path(directory).glob(f".{name}.*.tmp"):
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp)
-    return removed
+    """Delete the temporary files an :func:`atomic_write` killed mid-write leaves in a run
+    directory (:meth:`parity.rundir.RunDir.remove_stale_temporaries`). Returns what it deleted."""
+    return RunDir(directory).remove_stale_temporaries()
 
 
 def check_resumable(saved: Config, cfg: Config, what: str = "the checkpoint", whose: str = "the checkpoint's") -> None:

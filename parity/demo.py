@@ -16,6 +16,7 @@ from parity.config import SEED_ALPHA
 from parity.registry import TWINS
 from parity.report import write_demo_report
 from parity.run import train_run
+from parity.rundir import RunDir
 from parity.tasks import sample_batch
 from parity.twins import Twin, load, meta_results
 
@@ -66,7 +67,7 @@ def run_demo(
 
     say(f"\nparity at the {reference}-learned initialisation (a fresh meta-batch of {PARITY_BATCH} tasks):")
     ok = True
-    final = dict(np.load(out / reference / "final.npz"))
+    final = dict(np.load(RunDir(out / reference).final))
     params = {k.split("/", 1)[1]: v for k, v in final.items() if k.startswith("params/")}
     parity_rows, parity_summary = [], {}
     for dtype in ("float64", "float32"):

@@ -39,10 +39,11 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from parity import training
-from parity.checkpoint import atomic_write, library_versions, read_checkpoint
+from parity.checkpoint import atomic_write, library_versions
 from parity.config import Config, ConfigError
 from parity.init import alpha_from_variable, init_params
 from parity.registry import DEFAULT_TWIN
+from parity.rundir import EVAL_FILE, MANIFEST_FILE, RunDir
 from parity.tasks import EVAL_STREAM, sample_batch, sinusoid
 from parity.text import alpha_summary, pm, short
 from parity.twins import Twin
@@ -281,15 +282,18 @@ def evaluate_run(
     write: bool = True,
     device: str | None = None,
     precision: str = "default",
+    ckpt: Any = None,
+    twin: Twin | None = None,
 ) -> dict[str, Any]:
     """Evaluate the checkpoint in ``run_dir`` in one twin on ``device`` (cpu | gpu | cuda:N | tpu; None:
-    the framework's default), whichever device trained it; writes ``run_dir/eval.json``."""
+    the framework's default), whichever device trained it; writes ``run_dir/eval.json``.
+    ``ckpt`` and ``twin``: the run's checkpoint and the twin, where the caller has them already."""
     from parity.twins import load
 
     spec = spec or EvalSpec()
-    ckpt = read_checkpoint(run_dir)
+    ckpt = ckpt if ckpt is not None else RunDir(run_dir).read_checkpoint()
     cfg = ckpt.config if dtype is None else ckpt.config.replace(dtype=dtype)
-    twin = load(framework, cfg.dtype, device)
+    twin = twin if twin is not None else load(framework, cfg.dtype, device)
     alpha = _cast(alpha_from_variable(ckpt.state["alpha"], ckpt.config), cfg.dtype)  # α, whatever was learned
     t0 = time.perf_counter()
     with twin.precision_scope(precision):
@@ -311,7 +315,7 @@ def evaluate_run(
     }
     if write:
         atomic_write(
-            run_dir / "eval.json", lambda f: f.write((json.dumps(out, indent=1, allow_nan=False) + "\n").encode())
+            RunDir(run_dir).eval_file, lambda f: f.write((json.dumps(out, indent=1, allow_nan=False) + "\n").encode())
         )
     return out
 
@@ -320,16 +324,15 @@ def read_eval(run_dir: Path) -> dict[str, Any]:
     """``run_dir/eval.json``, checked for every key ``report`` reads (``parity.readers``)."""
     from parity.readers import read_eval_file
 
-    path = run_dir / "eval.json"
+    path = RunDir(run_dir).eval_file
     if not path.exists():
-        raise ConfigError("dir", f"no eval.json in {str(run_dir)!r}; run `maml-parity eval {run_dir}` first")
+        raise ConfigError("dir", f"no {EVAL_FILE} in {str(run_dir)!r}; run `maml-parity eval {run_dir}` first")
     return read_eval_file(path, run_dir)
 
 
 def read_json(path: Path, field: str) -> Any:
     """A JSON file (size-capped), or a ConfigError naming ``field`` and the file if it is not valid
     JSON; a checkpoint manifest copy (``checkpoint.json``) is also checked for shape and type."""
-    from parity.checkpoint import MANIFEST_FILE
     from parity.readers import load_json, read_manifest
 
     if path.name == MANIFEST_FILE:

@@ -25,12 +25,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from parity.checkpoint import MANIFEST_FILE, library_versions
+from parity.checkpoint import library_versions
 from parity.config import Config, ConfigError
 from parity.eval import STARTS, read_eval, read_json
 from parity.plots import LABELS, write_figures
 from parity.registry import TWINS
 from parity.run import read_metrics
+from parity.rundir import CONFIG_FILE, REPORT_FILE, RunDir
 from parity.text import pm
 
 FIGURE_CAPTIONS = {
@@ -46,8 +47,8 @@ FIGURE_CAPTIONS = {
 
 def write_report(run_dir: Path) -> Path:
     """Write the figures and ``run_dir/report.md`` (atomically); returns the report's path."""
-    if not (run_dir / "config.json").exists():
-        raise ConfigError("dir", f"{str(run_dir)!r} is not a training run (no config.json); train with --out DIR")
+    if not RunDir(run_dir).config.exists():
+        raise ConfigError("dir", f"{str(run_dir)!r} is not a training run (no {CONFIG_FILE}); train with --out DIR")
     cfg, result, rows, manifest = read_run(run_dir)
     with _staging(run_dir) as stage:
         figures = write_figures(stage.folder, result, rows, cfg)
@@ -57,15 +58,16 @@ def write_report(run_dir: Path) -> Path:
 
 def read_run(run_dir: Path) -> tuple[Config, dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
     """A run's config, eval.json, metrics rows and checkpoint manifest."""
-    cfg = Config.from_dict(read_json(run_dir / "config.json", "dir"))
+    run = RunDir(run_dir)
+    cfg = Config.from_dict(read_json(run.config, "dir"))
     result = read_eval(run_dir)
     try:
-        rows = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
+        rows = read_metrics(run.metrics) if run.metrics.exists() else []
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(
-            "dir", f"{str(run_dir / 'metrics.jsonl')!r} is not JSON lines ({err}); resume the run with train --resume"
+            "dir", f"{str(run.metrics)!r} is not JSON lines ({err}); resume the run with train --resume"
         ) from None
-    manifest = read_json(run_dir / MANIFEST_FILE, "dir") if (run_dir / MANIFEST_FILE).exists() else {}
+    manifest = read_json(run.manifest, "dir") if run.manifest.exists() else {}
     return cfg, result, rows, manifest
 
 
@@ -76,13 +78,13 @@ class _Stage:
         self.target, self.folder = target, folder
 
     def publish(self, files: list[str], text: str) -> Path:
-        _write_named(self.folder / "report.md", text.encode())
-        for name in [*files, "report.md"]:
+        _write_named(self.folder / REPORT_FILE, text.encode())
+        for name in [*files, REPORT_FILE]:
             try:
                 os.replace(self.folder / name, self.target / name)
             except OSError as err:
                 raise OSError(err.errno, err.strerror, str(self.target / name)) from None
-        return self.target / "report.md"
+        return self.target / REPORT_FILE
 
 
 @contextlib.contextmanager

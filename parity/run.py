@@ -16,19 +16,9 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-import numpy as np
-
 from parity import training
-from parity.checkpoint import (
-    atomic_write,
-    check_resumable,
-    checkpoint_path,
-    read_checkpoint,
-    remove_stale_temporaries,
-    write_checkpoint,
-)
 from parity.config import Config, ConfigError
-from parity.safeio import printable
+from parity.rundir import RunDir
 from parity.text import alpha_grad_summary, alpha_summary
 from parity.twins import Twin
 
@@ -89,28 +79,21 @@ def train_run(
     """
     if checkpoint_every < 0:
         raise ConfigError("checkpoint_every", f"must be an integer >= 0, got {checkpoint_every}")
+    run_dir = RunDir(out)
     if placement is not None and not placement.is_main:
-        return _train_share(twin, cfg, out, chunk, resume, checkpoint_every, placement), []
+        return _train_share(twin, cfg, run_dir, chunk, resume, checkpoint_every, placement), []
     out.mkdir(parents=True, exist_ok=True)
-    state, start, rows = None, 0, []
-    if resume:
-        remove_stale_temporaries(out)  # left by a process killed while writing
-    ckpt = read_checkpoint(out) if resume and checkpoint_path(out).exists() else None
-    if ckpt is not None:
-        state, start = resumed_state(twin, cfg, ckpt)
-        rows = truncate_metrics(out / "metrics.jsonl", start)
-        writer = printable(ckpt.manifest["framework"])
-        print(f"resuming {out} at step {start} (checkpoint written by {writer})", file=stream)
-    elif resume:
-        check_history(out, cfg)
-        print(f"no checkpoint in {out}; starting at step 0", file=stream)
+    begin = run_dir.start(cfg, resume, lambda ckpt: twin.state_from_numpy(ckpt.state, cfg))
+    state, start, rows = begin.state, begin.step, begin.rows
+    if begin.note is not None:
+        print(begin.note, file=stream)
     if announce is not None:
         print(announce, flush=True)
-    atomic_write(out / "config.json", lambda f: f.write((cfg.to_json() + "\n").encode()))
+    run_dir.write_config(cfg)
     bar = _progress_bar(cfg.iterations, f"train {twin.name}", progress, stream, initial=start)
     # wall_s continues from the last kept row, so it stays the run's time spent training.
     start_time = time.perf_counter() - (rows[-1]["wall_s"] if rows else 0.0)
-    with open(out / "metrics.jsonl", "a" if start else "w") as log:
+    with run_dir.open_metrics(append=start > 0) as log:
 
         def on_chunk(first_step: int, metrics: dict[str, Any]) -> None:
             chunk_rows = metric_rows(first_step, metrics, time.perf_counter() - start_time)
@@ -131,8 +114,8 @@ def train_run(
             # The metrics of every step before the checkpoint reach the disk first: a resume cuts
             # metrics.jsonl back to the checkpoint's step and must find them all there.
             os.fsync(log.fileno())
-            write_checkpoint(
-                out, twin.train.state_to_numpy(state, cfg), cfg, twin.framework, twin.device_description(), precision
+            run_dir.write_checkpoint(
+                twin.train.state_to_numpy(state, cfg), cfg, twin.framework, twin.device_description(), precision
             )
 
         try:
@@ -157,53 +140,21 @@ def train_run(
             on_checkpoint(cfg.iterations, state)
     if bar is not None:
         bar.close()
-    final = training.final_values(twin, state, cfg)
-    atomic_write(out / "final.npz", lambda f: np.savez(f, **final))  # type: ignore[arg-type]
+    run_dir.write_final(training.final_values(twin, state, cfg))
     return state, rows
 
 
-def check_history(out: Path, cfg: Config) -> None:
-    """``--resume`` in a directory without a checkpoint: its ``config.json`` (if any) must be this
-    run's config (all fields but ``iterations``), and logged steps without a config are another
-    run's history; both are refused rather than replaced."""
-    config_file = out / "config.json"
-    if config_file.exists():
-        from parity.readers import load_json
-
-        try:
-            saved = Config.from_dict(load_json(config_file, "resume"))
-        except ConfigError as err:
-            if err.field == "resume":
-                raise
-            raise ConfigError("resume", f"{str(config_file)!r} is not a valid config ({err})") from None
-        check_resumable(saved, cfg, what=f"the run in {str(out)!r} (no checkpoint)", whose="that run's")
-    elif (out / "metrics.jsonl").exists() and (out / "metrics.jsonl").stat().st_size > 0:
-        raise ConfigError(
-            "resume",
-            f"{str(out)!r} holds logged steps (metrics.jsonl) but no config.json and no checkpoint: another run's "
-            "history; choose another --out (nothing was overwritten)",
-        )
-
-
-def resumed_state(twin: Twin, cfg: Config, ckpt: Any) -> tuple[Any, int]:
-    """The twin's training state from a checkpoint this run may continue, and its step."""
-    check_resumable(ckpt.config, cfg)
-    if ckpt.step > cfg.iterations:
-        raise ConfigError("iterations", f"the checkpoint is at step {ckpt.step}, past this run's {cfg.iterations}")
-    return twin.state_from_numpy(ckpt.state, cfg), ckpt.step
-
-
 def _train_share(
-    twin: Twin, cfg: Config, out: Path, chunk: int, resume: bool, checkpoint_every: int, placement: Any
+    twin: Twin, cfg: Config, run_dir: RunDir, chunk: int, resume: bool, checkpoint_every: int, placement: Any
 ) -> Any:
     """A process other than the first in a distributed run: its share of every step, no files.
 
     It starts from the same checkpoint as the first process and cuts the same chunks, so the
     collectives of every step line up.
     """
-    state, start = None, 0
-    if resume and checkpoint_path(out).exists():
-        state, start = resumed_state(twin, cfg, read_checkpoint(out))
+    ckpt = run_dir.resume_checkpoint(cfg) if resume else None
+    state = None if ckpt is None else twin.state_from_numpy(ckpt.state, cfg)
+    start = 0 if ckpt is None else ckpt.step
     return training.run(
         twin,
         cfg,
@@ -214,31 +165,6 @@ def _train_share(
         checkpoint_every=checkpoint_every,
         placement=placement,
     )
-
-
-def truncate_metrics(path: Path, step: int) -> list[dict[str, Any]]:
-    """Keep the rows of steps ``0 .. step-1`` in ``path`` (rewritten atomically) and return them.
-
-    A last line cut short by a killed process is dropped; a gap before ``step`` is an error.
-    """
-    rows: list[dict[str, Any]] = []
-    if path.exists():
-        with open(path, "rb") as f:
-            for number, raw in enumerate(f, start=1):
-                try:
-                    row = json.loads(raw.decode("utf-8"))
-                except (UnicodeDecodeError, ValueError, RecursionError):
-                    break  # a write interrupted mid-line: nothing after it was written either
-                step_of_row = row.get("step") if isinstance(row, dict) else None
-                if isinstance(step_of_row, bool) or not isinstance(step_of_row, int):
-                    raise ConfigError("resume", f"{str(path)!r} line {number} is not a metrics row (no integer 'step')")
-                if step_of_row >= step:
-                    break
-                rows.append(row)
-    if [row["step"] for row in rows] != list(range(step)):
-        raise ConfigError("resume", f"{path} does not hold steps 0..{step - 1} before the checkpoint's step {step}")
-    atomic_write(path, lambda f: f.write("".join(json.dumps(row) + "\n" for row in rows).encode()))
-    return rows
 
 
 def seed_printout(row: dict[str, Any]) -> str:

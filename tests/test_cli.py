@@ -281,3 +281,41 @@ def test_eval_json_writes_the_file_and_dash_is_stdout(tmp_path):
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["tasks"] == 3  # stdout holds the JSON only; the table went to stderr
     assert "query MSE" in result.stderr
+
+
+# --- demo with no --out: a fresh directory each time (issue 20 §5) --------------------------------
+
+
+def test_demo_without_out_picks_a_fresh_directory_and_an_explicit_out_stays_refused(tmp_path, monkeypatch, capsys):
+    """The README's first command can be run twice; the training itself is replaced by a stand-in
+    that leaves what a real demo leaves (a run in DIR/jax and DIR/torch)."""
+    from parity.cli import main
+
+    seen = []
+
+    def stand_in(out, **kwargs):
+        seen.append(out)
+        for name in ("jax", "torch"):
+            (out / name).mkdir(parents=True, exist_ok=True)  # the run lock made it
+            (out / name / "metrics.jsonl").write_text('{"step": 0}\n')
+        return 0
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("parity.demo.run_demo", stand_in)
+    firsts = []
+    for _ in range(3):
+        assert main(["demo", "--iterations", "2", "--no-progress"]) == 0
+        firsts.append(capsys.readouterr().out.splitlines()[0])
+    assert seen == [Path("runs/demo"), Path("runs/demo-2"), Path("runs/demo-3")]
+    assert firsts[0].startswith("demo: writing to runs/demo; ")
+    assert firsts[1].startswith("demo: writing to runs/demo-2 (runs/demo exists, from an earlier demo); ")
+    assert firsts[2].startswith("demo: writing to runs/demo-3 (")
+    before = (tmp_path / "runs" / "demo" / "jax" / "metrics.jsonl").read_bytes()
+    assert main(["demo", "--out", "runs/demo", "--iterations", "2"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == (
+        "maml-parity: error: out: 'runs/demo/jax' already holds a training run; choose another --out for the demo "
+        "(nothing was overwritten)\n"
+    )
+    assert len(seen) == 3 and (tmp_path / "runs" / "demo" / "jax" / "metrics.jsonl").read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["demo", "demo-2", "demo-3"]

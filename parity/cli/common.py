@@ -82,26 +82,16 @@ def _output_dir(path: str, field: str = "out") -> Path:
 
 
 def _refuse_existing_run(out: Path, shown: str, hint: str) -> None:
-    from parity.checkpoint import CHECKPOINT_FILE
+    from parity.rundir import RunDir
 
-    if any((out / name).exists() for name in (CHECKPOINT_FILE, "metrics.jsonl")):
-        raise ConfigError("out", f"{shown!r} already holds a training run; {hint} (nothing was overwritten)")
+    RunDir(out).refuse_existing(shown, hint)
 
 
 def _run_dir(path: str) -> Path:
     """An existing training run (``eval`` and ``report`` read one)."""
-    from parity.checkpoint import CHECKPOINT_FILE
+    from parity.rundir import RunDir
 
-    run_dir = Path(path)
-    if not run_dir.exists():
-        raise ConfigError("dir", f"no such directory {path!r}")
-    if not run_dir.is_dir():
-        raise ConfigError("dir", f"{path!r} is not a directory (give the run's --out DIR)")
-    if not (run_dir / CHECKPOINT_FILE).exists() and not (run_dir / "config.json").exists():
-        raise ConfigError(
-            "dir", f"{path!r} holds no training run (no {CHECKPOINT_FILE}); make one with train --out DIR"
-        )
-    return run_dir
+    return RunDir(path).require_run(path).path
 
 
 def _load_twin(framework: str, dtype: str, device: str | None = None, check_device: bool = True) -> Any:

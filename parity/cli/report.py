@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from parity.cli.common import (
@@ -17,6 +18,9 @@ from parity.cli.common import (
 from parity.cli.parser import _add_device_flags, _add_threads_flag, _int_flag
 from parity.config import SEED_ALPHA, ConfigError
 from parity.registry import TWINS
+from parity.rundir import RunDir
+
+DEMO_OUT = "runs/demo"  # the demo's output with no --out, or the first free DEMO_OUT-2, -3, ...
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -24,22 +28,32 @@ def cmd_report(args: argparse.Namespace) -> int:
     from parity.runlock import run_lock
 
     run_dir = _run_dir(args.dir)
-    _output_file(str(run_dir / "report.md"), "dir")  # a read-only run is refused before the work
+    _output_file(str(RunDir(run_dir).report), "dir")  # a read-only run is refused before the work
     with run_lock(run_dir, "dir"):
         path = write_report(run_dir)
     print(f"wrote {path}")
     return 0
 
 
+def fresh_demo_dir(base: str = DEMO_OUT) -> str:
+    """``base``, else ``base-2``, ``base-3``, ...: the first that does not exist. With no --out a
+    second demo gets a directory of its own instead of being refused for the first one's."""
+    for n in range(1, 10_000):
+        candidate = base if n == 1 else f"{base}-{n}"
+        if not os.path.lexists(candidate):
+            return candidate
+    raise ConfigError("out", f"{base!r} to {base + '-9999'!r} all exist; give --out DIR")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import contextlib
-    import os
 
     from parity.demo import run_demo
     from parity.runlock import run_lock
     from parity.startup import JAX_FALSE
 
-    out = _output_dir(args.out)
+    chosen = args.out if args.out is not None else fresh_demo_dir()
+    out = _output_dir(chosen)
     if os.environ.get("JAX_ENABLE_X64", "").strip().lower() in JAX_FALSE:
         raise ConfigError(
             "JAX_ENABLE_X64",
@@ -52,6 +66,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     thread_line = _set_threads(args, SEED_ALPHA, TWINS)  # before JAX's backend starts
     for name in TWINS:
         _load_twin(name, "float32", device)  # a device either twin cannot see: one line, before any work
+    if args.out is None:  # say where, first: the directory was not the user's choice
+        taken = "" if chosen == DEMO_OUT else f" ({DEMO_OUT} exists, from an earlier demo)"
+        thread_line = f"writing to {chosen}{taken}; {thread_line}"
     print(f"demo: {thread_line}", flush=True)
     with contextlib.ExitStack() as stack:
         for run in runs:
@@ -73,7 +90,12 @@ def register_report(sub: Any) -> None:
 def register_demo(sub: Any) -> None:
     """The ``demo`` subcommand and its flags."""
     p = sub.add_parser("demo", help="the main job: seed-alpha in JAX and PyTorch, compared")
-    p.add_argument("--out", default="runs/demo", metavar="DIR")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help=f"where to write (default: {DEMO_OUT}, or {DEMO_OUT}-2, -3, ... where it exists); "
+        "a DIR that holds a run is refused",
+    )
     p.add_argument("--iterations", type=_int_flag("iterations", 1), default=5000)
     p.add_argument("--no-progress", action="store_true")
     _add_device_flags(p, "default")

@@ -17,7 +17,6 @@ from parity.cli.common import (
     _output_dir,
     _output_file,
     _refuse_existing_run,
-    _run_dir,
     _set_threads,
     _write_json,
     resolve_config,
@@ -33,6 +32,7 @@ from parity.cli.parser import (
 )
 from parity.config import DTYPES, Config, ConfigError
 from parity.registry import DEFAULT_TWIN, TWINS
+from parity.rundir import RunDir
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -101,7 +101,7 @@ def _train_locked(
             )
     except TrainingDiverged as err:
         if placement is None or placement.is_main:  # every process stops; one says why
-            print(f"maml-parity: training diverged at {err}; {_kept_checkpoint(out)}", file=sys.stderr)
+            print(f"maml-parity: training diverged at {err}; {RunDir(out).kept_checkpoint_note()}", file=sys.stderr)
         return EXIT_DIVERGED
     if placement is not None and not placement.is_main:
         return 0
@@ -115,7 +115,8 @@ def _train_locked(
             f"{args.framework}: {len(rows)} steps, last outer loss {rows[-1]['outer_loss']:.4f}, "
             f"final alpha {_alpha_line(alpha_summary(alpha))} (after the last update: the checkpoint's)"
         )
-    print(f"wrote {out}/config.json, {out}/metrics.jsonl, {out}/checkpoint.safetensors, {out}/final.npz")
+    run = RunDir(out)
+    print(f"wrote {run.config}, {run.metrics}, {run.checkpoint}, {run.final}")
     return 0
 
 
@@ -153,17 +154,6 @@ def _check_split(args: argparse.Namespace, cfg: Config) -> bool | None:
     return rank == 0
 
 
-def _kept_checkpoint(out: Path) -> str:
-    from parity.checkpoint import CHECKPOINT_FILE, CheckpointError, read_checkpoint
-
-    if not (out / CHECKPOINT_FILE).exists():
-        return "no checkpoint was written (use --checkpoint-every N to keep one)"
-    try:
-        return f"the checkpoint of step {read_checkpoint(out).step} in {str(out)!r} is kept"
-    except CheckpointError:
-        return f"{str(out / CHECKPOINT_FILE)!r} was left as it was"
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
     from parity.eval import EvalSpec, evaluate_run, summary_lines
 
@@ -180,41 +170,36 @@ def cmd_eval(args: argparse.Namespace) -> int:
         spec_args["phase_shifts"] = tuple(args.phase_shift)
     spec = EvalSpec(**spec_args)  # a bad --tasks, --shots ... is named before the run is looked at
     from parity import limits
-    from parity.checkpoint import read_checkpoint
     from parity.runlock import run_lock
 
     limits.check_eval_caps(spec.tasks, spec.shots, spec.max_steps, spec.pretrain_steps, len(spec.phase_shifts))
-    run_dir = _run_dir(args.dir)
-    saved = read_checkpoint(run_dir).config
-    cfg = saved if args.dtype is None else saved.replace(dtype=args.dtype)
+    run = RunDir(args.dir).require_run(args.dir)
+    run_dir, ckpt = run.path, run.read_checkpoint()  # read once: evaluate_run is given it
+    cfg = ckpt.config if args.dtype is None else ckpt.config.replace(dtype=args.dtype)
     limits.check_eval(
         cfg, spec.tasks, spec.shots, spec.max_steps, spec.pretrain_steps, len(spec.phase_shifts), args.max_memory
     )
-    _output_file(str(run_dir / "eval.json"), "dir")  # a read-only run is refused before the work
+    _output_file(str(run.eval_file), "dir")  # a read-only run is refused before the work
     json_target, human = _json_target(args), _human(args)
-    thread_line = _set_threads(args, _eval_work(run_dir, spec), (args.framework,) if args.framework in TWINS else ())
+    thread_line = _set_threads(args, _eval_work(cfg, spec), (args.framework,) if args.framework in TWINS else ())
     device, precision = _device_args(args)
-    _load_twin(args.framework, cfg.dtype, device)  # a device the twin cannot see: one line, before the work
+    twin = _load_twin(args.framework, cfg.dtype, device)  # a device it cannot see: one line, before the work
     with run_lock(run_dir, "dir"):
         print(f"eval {args.framework} on {device}, {precision} precision: {thread_line}", file=human, flush=True)
         result = evaluate_run(
-            run_dir, framework=args.framework, dtype=args.dtype, spec=spec, device=device, precision=precision
+            run_dir, args.framework, args.dtype, spec, device=device, precision=precision, ckpt=ckpt, twin=twin
         )
     print("\n".join(summary_lines(result)), file=human)
-    print(f"wrote {run_dir}/eval.json", file=human)
+    print(f"wrote {run.eval_file}", file=human)
     if json_target:
         _write_json(json_target, result, human)
     return 0
 
 
-def _eval_work(run_dir: Path, spec: Any) -> Config | None:
+def _eval_work(cfg: Config, spec: Any) -> Config:
     """The evaluation's size as a config (all held-out tasks at once), for the thread default."""
     from parity.eval import QUERY_POINTS
 
-    try:
-        cfg = Config.from_json((run_dir / "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ConfigError):
-        return None  # evaluate_run names what is wrong with the run
     return cfg.replace(meta_batch=spec.tasks, k_query=QUERY_POINTS, inner_steps=max(1, spec.max_steps))
 
 
