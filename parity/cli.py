@@ -7,7 +7,6 @@ run that diverges (a loss or gradient not finite) ends in one line and exit stat
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -96,7 +95,7 @@ def _add_config_flags(p: argparse.ArgumentParser, default_preset: str, framework
     )
     if framework:
         p.add_argument("--framework", default=DEFAULT_TWIN, help=f"{_TWIN_CHOICES} (default {DEFAULT_TWIN})")
-    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
+    defaults = Config().flat()
     for field, help_text in CONFIG_FLAGS.items():
         flag = "--" + field.replace("_", "-")
         default = defaults[field]
