@@ -17,7 +17,7 @@ from typing import Any, Union
 import jax
 import jax.numpy as jnp
 
-from jax_impl.model import Params, check_inputs, mlp, point_loss
+from jax_impl.model import Params, check_inputs, point_loss, predict
 from parity.config import Config
 
 Alpha = Union[jax.Array, Params]  # a 0-d array, or one array per parameter (per_parameter mode)
@@ -41,7 +41,7 @@ def inner_loss(params: Params, x: jax.Array, y: jax.Array, cfg: Config) -> jax.A
 
 def _inner_loss(params: Params, x: jax.Array, y: jax.Array, cfg: Config) -> jax.Array:
     # inner_loss without the input checks: the inner loop calls it every step.
-    return point_loss(mlp(params, x, cfg.activation), y, cfg.loss)
+    return point_loss(predict(params, x, cfg), y, cfg.loss)
 
 
 def alpha_for(alpha: Alpha, name: str) -> jax.Array:

@@ -343,11 +343,11 @@ def check_resumable(saved: Config, cfg: Config, what: str = "the checkpoint", wh
 
     Only ``iterations`` may change: resuming must continue the very same trajectory.
     """
-    ours, theirs = cfg.to_dict(), saved.to_dict()
+    ours, theirs = cfg.flat(), saved.flat()
     for field in ours:
-        if field not in RESUMABLE_CHANGES and ours[field] != theirs[field]:
+        if field not in RESUMABLE_CHANGES and ours[field] != theirs.get(field):
             raise ConfigError(
                 field,
-                f"{what} was trained with {field} = {theirs[field]!r} but this run asks for {ours[field]!r}; "
+                f"{what} was trained with {field} = {theirs.get(field)!r} but this run asks for {ours[field]!r}; "
                 f"resume with {whose} config (only {', '.join(RESUMABLE_CHANGES)} may change)",
             )

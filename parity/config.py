@@ -1,211 +1,237 @@
-"""The one experiment config: a frozen dataclass, validated on construction, JSON in and out.
+"""The experiment config: a composition of small frozen parts, validated, JSON in and out.
 
-Every field is checked in ``__post_init__``; a bad value raises :class:`ConfigError`, whose
-message names the field and what is allowed. The CLI turns that into one line and exit status 2.
-Presets are plain instances (``PRESETS``), not code paths.
+A :class:`Config` is five parts, each a :class:`parity.parts.Part`:
+
+- ``family``: the task family (axis ``family``: :data:`parity.families.FAMILIES`), its data and loss;
+- ``model``: the model (axis ``model``: :data:`parity.models.MODELS`);
+- ``inner``: the inner loop (:class:`parity.inner.InnerLoop`), holding the inner optimiser
+  (axis ``inner_optimizer``: :data:`parity.inner.INNER_OPTIMIZERS`);
+- ``outer``: the outer loop (:class:`OuterLoop`);
+- ``numerics``: dtype and seed (:class:`Numerics`).
+
+Every field also has a flat name, unique across the parts (``hidden``, ``inner_steps``,
+``dtype``, …), and each axis its own (``family``, ``model``, ``inner_optimizer``): the names of
+the CLI's flags and of ``--set KEY=VALUE``, of the 0.2 config files (which still read), and the
+attributes an implementation reads (``cfg.inner_steps``, ``cfg.loss``, ``cfg.dtype``). JSON nests
+the parts (:meth:`Config.to_dict`). A bad value raises :class:`ConfigError`, whose message names
+the field and what is allowed; the CLI turns that into one line and exit status 2. Presets are
+plain instances (:data:`PRESETS`), not code paths.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
+import functools
 import json
 import math
-import sys
 from typing import Any
 
-ACTIVATIONS = ("tanh", "relu")
-INIT_SCHEMES = ("seed", "maml")
-LOSSES = ("l1", "mse")
-ALPHA_MODES = ("fixed", "scalar", "per_parameter")
-ALPHA_PARAMETRISATIONS = ("identity", "softplus")
+from parity.families import FAMILIES
+from parity.families.sinusoid import LOSSES
+from parity.inner import ALPHA_MODES, ALPHA_PARAMETRISATIONS, INNER_OPTIMIZERS, InnerLoop
+from parity.models import MODELS
+from parity.models.mlp import ACTIVATIONS, INIT_SCHEMES
+from parity.parts import (
+    ConfigError,
+    Part,
+    check_choice,
+    check_declared,
+    check_float,
+    check_int,
+    field,
+    lookup,
+    set_float,
+)
+
+__all__ = [
+    "ACTIVATIONS",
+    "ALPHA_MODES",
+    "ALPHA_PARAMETRISATIONS",
+    "DTYPES",
+    "INIT_SCHEMES",
+    "LOSSES",
+    "MAML_PAPER",
+    "MAML_PAPER_CODE",
+    "META_SGD",
+    "OPTIMIZERS",
+    "PRESETS",
+    "SEED_ALPHA",
+    "SEED_MAML",
+    "Config",
+    "ConfigError",
+    "Numerics",
+    "OuterLoop",
+    "computation_fields",
+    "field_names",
+    "get_preset",
+    "lookup",
+]
+
 OPTIMIZERS = ("sgd", "adam")
 DTYPES = ("float32", "float64")
 
-# Fields that hold a (low, high) range of a uniform distribution.
-_RANGE_FIELDS = ("amplitude_range", "frequency_range", "phase_range", "x_range")
 
-
-class ConfigError(ValueError):
-    """A config value outside what is allowed; ``field`` names the offending field."""
-
-    def __init__(self, field: str, message: str):
-        self.field = field
-        super().__init__(f"{field}: {message}")
-
-
+@check_declared
 @dataclasses.dataclass(frozen=True)
+class OuterLoop(Part):
+    """The outer loop: what learns the initial parameters (and a learned α), on how many tasks."""
+
+    outer_optimizer: str = field("sgd", "training", "for the initial parameters: sgd | adam")
+    outer_lr: float = field(1e-2, "training", "the outer learning rate")
+    alpha_optimizer: str = field("adam", "training", "for a learned α: sgd | adam")
+    alpha_lr: float = field(1e-4, "training", "α's learning rate")
+    # The same function of any number of tasks (a mean over them): not part of the compile key.
+    meta_batch: int = field(1, "training", "B: tasks per outer step (the seed uses one)")
+    iterations: int = field(5000, "training", "outer steps")
+
+    def check(self) -> None:
+        check_choice("outer_optimizer", self.outer_optimizer, OPTIMIZERS)
+        check_float("outer_lr", self.outer_lr, positive=True)
+        check_choice("alpha_optimizer", self.alpha_optimizer, OPTIMIZERS)
+        check_float("alpha_lr", self.alpha_lr, positive=True)
+        check_int("meta_batch", self.meta_batch, minimum=1)
+        check_int("iterations", self.iterations, minimum=0)
+        set_float(self, "outer_lr")
+        set_float(self, "alpha_lr")
+
+
+@check_declared
+@dataclasses.dataclass(frozen=True)
+class Numerics(Part):
+    """Precision and randomness."""
+
+    dtype: str = field("float32", "meta_gradient", "float32 | float64")
+    seed: int = field(0, "data", "drives the task sampler and the initial parameters")
+
+    def check(self) -> None:
+        check_choice("dtype", self.dtype, DTYPES)
+        check_int("seed", self.seed, minimum=0)
+
+
+PARTS = ("family", "model", "inner", "outer", "numerics")
+# axis -> (its table, the part that holds the choice)
+AXES: dict[str, tuple[dict[str, type[Part]], str]] = {
+    "family": (FAMILIES, "family"),
+    "model": (MODELS, "model"),
+    "inner_optimizer": (INNER_OPTIMIZERS, "inner.optimizer"),
+}
+
+
+@dataclasses.dataclass(frozen=True, init=False)
 class Config:
     """A whole experiment: task family, model, inner loop, outer loop, numerics.
 
-    Defaults are the seed lab's part 1 (``seed-maml``).
+    ``Config(**flat)`` takes the parts by name (``Config(model=MLP(hidden=(40,)))``) and any flat
+    field (``Config(hidden=(40,), dtype="float64")``). Defaults are the seed lab's part 1
+    (``seed-maml``).
     """
 
-    # --- task family: y = A·sin(ω·x + φ), each drawn uniformly from its range, per task.
-    amplitude_range: tuple[float, float] = (1.0, 1.0)  # A; the seed fixes A = 1
-    frequency_range: tuple[float, float] = (0.5, 1.0)  # ω; the seed's `a`
-    phase_range: tuple[float, float] = (0.0, 0.0)  # φ; the seed trains on φ = 0
-    x_range: tuple[float, float] = (-2 * math.pi, 2 * math.pi)  # inputs, support and query
-    k_support: int = 4  # K: points the inner loop fits
-    k_query: int = 4  # Q: points the outer loss scores
-    # --- model: MLP 1 → hidden... → 1, parameters {"w0","b0",...}, weights (out, in)
-    hidden: tuple[int, ...] = (32, 32)
-    activation: str = "tanh"  # tanh | relu
-    # seed: first weight U(-1, 1), later weights U(±1/√fan_in), biases 0 (the seed lab's).
-    # maml: every weight N(0, 0.01²) truncated at 2σ, biases 0 (Finn et al.'s reference code).
-    init_scheme: str = "seed"
-    # --- inner loop: T steps of w ← w − α·∇L_support(w)
-    loss: str = "l1"  # l1 (mean absolute error, the seed's) | mse
-    inner_steps: int = 3  # T; 0 means no adaptation
-    alpha_mode: str = "fixed"  # fixed | scalar (seed part 4) | per_parameter (Meta-SGD)
-    alpha_init: float = 0.03  # α, or the initial value of every entry of a learned α
-    # A negative alpha_init climbs the inner loss; refused unless asked for with this set true.
-    allow_negative_alpha: bool = False
-    # What the outer loop learns for a learned α: α itself (identity), or ρ with α = softplus(ρ)
-    # (softplus), which keeps α > 0 whatever the updates; ρ starts where softplus(ρ) = alpha_init.
-    alpha_parametrisation: str = "identity"
-    first_order: bool = False  # treat inner gradients as constants (FOMAML); α still gets a gradient
-    # Rematerialise the inner loop: keep only each step's parameters for the backward pass and
-    # recompute the rest (activations, inner gradients) there; less memory for long unrolls
-    # (T in the hundreds), about one more forward pass of time. Same gradients.
-    remat: bool = False
-    # --- outer loop
-    outer_optimizer: str = "sgd"  # for the initial parameters: sgd | adam
-    outer_lr: float = 1e-2
-    alpha_optimizer: str = "adam"  # for a learned α: sgd | adam
-    alpha_lr: float = 1e-4
-    meta_batch: int = 1  # B: tasks per outer step (the seed uses one)
-    iterations: int = 5000  # outer steps
-    # --- numerics and randomness
-    dtype: str = "float32"  # float32 | float64
-    seed: int = 0  # drives the task sampler and the initial parameters
+    # Any part of its axis (a table's entry or a user's class): each has ``name`` and its own fields.
+    family: Any
+    model: Any
+    inner: InnerLoop
+    outer: OuterLoop
+    numerics: Numerics
 
-    def __post_init__(self) -> None:
-        for name in _RANGE_FIELDS:
-            object.__setattr__(self, name, _check_range(name, getattr(self, name)))
-        _check_int("k_support", self.k_support, minimum=1)
-        _check_int("k_query", self.k_query, minimum=1)
-        hidden = self.hidden
-        if isinstance(hidden, list):
-            hidden = tuple(hidden)
-        if not isinstance(hidden, tuple) or len(hidden) < 1:
-            raise ConfigError("hidden", f"must be a non-empty list of layer widths, got {hidden!r}")
-        for width in hidden:
-            _check_int("hidden", width, minimum=1)
-        object.__setattr__(self, "hidden", hidden)
-        _check_choice("activation", self.activation, ACTIVATIONS)
-        _check_choice("init_scheme", self.init_scheme, INIT_SCHEMES)
-        _check_choice("loss", self.loss, LOSSES)
-        _check_int("inner_steps", self.inner_steps, minimum=0)
-        _check_choice("alpha_mode", self.alpha_mode, ALPHA_MODES)
-        _check_float("alpha_init", self.alpha_init)
-        if not isinstance(self.allow_negative_alpha, bool):
-            raise ConfigError("allow_negative_alpha", f"must be true or false, got {self.allow_negative_alpha!r}")
-        _check_choice("alpha_parametrisation", self.alpha_parametrisation, ALPHA_PARAMETRISATIONS)
-        if self.alpha_parametrisation == "softplus":
-            if self.alpha_mode == "fixed":
-                raise ConfigError(
-                    "alpha_parametrisation",
-                    "softplus applies to a learned alpha (alpha_mode scalar or per_parameter); alpha_mode is fixed",
-                )
-            _check_float("alpha_init", self.alpha_init, positive=True, why=" (alpha_parametrisation softplus)")
-        if self.alpha_init < 0 and not self.allow_negative_alpha:
-            raise ConfigError(
-                "alpha_init",
-                f"must be >= 0, got {self.alpha_init} (a negative alpha climbs the inner loss; "
-                "set allow_negative_alpha to true to run it anyway)",
-            )
-        if not isinstance(self.first_order, bool):
-            raise ConfigError("first_order", f"must be true or false, got {self.first_order!r}")
-        if not isinstance(self.remat, bool):
-            raise ConfigError("remat", f"must be true or false, got {self.remat!r}")
-        _check_choice("outer_optimizer", self.outer_optimizer, OPTIMIZERS)
-        _check_float("outer_lr", self.outer_lr, positive=True)
-        _check_choice("alpha_optimizer", self.alpha_optimizer, OPTIMIZERS)
-        _check_float("alpha_lr", self.alpha_lr, positive=True)
-        _check_int("meta_batch", self.meta_batch, minimum=1)
-        _check_int("iterations", self.iterations, minimum=0)
-        _check_choice("dtype", self.dtype, DTYPES)
-        _check_int("seed", self.seed, minimum=0)
-        _check_arithmetic(self)
-        object.__setattr__(self, "alpha_init", float(self.alpha_init))
-        object.__setattr__(self, "outer_lr", float(self.outer_lr))
-        object.__setattr__(self, "alpha_lr", float(self.alpha_lr))
+    def __init__(self, **fields: Any) -> None:
+        parts = {name: fields.pop(name) for name in PARTS if isinstance(fields.get(name), Part)}
+        defaults = {"family": FAMILIES["sinusoid"](), "model": MODELS["mlp"](), "inner": InnerLoop()}
+        defaults.update(outer=OuterLoop(), numerics=Numerics())
+        for name in PARTS:
+            object.__setattr__(self, name, parts.get(name, defaults[name]))
+        if fields:
+            changed = _with_flat(self, fields)
+            for name in PARTS:
+                object.__setattr__(self, name, getattr(changed, name))
+        self._check()
 
-    # --- derived quantities -------------------------------------------------------------
+    def _check(self) -> None:
+        for name, part_type in (("inner", InnerLoop), ("outer", OuterLoop), ("numerics", Numerics)):
+            if not isinstance(getattr(self, name), part_type):
+                raise ConfigError(name, f"must be a {part_type.__name__}, got {type(getattr(self, name)).__name__}")
+        for axis, (_table, where) in AXES.items():
+            if getattr(_part_at(self, where), "axis", None) != axis:
+                raise ConfigError(axis, f"must be a part of axis {axis}")
+        check_config = getattr(self.family, "check_config", None)
+        if check_config is not None:
+            check_config(self)
 
-    @property
-    def alpha_learned(self) -> bool:
-        """Whether the outer loop updates α."""
-        return self.alpha_mode != "fixed"
+    # --- the flat view ----------------------------------------------------------------------
 
-    @property
-    def layer_sizes(self) -> tuple[int, ...]:
-        """Widths from input to output, e.g. (1, 32, 32, 1)."""
-        return (1, *self.hidden, 1)
+    def __getattr__(self, name: str) -> Any:
+        # Called only for names that are not attributes: the flat fields and the axis choices.
+        if name.startswith("_") or name in PARTS:
+            raise AttributeError(name)
+        for where in _flat_owners(self).get(name, ()):
+            return getattr(_part_at(self, where), "name" if name in AXES else name)
+        for part in (self.family, self.model, self.inner, self.outer, self.numerics):
+            if hasattr(type(part), name):  # a part's derived property, e.g. alpha_learned
+                return getattr(part, name)
+        raise AttributeError(f"Config has no field {name!r} (family {self.family.name}, model {self.model.name})")
 
-    @property
-    def param_names(self) -> tuple[str, ...]:
-        """Parameter names in the canonical order: w0, b0, w1, b1, ..."""
-        n_layers = len(self.hidden) + 1
-        return tuple(f"{kind}{i}" for i in range(n_layers) for kind in ("w", "b"))
+    def flat(self) -> dict[str, Any]:
+        """Every flat name -> value (axes by their choice), in the parts' order."""
+        return {
+            name: _part_at(self, where[0]).name if name in AXES else getattr(self, name)
+            for name, where in _flat_owners(self).items()
+        }
 
     @property
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Shape of every parameter; weights are (out, in) as in ``torch.nn.Linear``."""
-        sizes = self.layer_sizes
-        shapes: dict[str, tuple[int, ...]] = {}
-        for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
-            shapes[f"w{i}"] = (n_out, n_in)
-            shapes[f"b{i}"] = (n_out,)
-        return shapes
+        """Shape of every parameter, in the canonical order (the model's, for the family's inputs)."""
+        return self.model.param_shapes(self.family.input_shape, self.family.n_outputs)  # type: ignore[attr-defined]
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        """Parameter names in the canonical order: w0, b0, w1, b1, ... for the MLP."""
+        return tuple(self.param_shapes)
+
+    @property
+    def layer_sizes(self) -> tuple[int, ...]:
+        """The MLP's widths from input to output, e.g. (1, 32, 32, 1)."""
+        return self.model.layer_sizes(self.family.input_shape, self.family.n_outputs)  # type: ignore[attr-defined]
+
+    # --- what keys a compiled computation ---------------------------------------------------
 
     def meta_signature(self) -> Config:
-        """This config with every field that does not change the meta-gradient's computation
-        reset to its default: the key under which a compiled meta-gradient is reused."""
+        """This config with every field that does not change the meta-gradient's computation reset
+        to its default: the static argument under which a compiled meta-gradient is reused.
+        Fixed and scalar α run the same computation (only the outer loop differs)."""
+        fresh = {name: type(_part_at(self, name))(**_affecting(_part_at(self, name))) for name in ("family", "model")}
+        inner = dataclasses.replace(
+            InnerLoop(),
+            **_affecting(self.inner),
+        )
+        if inner.alpha_mode == "fixed":
+            inner = dataclasses.replace(inner, alpha_mode="scalar")
         return Config(
-            k_support=self.k_support,
-            k_query=self.k_query,
-            hidden=self.hidden,
-            activation=self.activation,
-            loss=self.loss,
-            inner_steps=self.inner_steps,
-            # fixed and scalar α run the same computation; only the outer loop differs.
-            alpha_mode="per_parameter" if self.alpha_mode == "per_parameter" else "scalar",
-            first_order=self.first_order,
-            remat=self.remat,
-            dtype=self.dtype,
+            family=fresh["family"],
+            model=fresh["model"],
+            inner=inner,
+            outer=OuterLoop(),
+            numerics=Numerics(dtype=self.dtype),
         )
 
-    # --- (de)serialisation ----------------------------------------------------------------
+    # --- changes and (de)serialisation ------------------------------------------------------
 
     def replace(self, **changes: Any) -> Config:
-        """A copy with some fields changed (validated like any other config)."""
-        unknown = sorted(set(changes) - set(field_names()))
-        if unknown:
-            raise _unknown_field(unknown[0])
-        return dataclasses.replace(self, **changes)
+        """A copy with some flat fields (or whole parts, or axis choices) changed, validated."""
+        return _with_flat(self, changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict (tuples become lists)."""
-        out = dataclasses.asdict(self)
-        for key, value in out.items():
-            if isinstance(value, tuple):
-                out[key] = list(value)
-        return out
+        """The nested JSON-ready dict: one object per part, each chosen part with its ``name``."""
+        return {name: _part_dict(_part_at(self, name)) for name in PARTS}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: Any, base: Config | None = None) -> Config:
-        """Build from a dict; unknown keys are an error. Missing keys come from ``base``."""
+        """Build from a nested dict (``to_dict``'s) or a flat one (0.2's); unknown keys are an error.
+        Missing keys come from ``base``."""
         if not isinstance(data, dict):
             raise ConfigError("config", f"must be a JSON object, got {type(data).__name__}")
-        unknown = sorted(set(data) - set(field_names()))
-        if unknown:
-            raise _unknown_field(unknown[0])
-        return (base or cls()).replace(**data)
+        return (base or cls()).replace(**_flatten_json(data))
 
     @classmethod
     def from_json(cls, text: str, base: Config | None = None) -> Config:
@@ -218,103 +244,182 @@ class Config:
         return cls.from_dict(data, base=base)
 
 
-def field_names() -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(Config))
+def field_names(cfg: Config | None = None) -> tuple[str, ...]:
+    """The flat names of ``cfg`` (default: the default config): axes first, then every part's fields."""
+    return tuple(_flat_owners(cfg or Config()))
 
 
-def _unknown_field(key: Any) -> ConfigError:
-    allowed = ", ".join(field_names())
+def computation_fields(cfg: Config | None = None) -> tuple[str, ...]:
+    """The flat names declared to change the meta-gradient's computation (``affects`` ==
+    ``meta_gradient``), axes included: what the check matrix must vary."""
+    cfg = cfg or Config()
+    out = [axis for axis in AXES]
+    for name, where in _field_places(cfg):
+        if name not in AXES and _declared(_part_at(cfg, where), name) == "meta_gradient":
+            out.append(name)
+    return tuple(out)
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def _part_at(cfg: Config, where: str) -> Any:
+    part: Any = cfg
+    for step in where.split("."):
+        part = getattr(part, step)
+    return part
+
+
+def _declared(part: Part, name: str) -> str:
+    return next(f.metadata["affects"] for f in dataclasses.fields(part) if f.name == name)
+
+
+def _field_places(cfg: Config) -> tuple[tuple[str, str], ...]:
+    """(flat name, the dotted path of the part holding it), axes first."""
+    return _places(*_types(cfg))
+
+
+@functools.lru_cache(maxsize=64)
+def _places(family: Any, model: Any, optimizer: Any) -> tuple[tuple[str, str], ...]:
+    # Depends only on the parts' types: cached, since every flat read (cfg.dtype) looks here.
+    places = [(axis, where) for axis, (_t, where) in AXES.items()]
+    for part_name, part in (("family", family), ("model", model), ("inner", InnerLoop)):
+        for name in part.field_names():
+            if part_name == "inner" and name == "optimizer":
+                places += [(n, "inner.optimizer") for n in optimizer.field_names()]
+            else:
+                places.append((name, part_name))
+    places += [(name, "outer") for name in OuterLoop.field_names()]
+    places += [(name, "numerics") for name in Numerics.field_names()]
+    return tuple(places)
+
+
+def _flat_owners(cfg: Config) -> dict[str, tuple[str, ...]]:
+    return _owners(*_types(cfg))
+
+
+def _types(cfg: Config) -> tuple[Any, ...]:
+    return type(cfg.family), type(cfg.model), type(cfg.inner.optimizer)
+
+
+@functools.lru_cache(maxsize=64)
+def _owners(family: Any, model: Any, optimizer: Any) -> dict[str, tuple[str, ...]]:
+    owners: dict[str, tuple[str, ...]] = {}
+    for name, where in _places(family, model, optimizer):
+        owners[name] = (*owners.get(name, ()), where)
+    return owners
+
+
+def _affecting(part: Part) -> dict[str, Any]:
+    """The part's fields declared ``meta_gradient``, with their values."""
+    return {f.name: getattr(part, f.name) for f in dataclasses.fields(part) if f.metadata["affects"] == "meta_gradient"}
+
+
+def _part_dict(part: Part) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(part):
+        value = getattr(part, f.name)
+        if isinstance(value, Part):
+            out[f.name] = _part_dict(value)
+        else:
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def _flatten_json(data: dict[str, Any]) -> dict[str, Any]:
+    """A nested (or flat, or mixed) config object -> flat changes, axis choices first."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in PARTS and isinstance(value, dict):
+            inner = dict(value)
+            if key in AXES and "name" in inner:
+                flat[key] = inner.pop("name")
+            optimizer = inner.pop("optimizer", None) if key == "inner" else None
+            if isinstance(optimizer, dict):
+                optimizer = dict(optimizer)
+                if "name" in optimizer:
+                    flat["inner_optimizer"] = optimizer.pop("name")
+                inner.update(optimizer)
+            elif optimizer is not None:
+                flat["inner_optimizer"] = optimizer
+            for sub, sub_value in inner.items():
+                if sub in flat:
+                    raise ConfigError(str(sub), "given twice in the config object")
+                flat[sub] = sub_value
+        else:
+            flat[key] = value
+    return flat
+
+
+def _with_flat(cfg: Config, changes: dict[str, Any]) -> Config:
+    """``cfg`` with flat ``changes``: whole parts, then axis choices (a new choice starts from that
+    entry's defaults), then fields, each into the part that holds it."""
+    parts = {name: _part_at(cfg, name) for name in PARTS}
+    for name in PARTS:
+        if name in changes and isinstance(changes[name], Part):
+            parts[name] = changes.pop(name)
+    for axis, (table, where) in AXES.items():
+        if axis not in changes:
+            continue
+        choice = changes.pop(axis)
+        entry = _axis_entry(table, axis, choice)
+        current = _part_at(cfg, where)
+        if type(current) is entry and getattr(current, "name", None) == choice:
+            continue
+        made = _make(entry, axis, {"name": choice} if "name" in {f.name for f in dataclasses.fields(entry)} else {})
+        if where == "inner.optimizer":
+            parts["inner"] = dataclasses.replace(parts["inner"], optimizer=made)
+        else:
+            parts[where] = made
+    holders: dict[str, dict[str, Any]] = {}
+    probe = Config.__new__(Config)
+    for name, part in parts.items():
+        object.__setattr__(probe, name, part)
+    owners = _flat_owners(probe)
+    for key, value in changes.items():
+        if key not in owners:
+            raise _unknown_field(key, owners)
+        where = owners[key][0]
+        holders.setdefault(where, {})[key] = value
+    for where, values in holders.items():
+        if where == "inner.optimizer":
+            optimizer = _make(type(parts["inner"].optimizer), "inner_optimizer", values, parts["inner"].optimizer)
+            parts["inner"] = dataclasses.replace(parts["inner"], optimizer=optimizer)
+        else:
+            parts[where] = _make(type(parts[where]), where, values, parts[where])
+    out = Config.__new__(Config)
+    for name, part in parts.items():
+        object.__setattr__(out, name, part)
+    out._check()
+    return out
+
+
+def _make(entry: type[Part], axis: str, values: dict[str, Any], base: Part | None = None) -> Part:
+    try:
+        return dataclasses.replace(base, **values) if base is not None else entry(**values)
+    except TypeError as err:  # a user's part class that does not take these fields
+        raise ConfigError(axis, f"{entry.__name__} refused {sorted(values)} ({err})") from None
+
+
+def _axis_entry(table: dict[str, type[Part]], axis: str, choice: Any) -> type[Part]:
+    if isinstance(choice, str) and choice in table:
+        return table[choice]
+    if isinstance(choice, str) and ":" in choice and axis in ("family", "model"):
+        from parity.registry import load_object
+
+        entry = load_object(choice, axis)
+        if not (isinstance(entry, type) and issubclass(entry, Part) and entry.axis == axis):
+            raise ConfigError(axis, f"{choice!r} is not a parity.parts.Part subclass with axis = {axis!r}")
+        return entry
+    user = " or a module:NAME / file.py:NAME" if axis in ("family", "model") else ""
+    raise ConfigError(axis, f"must be one of {', '.join(table)}{user}; got {choice!r}")
+
+
+def _unknown_field(key: Any, owners: dict[str, Any]) -> ConfigError:
+    allowed = ", ".join(owners)
     if isinstance(key, str) and key.isidentifier():
         return ConfigError(key, f"unknown config field; allowed: {allowed}")
     return ConfigError("config", f"unknown field {str(key)[:40]!r}; allowed: {allowed}")  # keep the message one line
-
-
-# --- validation helpers -----------------------------------------------------------------
-
-
-def lookup(table: dict[str, Any], field: str, name: str) -> Any:
-    """``table[name]``, or ConfigError naming ``field`` and what is allowed: option choices are
-    tables, so an unknown name is refused instead of falling into an ``else``."""
-    try:
-        return table[name]
-    except (KeyError, TypeError):
-        raise ConfigError(field, f"must be one of {', '.join(table)}; got {name!r}") from None
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    # bool is an int subclass in Python; True is never a valid step count.
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(name, f"must be an integer >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ConfigError(name, f"must be an integer >= {minimum}, got {value}")
-
-
-def _check_float(name: str, value: Any, positive: bool = False, why: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(name, f"must be a finite number, got {value!r}")
-    if not _is_finite(value):
-        raise ConfigError(name, f"must be a finite number, got {value}")
-    if positive and value <= 0:
-        raise ConfigError(name, f"must be a finite number > 0{why}, got {value}")
-
-
-def _is_finite(value: float) -> bool:
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # a JSON integer too large for a float
-        return False
-
-
-def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(name, f"must be one of {', '.join(allowed)}; got {value!r}")
-
-
-def _check_range(name: str, value: Any) -> tuple[float, float]:
-    if not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise ConfigError(name, f"must be a pair [low, high], got {value!r}")
-    low, high = value
-    for end in (low, high):
-        if isinstance(end, bool) or not isinstance(end, (int, float)) or not _is_finite(end):
-            raise ConfigError(name, f"must hold two finite numbers, got {list(value)!r}")
-    if low > high:
-        raise ConfigError(name, f"must satisfy low <= high, got [{low}, {high}]")
-    return (float(low), float(high))
-
-
-# Largest finite value of each dtype (no NumPy import here).
-_DTYPE_MAX = {"float32": 3.4028234663852886e38, "float64": sys.float_info.max}
-
-
-def _check_arithmetic(cfg: Config) -> None:
-    """Finite fields whose arithmetic is not finite in ``cfg.dtype``: refused by name.
-
-    Sampling draws ``low + (high - low)·u`` in float64 and casts to the dtype; a task is
-    ``A·sin(ω·x + φ)``; the first inner step subtracts α times a gradient that scales with the
-    inputs and amplitudes. Each of these must stay finite (the MSE loss also squares A).
-    """
-    top = _DTYPE_MAX[cfg.dtype]
-    for name in _RANGE_FIELDS:
-        low, high = getattr(cfg, name)
-        if max(abs(low), abs(high)) > top:
-            raise ConfigError(name, f"{[low, high]} is not finite in {cfg.dtype} (largest {top:.4g})")
-        if not _is_finite(high - low) or high - low > _DTYPE_MAX["float64"]:
-            raise ConfigError(name, f"the width high - low of {[low, high]} overflows; sampling in it is not finite")
-    scale = {name: max(abs(v) for v in getattr(cfg, name)) for name in _RANGE_FIELDS}
-    argument = scale["frequency_range"] * scale["x_range"] + scale["phase_range"]
-    if not argument <= top:
-        raise ConfigError(
-            "x_range", f"frequency x input + phase reaches {argument:.4g}, past {cfg.dtype}'s largest {top:.4g}"
-        )
-    if cfg.loss == "mse" and not scale["amplitude_range"] ** 2 <= top:
-        raise ConfigError("amplitude_range", f"the squared amplitude is not finite in {cfg.dtype} (loss mse)")
-    step = abs(cfg.alpha_init) * max(1.0, scale["x_range"]) * max(1.0, scale["amplitude_range"])
-    if not step <= top:
-        raise ConfigError(
-            "alpha_init",
-            f"{cfg.alpha_init:g} makes the first inner step (alpha x gradient, which scales with the inputs and "
-            f"amplitudes) not finite in {cfg.dtype} (largest {top:.4g})",
-        )
 
 
 # --- presets ------------------------------------------------------------------------------

@@ -44,8 +44,8 @@ def diff_files(
         "config_differences": [{"field": f, "a": va, "b": vb} for f, va, vb in signature_differences(cfg_a, cfg_b)],
         "other_config_differences": [
             {"field": f, "a": va, "b": vb}
-            for f, va in cfg_a.to_dict().items()
-            if (vb := cfg_b.to_dict()[f]) != va and f not in {d[0] for d in signature_differences(cfg_a, cfg_b)}
+            for f, va in cfg_a.flat().items()
+            if (vb := cfg_b.flat()[f]) != va and f not in {d[0] for d in signature_differences(cfg_a, cfg_b)}
         ],
         "input_differences": [],
         "rows": [],

@@ -108,7 +108,8 @@ def eval_tasks(cfg: Config, n: int, shots: int, phase_shift: float = 0.0, step: 
     """
     batch = sample_batch(cfg.replace(k_support=shots, dtype="float64"), step, stream=EVAL_STREAM, batch_size=n)
     phase = batch.phase + phase_shift  # [N]
-    grid = np.linspace(*cfg.x_range, QUERY_POINTS)  # [P]
+    low, high = cfg.x_range
+    grid = np.linspace(low, high, QUERY_POINTS)  # [P]
     x_query = np.broadcast_to(grid[None, :, None], (n, QUERY_POINTS, 1))  # [N, P, 1]
     tasks = EvalTasks(
         x_support=batch.x_support,
@@ -144,7 +145,7 @@ def adaptation_curves(
     for step in range(max_steps + 1):
         if step > 0:
             adapted, _ = meta.inner_step(twin.differentiable(adapted), alpha_t, x_s, y_s, step_cfg)
-        preds.append(twin.to_numpy(model.forward(adapted, x_q, cfg.activation))[..., 0])  # [N, P]
+        preds.append(twin.to_numpy(model.forward(adapted, x_q, cfg))[..., 0])  # [N, P]
     return np.stack(preds)  # [S+1, N, P]
 
 

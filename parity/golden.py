@@ -107,15 +107,15 @@ def golden_arrays(impl: Any, cfg: Config, trace: bool = False) -> dict[str, np.n
 
 def meta_signature(cfg: Config) -> dict[str, Any]:
     """The config's values of the fields that change the numbers (:data:`SIGNATURE_FIELDS`)."""
-    values = cfg.to_dict()
+    values = cfg.flat()
     return {field: values[field] for field in SIGNATURE_FIELDS}
 
 
 def signature_differences(a: Config, b: Config) -> list[tuple[str, Any, Any]]:
     """``(field, a's value, b's value)`` for each field that changes the numbers and differs
     (fixed and scalar α count as the same: they compute the same numbers)."""
-    sig_a, sig_b = a.meta_signature().to_dict(), b.meta_signature().to_dict()
-    values_a, values_b = a.to_dict(), b.to_dict()
+    sig_a, sig_b = a.meta_signature().flat(), b.meta_signature().flat()
+    values_a, values_b = a.flat(), b.flat()
     return [(f, values_a[f], values_b[f]) for f in SIGNATURE_FIELDS if sig_a[f] != sig_b[f]]
 
 

@@ -17,18 +17,9 @@ Params = dict[str, np.ndarray]
 
 
 def init_params(cfg: Config, seed: int | None = None) -> Params:
-    """Fresh parameters for ``cfg``'s MLP, a pure function of ``seed`` (default ``cfg.seed``)."""
+    """Fresh parameters for ``cfg``'s model, a pure function of ``seed`` (default ``cfg.seed``)."""
     rng = rng_for(cfg.seed if seed is None else seed, INIT_STREAM, 0)
-    params: Params = {}
-    for name, shape in cfg.param_shapes.items():
-        if name.startswith("b"):
-            params[name] = np.zeros(shape, dtype=cfg.dtype)
-        elif cfg.init_scheme == "maml":
-            params[name] = (0.01 * truncated_normal(rng, shape)).astype(cfg.dtype)
-        else:
-            bound = 1.0 if name == "w0" else 1.0 / np.sqrt(shape[1])  # shape is (out, in)
-            params[name] = rng.uniform(-bound, bound, size=shape).astype(cfg.dtype)
-    return params
+    return cfg.model.init_params(cfg.param_shapes, rng, cfg.dtype)  # type: ignore[attr-defined, no-any-return]
 
 
 def truncated_normal(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:

@@ -22,10 +22,28 @@ from typing import Any
 
 import numpy as np
 
-from parity.config import Config
+from parity.config import Config, lookup
 from parity.contract import MetaResult
 
 H = 1e-30  # complex step
+
+# Activations as (value, derivative), complex-step safe: relu(z) = z·[Re z > 0].
+ACTIVATIONS = {
+    "tanh": (np.tanh, lambda z: 1.0 - np.tanh(z) ** 2),
+    "relu": (lambda z: z * (z.real > 0), lambda z: (z.real > 0).astype(float)),
+}
+
+
+def _l1(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    s = np.sign(r.real)  # |z| = z·sign(Re z): complex-step safe
+    return r * s, s
+
+
+# Per-point loss of the residual r and its derivative with respect to r.
+POINT_LOSSES = {"l1": _l1, "mse": lambda r: (r * r, 2.0 * r)}
+# The axes this oracle implements (the model's hand-written backpropagation; the inner update).
+MODELS = ("mlp",)
+INNER_OPTIMIZERS = ("sgd",)
 
 # One task's inner loop, as lists of layers: W[i] [D, out, in], b[i] [D, out] (D: perturbed copies).
 Layers = tuple[list[np.ndarray], list[np.ndarray]]
@@ -39,15 +57,20 @@ class NumpyOracle:
     def supports(self, cfg: Config) -> str | None:
         if cfg.dtype != "float64":
             return "the NumPy oracle computes in float64 only (it is the float64 reference)"
+        if cfg.model.name not in MODELS:
+            return f"the NumPy oracle has no model {cfg.model.name!r} (it has {', '.join(MODELS)})"
+        if cfg.inner_optimizer not in INNER_OPTIMIZERS:
+            has = ", ".join(INNER_OPTIMIZERS)
+            return f"the NumPy oracle has no inner optimiser {cfg.inner_optimizer!r} (it has {has})"
         return None
 
     # --- the pieces -----------------------------------------------------------------------------
 
     def act(self, z: np.ndarray, kind: str) -> np.ndarray:
-        return np.tanh(z) if kind == "tanh" else z * (z.real > 0)
+        return lookup(ACTIVATIONS, "activation", kind)[0](z)
 
     def act_grad(self, z: np.ndarray, kind: str) -> np.ndarray:
-        return 1.0 - np.tanh(z) ** 2 if kind == "tanh" else (z.real > 0).astype(float)
+        return lookup(ACTIVATIONS, "activation", kind)[1](z)
 
     def forward(
         self, W: list[np.ndarray], b: list[np.ndarray], x: np.ndarray, act: str
@@ -65,11 +88,9 @@ class NumpyOracle:
     def loss_and_grad_out(self, out: np.ndarray, y: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
         """Mean loss over P points [D] and its gradient with respect to ``out`` [D, P, 1]."""
         r = out - y
+        value, grad = lookup(POINT_LOSSES, "loss", kind)(r)
         P = r.shape[1]
-        if kind == "l1":
-            s = np.sign(r.real)
-            return np.sum(r * s, axis=(1, 2)) / P, s / P
-        return np.sum(r * r, axis=(1, 2)) / P, 2.0 * r / P
+        return np.sum(value, axis=(1, 2)) / P, grad / P
 
     def loss_grads(
         self, W: list, b: list, x: np.ndarray, y: np.ndarray, act: str, loss: str

@@ -75,6 +75,14 @@ def resolve(spec: str) -> Any:
     return impl
 
 
+def load_object(where: str, field: str) -> Any:
+    """The object ``module:NAME`` or ``file.py:NAME`` names (a user's task family or model, by
+    config field ``field``); errors are one line naming ``field``."""
+    if where.rsplit(":", 1)[0].endswith(".py"):
+        return _from_file(where, where, field)
+    return _attribute(where, where, field)
+
+
 def _instantiate(target: Any, device: str | None, spec: str) -> Any:
     if inspect.isclass(target) or (callable(target) and not hasattr(target, "meta_value_and_grad")):
         if device is None:
@@ -93,34 +101,34 @@ def _instantiate(target: Any, device: str | None, spec: str) -> Any:
     return target
 
 
-def _attribute(path: str, spec: str) -> Any:
+def _attribute(path: str, spec: str, field: str = "impl") -> Any:
     module_name, _, attribute = path.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        raise ConfigError("impl", f"{spec!r}: cannot import {module_name!r} ({err})") from None
-    return _get(module, attribute, spec)
+        raise ConfigError(field, f"{spec!r}: cannot import {module_name!r} ({err})") from None
+    return _get(module, attribute, spec, field)
 
 
-def _from_file(where: str, spec: str) -> Any:
+def _from_file(where: str, spec: str, field: str = "impl") -> Any:
     file_name, _, attribute = where.rpartition(":")
     path = Path(file_name)
     if not path.is_file():
-        raise ConfigError("impl", f"{spec!r}: no such file {file_name!r}")
+        raise ConfigError(field, f"{spec!r}: no such file {file_name!r}")
     module_name = f"_maml_parity_user_{abs(hash(str(path.resolve())))}"
     if module_name in sys.modules:
-        return _get(sys.modules[module_name], attribute, spec)
+        return _get(sys.modules[module_name], attribute, spec, field)
     loader_spec = importlib.util.spec_from_file_location(module_name, path)
     if loader_spec is None or loader_spec.loader is None:
-        raise ConfigError("impl", f"{spec!r}: {file_name!r} is not a Python file")
+        raise ConfigError(field, f"{spec!r}: {file_name!r} is not a Python file")
     module = importlib.util.module_from_spec(loader_spec)
     sys.modules[module_name] = module  # dataclasses and pickling look the module up by name
     try:
         loader_spec.loader.exec_module(module)
     except Exception as err:
         del sys.modules[module_name]
-        raise ConfigError("impl", f"{spec!r}: loading {file_name!r} failed ({type(err).__name__}: {err})") from None
-    return _get(module, attribute, spec)
+        raise ConfigError(field, f"{spec!r}: loading {file_name!r} failed ({type(err).__name__}: {err})") from None
+    return _get(module, attribute, spec, field)
 
 
 def _from_entry_point(name: str, spec: str) -> Any:
@@ -138,10 +146,10 @@ def _from_entry_point(name: str, spec: str) -> Any:
         raise ConfigError("impl", f"{spec!r}: loading its entry point failed ({type(err).__name__}: {err})") from None
 
 
-def _get(module: Any, attribute: str, spec: str) -> Any:
+def _get(module: Any, attribute: str, spec: str, field: str = "impl") -> Any:
     if not attribute:
-        raise ConfigError("impl", f"{spec!r}: name the object after the colon (module:NAME)")
+        raise ConfigError(field, f"{spec!r}: name the object after the colon (module:NAME)")
     try:
         return getattr(module, attribute)
     except AttributeError:
-        raise ConfigError("impl", f"{spec!r}: {module.__name__} has no attribute {attribute!r}") from None
+        raise ConfigError(field, f"{spec!r}: {module.__name__} has no attribute {attribute!r}") from None

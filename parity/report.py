@@ -283,7 +283,7 @@ def training_section(rows: list[dict[str, Any]]) -> list[str]:
 
 def config_section(cfg: Config) -> list[str]:
     out = ["## Config", "", "| field | value |", "|---|---|"]
-    return [*out, *(f"| {k} | `{json.dumps(v)}` |" for k, v in cfg.to_dict().items()), ""]
+    return [*out, *(f"| {k} | `{json.dumps(v)}` |" for k, v in cfg.flat().items()), ""]
 
 
 def versions_section(result: dict[str, Any], manifest: dict[str, Any]) -> list[str]:

@@ -1,4 +1,4 @@
-"""The seeded sinusoid task sampler both twins read (NumPy only).
+"""The seeded task sampler every implementation reads (NumPy only); the family draws the tasks.
 
 The meta-batch for outer step ``i`` is a pure function of ``(seed, i)``: its random numbers come
 from ``numpy.random.SeedSequence([seed, stream, i])``, so any step can be regenerated without
@@ -8,31 +8,19 @@ Evaluation tasks use a different ``stream`` and so never coincide with training 
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any
 
 import numpy as np
 
 from parity.config import Config
+from parity.families.sinusoid import TaskBatch, sinusoid
+
+__all__ = ["EVAL_STREAM", "INIT_STREAM", "TRAIN_STREAM", "TaskBatch", "sample_batch", "sample_batches", "sinusoid"]
 
 # Stream ids keep the seed domains of training, evaluation and initialisation disjoint.
 TRAIN_STREAM = 0
 EVAL_STREAM = 1
 INIT_STREAM = 2
-
-
-class TaskBatch(NamedTuple):
-    """A meta-batch of sinusoid tasks, ``y = A·sin(ω·x + φ)``.
-
-    Leading axes are ``[B]`` for one step or ``[N, B]`` for a stack of steps.
-    """
-
-    x_support: np.ndarray  # [B, K, 1]
-    y_support: np.ndarray  # [B, K, 1]
-    x_query: np.ndarray  # [B, Q, 1]
-    y_query: np.ndarray  # [B, Q, 1]
-    amplitude: np.ndarray  # [B]
-    frequency: np.ndarray  # [B]
-    phase: np.ndarray  # [B]
 
 
 def rng_for(seed: int, stream: int, index: int) -> np.random.Generator:
@@ -48,35 +36,15 @@ def sample_batch(cfg: Config, step: int, stream: int = TRAIN_STREAM, batch_size:
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
     B = cfg.meta_batch if batch_size is None else batch_size
-    rng = rng_for(cfg.seed, stream, step)
-    amplitude = rng.uniform(*cfg.amplitude_range, size=B)  # [B]
-    frequency = rng.uniform(*cfg.frequency_range, size=B)  # [B]
-    phase = rng.uniform(*cfg.phase_range, size=B)  # [B]
-    x_support = rng.uniform(*cfg.x_range, size=(B, cfg.k_support, 1))  # [B, K, 1]
-    x_query = rng.uniform(*cfg.x_range, size=(B, cfg.k_query, 1))  # [B, Q, 1]
-    batch = TaskBatch(
-        x_support=x_support,
-        y_support=sinusoid(x_support, amplitude, frequency, phase),
-        x_query=x_query,
-        y_query=sinusoid(x_query, amplitude, frequency, phase),
-        amplitude=amplitude,
-        frequency=frequency,
-        phase=phase,
-    )
+    batch = cfg.family.sample(rng_for(cfg.seed, stream, step), B)  # type: ignore[attr-defined]
     return cast_batch(batch, cfg.dtype)
 
 
 def sample_batches(cfg: Config, start: int, count: int, stream: int = TRAIN_STREAM) -> TaskBatch:
     """Steps ``start .. start+count-1`` stacked on a leading axis: every field ``[N, B, ...]``."""
     batches = [sample_batch(cfg, step, stream) for step in range(start, start + count)]
-    return TaskBatch(*(np.stack(field) for field in zip(*batches)))
+    return type(batches[0])(*(np.stack(field) for field in zip(*batches)))
 
 
-def sinusoid(x: np.ndarray, amplitude: np.ndarray, frequency: np.ndarray, phase: np.ndarray) -> np.ndarray:
-    """``A·sin(ω·x + φ)`` with per-task A, ω, φ of shape [B] broadcast over x [B, P, 1]."""
-    a, w, p = (v[:, None, None] for v in (amplitude, frequency, phase))
-    return a * np.sin(w * x + p)
-
-
-def cast_batch(batch: TaskBatch, dtype: str) -> TaskBatch:
-    return TaskBatch(*(np.asarray(field, dtype=dtype) for field in batch))
+def cast_batch(batch: Any, dtype: str) -> Any:
+    return type(batch)(*(np.asarray(field, dtype=dtype) for field in batch))

@@ -48,7 +48,7 @@ def test_cost_analysis_counts_the_forward_pass_like_the_hand_count():
     cfg = setting.cfg()
     params = to_arrays(init_params(cfg), "float32")
     x = to_arrays(np.linspace(-1, 1, 10, dtype=np.float32).reshape(10, 1), "float32")
-    compiled = jax.jit(lambda p, x: mlp(p, x, cfg.activation)).lower(params, x).compile()
+    compiled = jax.jit(lambda p, x: mlp(p, x, cfg.model)).lower(params, x).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     # tanh is counted as a transcendental, not a flop; nothing else is left to count.

@@ -111,7 +111,7 @@ def test_train_writes_config_and_metrics(tmp_path):
     assert [r["step"] for r in rows] == list(range(12))
     assert {"step", "outer_loss", "inner_losses", "alpha", "alpha_grad", "wall_s"} <= set(rows[0])
     assert len(rows[0]["inner_losses"]) == 2 and rows[0]["alpha"] == pytest.approx(0.1)
-    assert json.loads((out / "config.json").read_text())["inner_steps"] == 2
+    assert json.loads((out / "config.json").read_text())["inner"]["inner_steps"] == 2  # nested since 0.3
 
 
 # --- config flags, --set, inline --config (issue 13) ---------------------------------------------

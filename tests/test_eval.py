@@ -88,7 +88,7 @@ def test_adaptation_steps_equal_the_training_inner_loop(framework: str) -> None:
     model = twin.model
     p, a, (xs, ys, xq) = (model.to_arrays(v, "float64") for v in (params, alpha, tasks[:3]))
     adapted, _ = twin.meta.adapt(p, a, xs, ys, CFG.replace(inner_steps=3))
-    expected = model.to_numpy(model.forward(adapted, xq, CFG.activation))[..., 0]
+    expected = model.to_numpy(model.forward(adapted, xq, CFG))[..., 0]
     np.testing.assert_allclose(preds[3], expected, rtol=1e-12, atol=1e-12)
     assert np.abs(preds[3] - preds[0]).max() > 1e-3  # the steps did move the fit
     frozen = adaptation_curves(twin, params, np.asarray(0.0), tasks, CFG, 2)

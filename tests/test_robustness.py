@@ -96,8 +96,8 @@ def bad_call(case: str, framework: str):
             params, alpha, xs, to(sample_batch(SMALL, 0).y_support, "float32"), SMALL
         ),
         "inner-loss-points-1d": lambda: meta.inner_loss(params, xs[0, :, 0], ys[0, :, 0], SMALL),
-        "forward-x-without-trailing-1": lambda: model.forward(params, xs[..., 0], SMALL.activation),
-        "forward-int-x": lambda: model.forward(params, to(np.zeros((4, 1)), "int64"), SMALL.activation),
+        "forward-x-without-trailing-1": lambda: model.forward(params, xs[..., 0], SMALL),
+        "forward-int-x": lambda: model.forward(params, to(np.zeros((4, 1)), "int64"), SMALL),
         "tasks-a-list-of-numbers": lambda: meta.meta_loss(params, alpha, [1.0, 2.0, 3.0, 4.0], SMALL),
     }
     return calls[case]

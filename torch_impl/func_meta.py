@@ -17,14 +17,19 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from parity.config import Config
+from parity.config import Config, lookup
 from torch_impl.meta import Alpha, Tasks, alpha_for
 from torch_impl.model import Params, check_inputs, point_loss
 
 
 def supports(cfg: Config) -> str | None:
     """Why this formulation cannot run ``cfg`` (None: it can)."""
+    if cfg.model.name != "mlp":
+        return f"the torch.func formulation builds the MLP only, not model {cfg.model.name!r}"
     return "no rematerialisation in the torch.func formulation" if cfg.remat else None
+
+
+ACTIVATION_MODULES = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
 
 @functools.lru_cache(maxsize=16)
@@ -35,7 +40,7 @@ def network(hidden: tuple[int, ...], activation: str) -> nn.Sequential:
     for i in range(len(sizes) - 1):
         layers.append(nn.Linear(sizes[i], sizes[i + 1], device="meta"))
         if i < len(sizes) - 2:
-            layers.append(nn.Tanh() if activation == "tanh" else nn.ReLU())
+            layers.append(lookup(ACTIVATION_MODULES, "activation", activation)())
     return nn.Sequential(*layers)
 
 

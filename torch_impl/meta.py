@@ -16,7 +16,7 @@ from typing import Union
 import torch
 
 from parity.config import Config
-from torch_impl.model import Params, check_inputs, mlp, point_loss
+from torch_impl.model import Params, check_inputs, point_loss, predict
 
 Alpha = Union[torch.Tensor, Params]  # a 0-d tensor, or one tensor per parameter (per_parameter mode)
 Tasks = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -36,7 +36,7 @@ def inner_loss(params: Params, x: torch.Tensor, y: torch.Tensor, cfg: Config) ->
 
 def _inner_loss(params: Params, x: torch.Tensor, y: torch.Tensor, cfg: Config) -> torch.Tensor:
     # inner_loss without the input checks: the inner loop calls it every step.
-    return point_loss(mlp(params, x, cfg.activation), y, cfg.loss)
+    return point_loss(predict(params, x, cfg), y, cfg.loss)
 
 
 def alpha_for(alpha: Alpha, name: str) -> torch.Tensor:

@@ -20,21 +20,26 @@ ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
 POINT_LOSSES = {"l1": torch.abs, "mse": torch.square}
 
 
-def forward(params: Params, x: torch.Tensor, activation: str) -> torch.Tensor:
-    """MLP 1 → hidden… → 1 on points ``x`` [..., P, 1] → [..., P, 1], after checking ``x``'s shape
-    and dtype (:func:`mlp` is the same without the checks, for the inner loop).
+def forward(params: Params, x: torch.Tensor, cfg: Config) -> torch.Tensor:
+    """``cfg``'s model on points ``x`` [..., P, *input] → [..., P, n_outputs], after checking ``x``'s
+    shape and dtype (:func:`predict` is the same without the checks, for the inner loop).
     """
     check_inputs("forward", None, params=params, x=x)
-    return mlp(params, x, activation)
+    return predict(params, x, cfg)
 
 
-def mlp(params: Params, x: torch.Tensor, activation: str) -> torch.Tensor:
-    """MLP 1 → hidden… → 1 on points ``x`` [..., P, 1] → [..., P, 1].
+def predict(params: Params, x: torch.Tensor, cfg: Config) -> torch.Tensor:
+    """The forward pass of the model ``cfg.model`` names (:data:`MODELS`), its part as settings."""
+    return lookup(MODELS, "model", cfg.model.name)(params, x, cfg.model)  # type: ignore[no-any-return]
+
+
+def mlp(params: Params, x: torch.Tensor, model: Any) -> torch.Tensor:
+    """MLP 1 → hidden… → 1 on points ``x`` [..., P, 1] → [..., P, 1] (``model``: the MLP part).
 
     Weights are (out, in); parameters may carry the same leading task axes as ``x``.
     """
     n_layers = len(params) // 2
-    act = lookup(ACTIVATIONS, "activation", activation)
+    act = lookup(ACTIVATIONS, "activation", model.activation)
     h = x  # [..., P, 1]
     for i in range(n_layers):
         w, b = params[f"w{i}"], params[f"b{i}"]  # [..., out, in], [..., out]
@@ -49,6 +54,10 @@ def point_loss(pred: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
     err = pred - y
     per_point = lookup(POINT_LOSSES, "loss", kind)(err)
     return torch.mean(per_point, dim=(-2, -1))
+
+
+# The model axis (parity.models.MODELS): each entry's forward pass, by name.
+MODELS = {"mlp": mlp}
 
 
 def check_dtype(dtype: str) -> None:

@@ -21,9 +21,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from parity.config import Config
+from parity.config import Config, lookup
 from parity.init import init_params
 from parity.tasks import TaskBatch, sample_batch
+from torch_impl.model import ACTIVATIONS
 
 
 def net(x: torch.Tensor, params: list[torch.Tensor], activation: str = "tanh") -> torch.Tensor:
@@ -33,7 +34,7 @@ def net(x: torch.Tensor, params: list[torch.Tensor], activation: str = "tanh") -
         x = F.linear(x, params[2 * i], params[2 * i + 1])
         if i < n_layers - 1:
             # The seed calls F.tanh, a deprecated alias of torch.tanh (same kernel, no warning).
-            x = torch.tanh(x) if activation == "tanh" else torch.relu(x)
+            x = lookup(ACTIVATIONS, "activation", activation)(x)
     return x
 
 

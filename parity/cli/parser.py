@@ -4,7 +4,6 @@ memory and threads flags, and typed flag parsers whose errors name the field."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import re
 from typing import Any, NoReturn
@@ -74,7 +73,7 @@ def _add_config_flags(p: argparse.ArgumentParser, default_preset: str, framework
     )
     if framework:
         p.add_argument("--framework", default=DEFAULT_TWIN, help=f"{_TWIN_CHOICES} (default {DEFAULT_TWIN})")
-    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
+    defaults = Config().flat()
     for field, help_text in CONFIG_FLAGS.items():
         flag = "--" + field.replace("_", "-")
         default = defaults[field]

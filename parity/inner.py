@@ -1,0 +1,82 @@
+"""The inner loop: its steps, its step size α, and the inner-optimiser axis (``inner_optimizer``).
+
+An inner optimiser is a :class:`parity.parts.Part` in :data:`INNER_OPTIMIZERS` holding its
+hyperparameters; its update rule is an entry of the same name in each implementation's table
+(``jax_impl.meta.INNER_OPTIMIZERS``, ``torch_impl.meta.INNER_OPTIMIZERS``, ``parity.oracle``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from parity.parts import ConfigError, Part, check_bool, check_choice, check_declared, check_float, check_int, field
+
+ALPHA_MODES = ("fixed", "scalar", "per_parameter")
+ALPHA_PARAMETRISATIONS = ("identity", "softplus")
+
+
+@check_declared
+@dataclasses.dataclass(frozen=True)
+class SGD(Part):
+    """``w ← w − α ⊙ g``: the plain inner step (MAML's)."""
+
+    axis = "inner_optimizer"
+    name: str = field("sgd", "meta_gradient")
+
+
+INNER_OPTIMIZERS: dict[str, type[Part]] = {
+    "sgd": SGD,
+}
+
+
+@check_declared
+@dataclasses.dataclass(frozen=True)
+class InnerLoop(Part):
+    """T steps of the inner optimiser on the support loss, differentiated through."""
+
+    # A frozen part: one shared default instance is safe.
+    optimizer: Any = field(SGD(), "meta_gradient", "the inner optimiser (axis inner_optimizer)")  # noqa: RUF009
+    inner_steps: int = field(3, "meta_gradient", "T; 0 means no adaptation")
+    alpha_mode: str = field("fixed", "meta_gradient", "fixed | scalar (seed part 4) | per_parameter (Meta-SGD)")
+    alpha_init: float = field(0.03, "data", "α, or the initial value of every entry of a learned α")
+    # A negative alpha_init climbs the inner loss; refused unless asked for with this set true.
+    allow_negative_alpha: bool = field(False, "data", "allow a negative alpha_init")
+    # What the outer loop learns for a learned α: α itself (identity), or ρ with α = softplus(ρ)
+    # (softplus), which keeps α > 0 whatever the updates; ρ starts where softplus(ρ) = alpha_init.
+    alpha_parametrisation: str = field("identity", "training", "identity | softplus (α = softplus(ρ))")
+    first_order: bool = field(False, "meta_gradient", "treat inner gradients as constants (FOMAML)")
+    # Rematerialise the inner loop: keep only each step's parameters for the backward pass and
+    # recompute the rest (activations, inner gradients) there; less memory for long unrolls
+    # (T in the hundreds), about one more forward pass of time. Same gradients.
+    remat: bool = field(False, "meta_gradient", "rematerialise the inner loop (O(√T) memory)")
+
+    def check(self) -> None:
+        if not isinstance(self.optimizer, Part) or self.optimizer.axis != "inner_optimizer":
+            raise ConfigError("inner_optimizer", f"must be one of {', '.join(INNER_OPTIMIZERS)}")
+        check_int("inner_steps", self.inner_steps, minimum=0)
+        check_choice("alpha_mode", self.alpha_mode, ALPHA_MODES)
+        check_float("alpha_init", self.alpha_init)
+        check_bool("allow_negative_alpha", self.allow_negative_alpha)
+        check_choice("alpha_parametrisation", self.alpha_parametrisation, ALPHA_PARAMETRISATIONS)
+        if self.alpha_parametrisation == "softplus":
+            if self.alpha_mode == "fixed":
+                raise ConfigError(
+                    "alpha_parametrisation",
+                    "softplus applies to a learned alpha (alpha_mode scalar or per_parameter); alpha_mode is fixed",
+                )
+            check_float("alpha_init", self.alpha_init, positive=True, why=" (alpha_parametrisation softplus)")
+        if self.alpha_init < 0 and not self.allow_negative_alpha:
+            raise ConfigError(
+                "alpha_init",
+                f"must be >= 0, got {self.alpha_init} (a negative alpha climbs the inner loss; "
+                "set allow_negative_alpha to true to run it anyway)",
+            )
+        check_bool("first_order", self.first_order)
+        check_bool("remat", self.remat)
+        object.__setattr__(self, "alpha_init", float(self.alpha_init))
+
+    @property
+    def alpha_learned(self) -> bool:
+        """Whether the outer loop updates α."""
+        return self.alpha_mode != "fixed"
