@@ -62,6 +62,7 @@ __all__ = [
     "Numerics",
     "OuterLoop",
     "computation_fields",
+    "config_fields",
     "field_names",
     "get_preset",
     "lookup",
@@ -231,17 +232,24 @@ class Config:
         Missing keys come from ``base``."""
         if not isinstance(data, dict):
             raise ConfigError("config", f"must be a JSON object, got {type(data).__name__}")
-        return (base or cls()).replace(**_flatten_json(data))
+        return (base or cls()).replace(**config_fields(data))
 
     @classmethod
     def from_json(cls, text: str, base: Config | None = None) -> Config:
+        return cls.from_dict(cls.from_json_object(text), base=base)
+
+    @staticmethod
+    def from_json_object(text: str) -> dict[str, Any]:
+        """JSON text -> the config object it holds (not yet checked against the fields)."""
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             raise ConfigError("config", f"not valid JSON ({err.msg} at line {err.lineno})") from None
         except (ValueError, RecursionError) as err:  # an integer of > 4300 digits, nesting too deep
             raise ConfigError("config", f"not valid JSON ({type(err).__name__}: {str(err)[:80]})") from None
-        return cls.from_dict(data, base=base)
+        if not isinstance(data, dict):
+            raise ConfigError("config", f"must be a JSON object, got {type(data).__name__}")
+        return data
 
 
 def field_names(cfg: Config | None = None) -> tuple[str, ...]:
@@ -326,8 +334,8 @@ def _part_dict(part: Part) -> dict[str, Any]:
     return out
 
 
-def _flatten_json(data: dict[str, Any]) -> dict[str, Any]:
-    """A nested (or flat, or mixed) config object -> flat changes, axis choices first."""
+def config_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """A nested (``to_dict``'s), flat (0.2's) or mixed config object -> flat field changes."""
     flat: dict[str, Any] = {}
     for key, value in data.items():
         if key in PARTS and isinstance(value, dict):

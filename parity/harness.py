@@ -389,6 +389,24 @@ def default_groups(precision: str = "highest") -> list[list[Any]]:
     return [cpu, gpu, *([c, g] for c, g in zip(cpu, gpu, strict=True))]
 
 
+def with_changes(cases: list[Case], changes: list[dict[str, Any]]) -> list[Case]:
+    """Every case with ``changes`` applied in order (``check --set``, the field flags); cases that
+    become the same computation run once. The dtype stays the case's: check runs both."""
+    if any("dtype" in change for change in changes):
+        raise ConfigError("dtype", "check runs every case in float64 and float32; it takes no dtype")
+    out: list[Case] = []
+    seen: set[tuple[str, Any, int]] = set()
+    for case in cases:
+        cfg = case.cfg
+        for change in changes:
+            cfg = cfg.replace(**change)
+        key = (case.kind, cfg, case.steps)
+        if key not in seen:
+            seen.add(key)
+            out.append(dataclasses.replace(case, cfg=cfg))
+    return out
+
+
 def run_check(
     cases: list[Case],
     on_case: Callable[[Case, list[Row]], None] | None = None,

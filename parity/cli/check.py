@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from parity.cli.common import (
     _output_file,
     _set_threads,
     _write_json,
+    config_changes,
     resolve_config,
 )
 from parity.cli.parser import _add_config_flags, _add_device_flags, _add_memory_flag, _add_threads_flag, _float_flag
@@ -25,7 +27,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     from parity import harness
 
     json_target, human = _json_target(args), _human(args)
-    cases = harness.all_cases(quick=args.quick)
+    changes = config_changes(args)
+    cases = harness.with_changes(harness.all_cases(quick=args.quick), changes)
     if args.cases:
         cases = [c for c in cases if args.cases in c.name]
         if not cases:
@@ -44,7 +47,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     thread_line = _set_threads(args, None, tuple({getattr(i, "framework", "") for i in impls} & set(TWINS)))
     pairs = "; ".join(f"reference {g[0].name}, checked: {', '.join(i.name for i in g[1:])}" for g in groups)
     print(
-        f"parity check: {len(cases)} cases; {pairs}; float64 and float32, {precision} precision; {thread_line}",
+        f"parity check: {len(cases)} cases{_changed(changes)}; {pairs}; float64 and float32, {precision} precision; "
+        f"{thread_line}",
         file=human,
         flush=True,
     )
@@ -66,6 +70,15 @@ def cmd_check(args: argparse.Namespace) -> int:
         }
         _write_json(json_target, document, human)
     return 0 if ok else EXIT_MISMATCH
+
+
+def _changed(changes: list[dict[str, Any]]) -> str:
+    """`` with hidden=[8], activation='relu' in every case`` (check's config flags), or nothing."""
+    merged = {key: value for change in changes for key, value in change.items()}
+    if not merged:
+        return ""
+    shown = ", ".join(f"{key}={json.dumps(value, default=str)}" for key, value in merged.items())
+    return f" with {shown} in every case"
 
 
 def cmd_dump(args: argparse.Namespace) -> int:
@@ -127,6 +140,7 @@ def register_check(sub: Any) -> None:
         f"is checked against it (default: {' '.join('--impl ' + name for name in TWINS)})",
     )
     p.add_argument("--strict", action="store_true", help="unsupported cases fail the check (exit 1)")
+    _add_config_flags(p, None, framework=False)
     _add_device_flags(p, "highest", None)
     _add_threads_flag(p)
     p.set_defaults(func=cmd_check)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from parity.cli.parser import CONFIG_FLAGS
-from parity.config import DTYPES, Config, ConfigError, field_names, get_preset
+from parity.config import DTYPES, Config, ConfigError, config_fields, field_names, get_preset
 
 EXIT_MISMATCH = 1
 
@@ -22,8 +22,17 @@ EXIT_DIVERGED = 3
 def resolve_config(args: argparse.Namespace) -> Config:
     """The preset, then --config (file or inline JSON), then the field flags, then --set (see PRECEDENCE_HELP)."""
     cfg = get_preset(args.preset)
-    if args.config:
-        cfg = Config.from_json(_config_text(args.config), base=cfg)
+    for changes in config_changes(args):
+        cfg = cfg.replace(**changes)
+    return cfg
+
+
+def config_changes(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """What the command line changes in a config, in precedence order: --config's fields, the field
+    flags, then each --set; each a dict of flat fields (``check`` applies them to every case)."""
+    out: list[dict[str, Any]] = []
+    if getattr(args, "config", None):
+        out.append(config_fields(Config.from_json_object(_config_text(args.config))))
     overrides: dict[str, Any] = {}
     if getattr(args, "dtype", None) is not None and args.dtype not in DTYPES:
         raise ConfigError("dtype", f"must be one of {', '.join(DTYPES)}; got {args.dtype!r}")
@@ -31,10 +40,10 @@ def resolve_config(args: argparse.Namespace) -> Config:
         value = getattr(args, field, None)
         if value is not None:
             overrides[field] = tuple(value) if isinstance(value, list) else value
-    cfg = cfg.replace(**overrides) if overrides else cfg
-    for item in getattr(args, "set_fields", None) or []:
-        cfg = cfg.replace(**dict([parse_set(item)]))
-    return cfg
+    if overrides:
+        out.append(overrides)
+    out.extend(dict([parse_set(item)]) for item in getattr(args, "set_fields", None) or [])
+    return out
 
 
 def _config_text(value: str) -> str:

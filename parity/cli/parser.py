@@ -9,6 +9,9 @@ import re
 from typing import Any, NoReturn
 
 from parity.config import ACTIVATIONS, ALPHA_MODES, LOSSES, PRESETS, Config, ConfigError
+from parity.families import FAMILIES
+from parity.inner import INNER_OPTIMIZERS
+from parity.models import MODELS
 from parity.registry import DEFAULT_TWIN, TWINS
 
 _TWIN_CHOICES = " | ".join(TWINS)
@@ -31,6 +34,9 @@ class _Parser(argparse.ArgumentParser):
 # --second-order); the Config checks the value, so an error names the field as a config file's
 # would. Any other field: --set.
 CONFIG_FLAGS: dict[str, str] = {
+    "family": f"the task family: {' | '.join(FAMILIES)}, or a user's module:NAME / file.py:NAME",
+    "model": f"the model: {' | '.join(MODELS)}, or a user's module:NAME / file.py:NAME",
+    "inner_optimizer": f"the inner loop's optimiser: {' | '.join(INNER_OPTIMIZERS)}",
     "hidden": "hidden layer widths, e.g. --hidden 40 40",
     "activation": f"{' | '.join(ACTIVATIONS)}",
     "loss": f"inner and outer loss: {' | '.join(LOSSES)}",
@@ -61,11 +67,23 @@ PRECEDENCE_HELP = (
 )
 
 
-def _add_config_flags(p: argparse.ArgumentParser, default_preset: str, framework: bool = True) -> None:
-    g = p.add_argument_group("config", PRECEDENCE_HELP)
-    g.add_argument(
-        "--preset", default=default_preset, help=f"named config ({', '.join(PRESETS)}); default {default_preset}"
-    )
+CHECK_CONFIG_HELP = (
+    "Your configuration, checked: each field given (by --config, a field flag or --set KEY=VALUE, in that "
+    "order) replaces that field in every case of the matrix, e.g. --hidden 64 64 --inner-steps 10 or "
+    "--set inner_optimizer=sgd; cases that become the same run once. The dtype is not settable here: every "
+    "case runs in float64 and float32."
+)
+
+
+def _add_config_flags(p: argparse.ArgumentParser, default_preset: str | None, framework: bool = True) -> None:
+    """The config flags; ``default_preset`` None: no --preset (``check``: the flags change every case)."""
+    if default_preset is None:
+        g = p.add_argument_group("config", CHECK_CONFIG_HELP)
+    else:
+        g = p.add_argument_group("config", PRECEDENCE_HELP)
+        g.add_argument(
+            "--preset", default=default_preset, help=f"named config ({', '.join(PRESETS)}); default {default_preset}"
+        )
     g.add_argument(
         "--config",
         metavar="FILE.json|JSON",
