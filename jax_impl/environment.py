@@ -37,6 +37,14 @@ def _platforms_known(value: str, _: Mapping[str, str]) -> bool:
     return all(name.strip() in PLATFORM_NAMES for name in value.split(","))
 
 
+def _platform_refused(value: str) -> str:
+    unknown = next(name.strip() for name in value.split(",") if name.strip() not in PLATFORM_NAMES)
+    return (
+        f"names {printable(unknown)!r}, which JAX does not know; "
+        f"allowed: {', '.join(n for n in PLATFORM_NAMES if n)} (or unset it to let JAX choose)"
+    )
+
+
 VARIABLES = (
     # x64 was always checked: the demo and the float64 cases read it whatever the command's twins.
     Variable("JAX_ENABLE_X64", boolean("JAX_ENABLE_X64").allowed, boolean("JAX_ENABLE_X64").valid, always=True),
@@ -45,6 +53,7 @@ VARIABLES = (
         "JAX_PLATFORMS",
         f"a comma-separated list of {', '.join(n for n in PLATFORM_NAMES if n)} (or unset, to let JAX choose)",
         _platforms_known,
+        refusal=_platform_refused,
     ),
 )
 

@@ -40,6 +40,12 @@ class Variable:
     allowed: str  # for the message: "must be <allowed>"
     valid: Callable[[str, Mapping[str, str]], bool]  # (value, the whole environment) -> acceptable
     always: bool = False  # checked for every command (the command line reads it), not only its framework's
+    refusal: Callable[[str], str] | None = None  # the message for a bad value (default: "must be <allowed>")
+
+    def message(self, value: str) -> str:
+        if self.refusal is not None:
+            return self.refusal(value)
+        return f"must be {self.allowed}; got {printable(value)!r}"
 
 
 def boolean(name: str) -> Variable:
@@ -108,7 +114,7 @@ def check(frameworks: Iterable[str], environ: Mapping[str, str] | None = None) -
     for variable in variables(names):
         value = environ.get(variable.name)
         if value is not None and not variable.valid(value, environ):
-            raise ConfigError(variable.name, f"must be {variable.allowed}; got {printable(value)!r}")
+            raise ConfigError(variable.name, variable.message(value))
     for module in modules(names):
         module.check_started(environ)
 

@@ -29,7 +29,6 @@ CASES = {
     "JAX_DEBUG_NANS": "boolean word",
     "JAX_DISABLE_JIT": "boolean word",
     "JAX_ENABLE_X64": "boolean word",
-    "JAX_PLATFORMS": "comma-separated list of cpu",
     "WORLD_SIZE": "integer >= 1",
     "RANK": "integer >= 0 and below WORLD_SIZE",
     "MPLBACKEND": "matplotlib backend",

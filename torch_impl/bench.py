@@ -221,7 +221,6 @@ def prepare_seed_loop(setting: Setting, device: str, min_call_s: float) -> Prepa
 
 def rows() -> tuple[BenchRow, ...]:
     """The seed's loop (the baseline), the batched twin, its CUDA graph and its torch.func variant."""
-    small = {"remat": False, "max_B": SMALL_B_GPU, "max_B_accelerator": SMALL_B_GPU}
     return (
         BenchRow(
             "seed-loop",
@@ -234,7 +233,14 @@ def rows() -> tuple[BenchRow, ...]:
             max_T=max(SWEEP_T),
         ),
         BenchRow("torch", lambda s, d, o: prepare(s, d, o.min_call_s)),
-        BenchRow("torch-graph", lambda s, d, o: prepare_graph(s, d, o.min_call_s), frozenset({ACCELERATOR}), **small),
+        BenchRow(
+            "torch-graph",
+            lambda s, d, o: prepare_graph(s, d, o.min_call_s),
+            frozenset({ACCELERATOR}),
+            remat=False,
+            max_B=SMALL_B_GPU,
+            max_B_accelerator=SMALL_B_GPU,
+        ),
         BenchRow("torch-func", lambda s, d, o: prepare_func(s, d, o.min_call_s), frozenset({ACCELERATOR})),
     )
 
