@@ -8,14 +8,14 @@ devices and precision are ``jax_impl.model``'s ``resolve_device`` and ``precisio
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
-from jax_impl import meta, model, train
+from jax_impl import environment, meta, model, train
 from parity.config import Config
 from parity.devices import parse_device
-from parity.twins import TwinAdapter
+from parity.twins import BENCH, COST_ANALYSIS, PEAK_PROBES, SCALING, TwinAdapter
 
-_FALSE_WORDS = ("0", "false", "no", "off")
 UNROLL_ON_ACCELERATORS = 16  # inner loops up to this long are unrolled off the CPU (compile time grows with T)
 
 
@@ -23,6 +23,9 @@ class JaxTwin(TwinAdapter):
     """``jax.grad`` through a jit-compiled ``lax.scan`` inner loop, ``vmap`` over tasks, optax outside."""
 
     framework = "jax"
+    capabilities = frozenset({BENCH, PEAK_PROBES, COST_ANALYSIS, SCALING})
+    environment = environment.VARIABLES
+    cost_method = "xla cost analysis, inner loop unrolled"
     joins_coordinator = True  # jax.distributed.initialize, started by parity.startup with a timeout
     model = model
     meta = meta
@@ -70,6 +73,55 @@ class JaxTwin(TwinAdapter):
             return None
         return distributed.placement(cfg, devices, self.device)
 
+    # --- bench, probes, scaling (jax_impl.bench, jax_impl.bench_scaling) ---------------------------
+
+    def bench_rows(self) -> tuple[Any, ...]:
+        from jax_impl import bench
+
+        return bench.rows()
+
+    def bench_targets(self) -> tuple[Any, ...]:
+        from jax_impl import bench
+
+        return bench.targets()
+
+    def bench_configure(self, device: str, threads: int) -> dict[str, Any]:
+        from jax_impl import bench
+
+        return bench.configure(device, threads)
+
+    def bench_machine(self, device: str, options: Any) -> dict[str, Any]:
+        from jax_impl import bench
+
+        return bench.machine(device, options)
+
+    def bench_start(self, device: str) -> dict[str, float]:
+        from jax_impl import bench
+
+        return bench.start_backend()
+
+    def device_peaks(self, device: str) -> dict[str, Any]:
+        from jax_impl import bench
+
+        return bench.device_peaks(device)
+
+    def step_cost_exact(self, setting: Any, device: str) -> dict[str, float]:
+        from jax_impl import bench
+
+        return bench.step_cost_exact(setting, device)
+
+    def scaling_measure(
+        self, devices: int, meta_batch: int, inner_steps: int, steps: int, repeats: int
+    ) -> dict[str, Any]:
+        from jax_impl import bench_scaling
+
+        return bench_scaling.measure(self, devices, meta_batch, inner_steps, steps, repeats)
+
+    def scaling_environment(self, device: str, devices: int, environ: Mapping[str, str]) -> dict[str, str]:
+        from jax_impl import bench_scaling
+
+        return bench_scaling.child_environment(device, devices, environ)
+
 
 def _backend_started() -> bool:
     try:
@@ -86,7 +138,7 @@ def enable_x64() -> None:
     ``JAX_ENABLE_X64=0`` in the environment is a request for float32-only JAX: a float64 run
     is then refused (by ``jax_impl.model.check_dtype``), never silently run in float32.
     """
-    if os.environ.get("JAX_ENABLE_X64", "").strip().lower() in _FALSE_WORDS:
+    if environment.x64_refused(os.environ):
         return
     import jax
 

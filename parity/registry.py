@@ -37,6 +37,9 @@ BUILTINS: dict[str, tuple[str, tuple[str, ...]]] = {
 # The built-ins that train (twins), and the pair the demo and a plain `check` compare.
 TWINS = ("jax", "torch")
 DEFAULT_TWIN = TWINS[0]
+# name -> the module declaring, without importing the framework, the environment it reads and
+# how its processes start (parity.environment).
+ENVIRONMENT: dict[str, str] = {"jax": "jax_impl.environment", "torch": "torch_impl.environment"}
 ENTRY_POINT_GROUP = "maml_parity.implementations"
 COMMON_PACKAGES = ("numpy", "safetensors")
 

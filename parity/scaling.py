@@ -1,15 +1,11 @@
-"""``maml-parity bench --scaling``: JAX training throughput against the number of devices.
+"""``maml-parity bench --scaling``: training throughput against the number of devices.
 
 Strong scaling keeps the meta-batch fixed (``B``) and splits it over 1, 2, 4, … devices; weak
-scaling grows it with them (``b`` tasks per device). Each device count runs in a subprocess of
-its own: on a CPU the devices are XLA's forced host devices
-(``XLA_FLAGS=--xla_force_host_platform_device_count=N``, read once when JAX starts), on a GPU
-machine the first N visible GPUs. A run is the sharded training step of ``jax_impl.distributed``
-(the same code ``train --devices N`` runs): compiled first (reported apart), warmed up, then the
-median of ``repeats`` timed chunks, each ended by ``block_until_ready``.
-
-Forced host devices share the machine's cores, so on a CPU this measures how well XLA spreads
-the per-device work over them: it cannot scale past the core count.
+scaling grows it with them (``b`` tasks per device). The twin whose adapter has the capability
+``scaling`` measures (its ``scaling_measure``: the sharded training step ``train --devices N``
+runs); each device count runs in a subprocess of its own, with the environment the adapter gives
+it (``scaling_environment``: on a CPU, forced host devices, which share the machine's cores, so
+this measures how well the per-device work spreads over them: it cannot scale past the core count).
 """
 
 from __future__ import annotations
@@ -25,44 +21,26 @@ from typing import Any
 
 import numpy as np
 
-from parity.config import SEED_ALPHA, ConfigError
+from parity.config import ConfigError
 
 DEVICE_COUNTS = (1, 2, 4)
 
 
+def scaling_twin() -> Any:
+    """The first built-in twin that offers the scaling measurement."""
+    from parity.registry import TWINS
+    from parity.twins import SCALING, load
+
+    for name in TWINS:
+        twin = load(name, check_device=False)
+        if SCALING in twin.capabilities:
+            return twin
+    raise ConfigError("scaling", "no built-in twin offers the scaling measurement")
+
+
 def measure(devices: int, meta_batch: int, inner_steps: int, steps: int, repeats: int) -> dict[str, Any]:
-    """Time the sharded JAX training step on ``devices`` devices (runs in the child process)."""
-    import jax
-
-    from parity import training
-    from parity.tasks import sample_batches
-    from parity.twins import load
-
-    if jax.device_count() < devices:
-        raise ConfigError("devices", f"{devices} requested, JAX sees {jax.device_count()}")
-    cfg = SEED_ALPHA.replace(meta_batch=meta_batch, inner_steps=inner_steps)
-    twin = load("jax")
-    placement = twin.placement(cfg, devices)
-    state = placement.state(training.initial_state(twin, cfg))
-    tasks = placement.tasks(tuple(sample_batches(cfg, 0, steps)[:4]), cfg.dtype)
-    t0 = time.perf_counter()
-    state, _ = jax.block_until_ready(placement.train_chunk(state, tasks, cfg))  # compile + first run
-    first_s = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        state, _ = jax.block_until_ready(placement.train_chunk(state, tasks, cfg))
-        times.append(time.perf_counter() - t0)
-    per_step = float(np.median(times)) / steps
-    return {
-        "devices": devices,
-        "B": meta_batch,
-        "T": inner_steps,
-        "us_per_step": per_step * 1e6,
-        "tasks_per_s": meta_batch / per_step,
-        "first_call_s": first_s,
-        "platform": jax.devices()[0].platform,
-    }
+    """Time the sharded training step on ``devices`` devices (runs in the child process)."""
+    return dict(scaling_twin().scaling_measure(devices, meta_batch, inner_steps, steps, repeats))
 
 
 def run_scaling(
@@ -95,10 +73,7 @@ def run_scaling(
 
 
 def _child(device: str, devices: int, meta_batch: int, inner_steps: int, steps: int, repeats: int) -> dict[str, Any]:
-    env = dict(os.environ)
-    if device == "cpu":
-        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
-        env["JAX_PLATFORMS"] = "cpu"
+    env = scaling_twin().scaling_environment(device, devices, os.environ)
     code = (
         "import json, sys; from parity.scaling import measure; "
         f"print(json.dumps(measure({devices}, {meta_batch}, {inner_steps}, {steps}, {repeats})))"
@@ -117,6 +92,7 @@ def _machine(device: str) -> dict[str, Any]:
 
     return {
         "device": device,
+        "twin": scaling_twin().framework,
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -158,7 +134,9 @@ def write_scaling_plot(result: dict[str, Any], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     m = result["machine"]
-    fig.suptitle(f"JAX twin, sharded meta-batch: {m['device']}, {m['cpu_count']} CPU cores, {m['date']}")
+    fig.suptitle(
+        f"{m.get('twin', '')} twin, sharded meta-batch: {m['device']}, {m['cpu_count']} CPU cores, {m['date']}"
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

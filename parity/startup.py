@@ -21,22 +21,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import re
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from parity import environment
 from parity.config import ConfigError
 from parity.safeio import printable
 
-JAX_TRUE = ("y", "yes", "t", "true", "on", "1")
-JAX_FALSE = ("n", "no", "f", "false", "off", "0")
-# JAX_PLATFORMS names JAX knows (its backends and the aliases it accepts).
-JAX_PLATFORM_NAMES = ("cpu", "gpu", "cuda", "rocm", "tpu", "metal", "METAL", "iree", "neuron", "")
+# The false words of a boolean variable (cli.cmd_demo imports this name until the CLI asks the adapters).
+JAX_FALSE = environment.FALSE_WORDS
 # Characters this program prints (tables, α, ±, arrows in the help): stdout must encode them.
 PRINTED_CHARACTERS = "α±—←→≥×…"
 DEFAULT_INIT_TIMEOUT_S = 120
@@ -77,6 +77,11 @@ def install_interrupt_handler(grace_s: float = 5.0) -> None:
             armed.append(timer)
 
     def handler(signum: int, frame: Any) -> None:
+        if _STARTING or in_import(frame):
+            # A KeyboardInterrupt raised into a module being imported (a framework's native
+            # libraries half loaded) or a backend starting aborted the process with SIGABRT
+            # (1 Ctrl-C in 22 during the import); nothing is being written yet: end here.
+            hard_exit(130, "maml-parity: interrupted")
         callbacks = {getattr(cb, "__code__", None) for cb in gc.callbacks}
         if frame is not None and frame.f_code in callbacks:
             later(0.05, os.kill, os.getpid(), signal.SIGINT)
@@ -89,6 +94,29 @@ def install_interrupt_handler(grace_s: float = 5.0) -> None:
         signal.signal(signal.SIGINT, handler)
     except ValueError:  # not the main thread
         pass
+
+
+_STARTING: list[bool] = []  # non-empty inside starting()
+
+
+@contextlib.contextmanager
+def starting() -> Iterator[None]:
+    """A start-up section (frameworks imported, backends started): Ctrl-C ends the process at once
+    with 130 and one line, instead of a KeyboardInterrupt raised into native start-up code."""
+    _STARTING.append(True)
+    try:
+        yield
+    finally:
+        _STARTING.pop()
+
+
+def in_import(frame: Any) -> bool:
+    """Whether ``frame`` or a caller of it is executing an import (a module body being run)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib._bootstrap"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def exit_quietly_on_interrupt() -> None:
@@ -106,9 +134,9 @@ def exit_quietly_on_interrupt() -> None:
 
 def check_environment(frameworks: tuple[str, ...] = ()) -> None:
     """The environment a command runs in, checked before any work; raises :class:`ConfigError`.
-    ``frameworks``: the built-in twins the command will use (JAX's platform variable is checked
-    only when the JAX twin is among them)."""
-    uses_jax = "jax" in frameworks
+    ``frameworks``: the built-in twins the command will use. Every framework's variables are
+    declared by its package (:mod:`parity.environment`); those a command's twins read are checked,
+    and the ones the command line reads itself (a launcher's rank and world size) always."""
     encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
     try:
         PRINTED_CHARACTERS.encode(encoding)
@@ -119,35 +147,8 @@ def check_environment(frameworks: tuple[str, ...] = ()) -> None:
             f"standard output encodes {printable(encoding)!r}, which cannot print this program's output "
             "(alpha, +-); set PYTHONIOENCODING=utf-8",
         ) from None
-    x64 = os.environ.get("JAX_ENABLE_X64")
-    if x64 is not None and x64.strip().lower() not in (*JAX_TRUE, *JAX_FALSE):
-        raise ConfigError(
-            "JAX_ENABLE_X64", f"must be a boolean word ({', '.join(JAX_TRUE + JAX_FALSE)}), got {printable(x64)!r}"
-        )
-    platforms = os.environ.get("JAX_PLATFORMS")
-    if not uses_jax or not platforms or not platforms.strip():
-        return
-    names = [name.strip() for name in platforms.split(",")]
-    unknown = [name for name in names if name not in JAX_PLATFORM_NAMES]
-    if unknown:
-        raise ConfigError(
-            "JAX_PLATFORMS",
-            f"names {printable(unknown[0])!r}, which JAX does not know; "
-            f"allowed: {', '.join(n for n in JAX_PLATFORM_NAMES if n)} (or unset it to let JAX choose)",
-        )
-    if names == ["cpu"]:
-        return
-    import jax
-
-    try:
-        jax.devices()
-    except RuntimeError as err:
-        reason = str(err).split("(set JAX_PLATFORMS", 1)[0].strip().rstrip(".")
-        raise ConfigError(
-            "JAX_PLATFORMS",
-            f"{printable(platforms)!r}, but JAX could not start it ({printable(reason, 160)}); "
-            "unset JAX_PLATFORMS to let JAX choose, or name a platform this machine has",
-        ) from None
+    with starting():  # a framework may be imported and its backend started: Ctrl-C ends at once
+        environment.check(frameworks)
 
 
 # --- distributed start-up ---------------------------------------------------------------------------
@@ -159,9 +160,7 @@ def check_distributed_flags(coordinator: str | None, num_processes: int | None, 
             flag for flag, v in (("--num-processes", num_processes), ("--process-id", process_id)) if v is not None
         ]
         if given:
-            raise ConfigError(
-                "coordinator", f"{' and '.join(given)} need --coordinator HOST:PORT (a multi-host JAX run)"
-            )
+            raise ConfigError("coordinator", f"{' and '.join(given)} need --coordinator HOST:PORT (a multi-host run)")
         return
     if not re.fullmatch(r"[^\s:]+:[0-9]{1,5}", coordinator) or not 0 < int(coordinator.rsplit(":", 1)[1]) < 65536:
         raise ConfigError("coordinator", f"must be HOST:PORT with a port 1..65535, got {printable(coordinator)!r}")
@@ -180,16 +179,15 @@ def start_distributed(
     timeout_s: float = DEFAULT_INIT_TIMEOUT_S,
     initialize: Callable[..., None] | None = None,
 ) -> None:
-    """Join a JAX multi-host run, waiting at most ``timeout_s`` seconds for every process.
+    """Join a multi-host run, waiting at most ``timeout_s`` seconds for every process (the
+    rendezvous of the framework whose package declares ``JOINS_COORDINATOR``; parity.environment).
 
     No answer in time: one line and exit 2. Ctrl-C while waiting: exit 130. Both leave through
     :func:`hard_exit`, since the thread stuck in C++ cannot be stopped.
     """
     check_distributed_flags(coordinator, num_processes, process_id)
     if initialize is None:
-        import jax
-
-        initialize = jax.distributed.initialize
+        initialize = environment.coordinator_join()
     done = threading.Event()
     failure: list[BaseException] = []
 

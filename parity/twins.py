@@ -10,8 +10,9 @@ and out) and its optional capabilities. Nothing here imports a framework.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -22,9 +23,64 @@ from parity.init import init_alpha, init_params
 from parity.registry import TWINS, resolve
 from parity.tasks import sample_batch
 
+# Optional capabilities, declared by each adapter in ``capabilities`` (data, never probed).
+BENCH = "bench"  # bench_rows, bench_targets and the bench_* set-up below
+PEAK_PROBES = "peak_probes"  # device_peaks: the device's matmul and copy peak
+COST_ANALYSIS = "cost_analysis"  # step_cost_exact: FLOPs and bytes of one compiled outer step
+SCALING = "scaling"  # scaling_measure / scaling_environment: bench --scaling
+CAPABILITIES = (BENCH, PEAK_PROBES, COST_ANALYSIS, SCALING)
+
+
+class FrameworkAdapter(Protocol):
+    """What ``parity/`` asks of a framework package beyond the contract: its bench rows, probes,
+    scaling, environment and start-up. Which optional parts an adapter offers is ``capabilities``.
+    """
+
+    framework: str
+    capabilities: frozenset[str]
+    environment: tuple[Any, ...]  # parity.environment.Variable: the variables the framework reads
+
+    def set_threads(self, threads: int) -> str:
+        """Use ``threads`` CPU threads where the framework allows it; returns what was done."""
+
+    def bench_rows(self) -> tuple[Any, ...]:
+        """The rows it offers the bench (``parity.bench.rows.BenchRow``: name, prepare, limits)."""
+
+    def bench_targets(self) -> tuple[Any, ...]:
+        """Goals on its rows (``parity.bench.rows.Target``), reported with every bench run."""
+
+    def bench_configure(self, device: str, threads: int) -> dict[str, Any]:
+        """Threads and flags before the framework's backend starts; returns what was set (JSON machine)."""
+
+    def bench_machine(self, device: str, options: Any) -> dict[str, Any]:
+        """Versions and methods for the bench JSON's machine section (``options``: bench.rows.Options)."""
+
+    def bench_start(self, device: str) -> dict[str, float]:
+        """Start the backend before the first row (so its compile time is its own); what it took."""
+
+    def bench_release(self, device: str) -> None:
+        """Give back memory cached by the rows before the next setting."""
+
+    def device_memory_mb(self, device: str) -> float | None:
+        """The accelerator's memory in MB (None: the host's), for the bench's memory budget."""
+
+    def device_peaks(self, device: str) -> dict[str, Any]:
+        """(``peak_probes``) ``{"matmul": {flop_per_s, n, ...}, "copy": {bytes_per_s, mib, ...}}``."""
+
+    def step_cost_exact(self, setting: Any, device: str) -> dict[str, float]:
+        """(``cost_analysis``) ``{"flops", "bytes"}`` of one outer step compiled at ``setting``."""
+
+    def scaling_measure(
+        self, devices: int, meta_batch: int, inner_steps: int, steps: int, repeats: int
+    ) -> dict[str, Any]:
+        """(``scaling``) One device count's row of ``bench --scaling``, in the child process."""
+
+    def scaling_environment(self, device: str, devices: int, environ: Mapping[str, str]) -> dict[str, str]:
+        """(``scaling``) The child's environment for ``devices`` devices of kind ``device``."""
+
 
 class TwinAdapter:
-    """A built-in twin: the contract plus every optional capability.
+    """A built-in twin: the contract plus every optional capability (:class:`FrameworkAdapter`).
 
     Subclasses set ``framework`` and the modules ``model`` (forward, point_loss, to_arrays,
     to_numpy, check_dtype), ``meta`` (inner_loss … meta_value_and_grad, inner_step_gains) and
@@ -33,6 +89,9 @@ class TwinAdapter:
     """
 
     framework: str
+    capabilities: frozenset[str] = frozenset()
+    environment: tuple[Any, ...] = ()
+    cost_method = ""  # what step_cost_exact counts, for the bench JSON
     joins_coordinator = False  # multi-host: True where `train --coordinator` starts the processes' rendezvous
     model: ModuleType
     meta: ModuleType
@@ -98,6 +157,43 @@ class TwinAdapter:
     ) -> Any:
         """How training spreads its meta-batch: a ``Placement``, or None for one device."""
         raise NotImplementedError
+
+    # --- the bench, probes and scaling: an adapter overrides what its capabilities name -----------
+
+    def bench_rows(self) -> tuple[Any, ...]:
+        return ()
+
+    def bench_targets(self) -> tuple[Any, ...]:
+        return ()
+
+    def bench_configure(self, device: str, threads: int) -> dict[str, Any]:
+        return {}
+
+    def bench_machine(self, device: str, options: Any) -> dict[str, Any]:
+        return {}
+
+    def bench_start(self, device: str) -> dict[str, float]:
+        return {}
+
+    def bench_release(self, device: str) -> None:
+        return None
+
+    def device_memory_mb(self, device: str) -> float | None:
+        return None
+
+    def device_peaks(self, device: str) -> dict[str, Any]:
+        raise NotImplementedError(f"{self.framework} has no {PEAK_PROBES}")
+
+    def step_cost_exact(self, setting: Any, device: str) -> dict[str, float]:
+        raise NotImplementedError(f"{self.framework} has no {COST_ANALYSIS}")
+
+    def scaling_measure(
+        self, devices: int, meta_batch: int, inner_steps: int, steps: int, repeats: int
+    ) -> dict[str, Any]:
+        raise NotImplementedError(f"{self.framework} has no {SCALING}")
+
+    def scaling_environment(self, device: str, devices: int, environ: Mapping[str, str]) -> dict[str, str]:
+        raise NotImplementedError(f"{self.framework} has no {SCALING}")
 
     # --- the NumPy boundary -------------------------------------------------------------------
 

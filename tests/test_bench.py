@@ -14,6 +14,7 @@ import pytest
 from parity import bench
 from parity.bench import Setting
 from parity.cli import main
+from parity.config import ConfigError
 
 TINY = Setting("seed-alpha", T=2, B=3, width=8)
 ROW_KEYS = {
@@ -176,3 +177,45 @@ def test_scaling_rows_from_forced_host_devices():
         assert r["tasks_per_s"] == pytest.approx(r["B"] / (r["us_per_step"] * 1e-6), rel=1e-9)
     assert rows[0]["speedup"] == rows[2]["speedup"] == 1.0
     assert rows[1]["efficiency"] == pytest.approx(rows[1]["speedup"] / 2)
+
+
+def test_an_implementation_by_spec_is_timed_through_its_contract(restore_env):
+    """A user's file (not a bench row) and a row by name, side by side; the oracle is float64-only."""
+    spec = "examples/torchfunc_maml.py:IMPL"
+    settings = [(TINY, ["seed-loop", spec, "numpy"])]
+    out = bench.run_bench(settings=settings, repeats=2, min_call_s=0.001, pin=False, flops=False)
+    rows = {r["impl"]: r for r in out["rows"]}
+    assert list(rows) == ["seed-loop", spec]
+    assert out["skipped"] == [
+        {
+            "impl": "numpy",
+            "setting": TINY.label,
+            "reason": "the NumPy oracle computes in float64 only (it is the float64 reference)",
+        }
+    ]
+    row = rows[spec]
+    assert row["timed"].startswith("meta_value_and_grad on NumPy inputs") and row["implementation"] == "torchfunc"
+    assert row["compile_s"] > 0 and row["first_call_s"] > 0 and row["steps_per_call"] >= 1
+    assert row["us_per_task_step"] == pytest.approx(row["us_per_step"] / (TINY.B * TINY.T))
+    assert math.isfinite(row["speedup_vs_seed_loop"]) and row["speedup_vs_seed_loop"] > 0
+
+
+def test_an_implementation_that_breaks_the_contract_is_a_skipped_row(tmp_path, restore_env):
+    path = tmp_path / "broken.py"
+    path.write_text(
+        "import numpy as np\n"
+        "class Broken:\n"
+        "    name = 'broken'\n"
+        "    def meta_value_and_grad(self, params, alpha, tasks, cfg):\n"
+        "        return {'outer_loss': np.float64(1.0)}\n"
+    )
+    spec = f"{path}:Broken"
+    out = bench.run_bench(settings=[(TINY, ["torch", spec])], repeats=1, min_call_s=0.001, pin=False, flops=False)
+    assert [r["impl"] for r in out["rows"]] == ["torch"]
+    assert [s["impl"] for s in out["skipped"]] == [spec] and "failed" in out["skipped"][0]["reason"]
+
+
+def test_an_unknown_spec_is_one_error_naming_the_rows(restore_env):
+    with pytest.raises(ConfigError) as err:
+        bench.plan(quick=True, device="cpu", impls=["jax", "no-such-row"])
+    assert err.value.field == "impl" and "'no-such-row'" in str(err.value) and "torch-graph" in str(err.value)

@@ -23,8 +23,10 @@ TINY = Setting("seed-alpha", T=2, B=3, width=8)
 
 
 def test_probes_on_the_cpu_return_positive_finite_rates():
-    mm = bench.matmul_probe("cpu", n=128, repeats=2)
-    cp = bench.copy_probe("cpu", mb=4, iterations=2, repeats=2)
+    from jax_impl import bench as jax_bench
+
+    mm = jax_bench.matmul_probe("cpu", n=128, repeats=2)
+    cp = jax_bench.copy_probe("cpu", mb=4, iterations=2, repeats=2)
     assert math.isfinite(mm["flop_per_s"]) and mm["flop_per_s"] > 0 and mm["n"] == 128
     assert mm["flop_per_s"] == pytest.approx(2 * 128**3 / mm["seconds"])
     assert math.isfinite(cp["bytes_per_s"]) and cp["bytes_per_s"] > 0
@@ -55,6 +57,15 @@ def test_cost_analysis_counts_the_forward_pass_like_the_hand_count():
     assert cost["flops"] == pytest.approx(_forward_flops(setting, 10), rel=0.02)
 
 
+def _exact(setting: Setting, device: str = "cpu") -> dict[str, float]:
+    """The counts of the twin that offers them (capability cost_analysis)."""
+    from parity.twins import COST_ANALYSIS, load
+
+    twin = load("jax")
+    assert COST_ANALYSIS in twin.capabilities
+    return dict(twin.step_cost_exact(setting, device))
+
+
 @pytest.mark.slow
 def test_cost_analysis_of_a_meta_step_against_the_hand_count():
     """One second-order outer step ≈ B·(9·T·F_K + 3·F_Q) FLOPs, F = one forward's hand count.
@@ -71,7 +82,7 @@ def test_cost_analysis_of_a_meta_step_against_the_hand_count():
         cfg = setting.cfg()
         f_k, f_q = _forward_flops(setting, cfg.k_support), _forward_flops(setting, cfg.k_query)
         hand = setting.B * (9 * setting.T * f_k + 3 * f_q)
-        ratio = bench.step_cost_exact(setting)["flops"] / hand
+        ratio = _exact(setting)["flops"] / hand
         assert 0.8 <= ratio <= 1.6, (setting.label, ratio)
 
 
@@ -79,8 +90,8 @@ def test_cost_analysis_of_a_meta_step_against_the_hand_count():
 def test_extrapolated_cost_equals_the_directly_compiled_one():
     """step_cost's extrapolation in T and B against a compile at that T and B."""
     setting = Setting("seed-alpha", T=5, B=7, width=8)
-    direct = bench.step_cost_exact(setting)
-    estimate = bench.step_cost(setting)
+    direct = _exact(setting)
+    estimate = bench.step_cost(setting, "cpu", _exact, "xla")
     assert estimate["flops"] == pytest.approx(direct["flops"], rel=5e-3)  # T = 2 → 3 → 4 differ by ~0.5%
     assert estimate["bytes"] == pytest.approx(direct["bytes"], rel=0.05)
 
@@ -158,7 +169,9 @@ def test_time_budget_skips_the_settings_it_cannot_start():
 
 def test_gpu_plan():
     quick = bench.plan(quick=True, device="gpu")
-    assert quick[0] == (bench.SEED_ALPHA_POINT, list(bench.IMPLS))
+    everything = ["seed-loop", "jax", "jax-unrolled", "jax-cpu", "torch", "torch-graph", "torch-func"]
+    assert [row.name for row in bench.table()] == everything
+    assert quick[0] == (bench.SEED_ALPHA_POINT, everything)
     assert quick[1:] == [
         (bench.LONG_POINT, ["jax", "torch", "torch-func"]),
         (bench.BIG_BATCH_POINT, ["jax", "torch", "torch-func"]),
@@ -201,16 +214,12 @@ def test_single_task_fast_path_equals_the_batched_form(remat):
 
 
 def test_a_failing_row_is_skipped_with_its_error_and_the_others_are_measured(monkeypatch):
-    from parity.bench import run
+    from torch_impl import bench as torch_bench
 
-    real = run.prepare
+    def prepare(*args, **kwargs):
+        raise RuntimeError("Expected all tensors to be on the same device\nsecond line")
 
-    def prepare(impl, *args, **kwargs):
-        if impl == "torch":
-            raise RuntimeError("Expected all tensors to be on the same device\nsecond line")
-        return real(impl, *args, **kwargs)
-
-    monkeypatch.setattr(run, "prepare", prepare)
+    monkeypatch.setattr(torch_bench, "prepare", prepare)  # the torch row's prepare, looked up when it runs
     result = bench.run_bench(settings=[(TINY, ["seed-loop", "torch"])], repeats=1, pin=False, flops=False)
     assert [r["impl"] for r in result["rows"]] == ["seed-loop"]
     assert result["skipped"] == [

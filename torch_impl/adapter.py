@@ -12,14 +12,17 @@ import os
 from typing import Any
 
 from parity.config import Config, ConfigError
-from parity.twins import TwinAdapter
-from torch_impl import meta, model, train
+from parity.environment import launched_process
+from parity.twins import BENCH, TwinAdapter
+from torch_impl import environment, meta, model, train
 
 
 class TorchTwin(TwinAdapter):
     """``autograd.grad(create_graph=True)`` through the inner loop, tasks broadcast, torch.optim outside."""
 
     framework = "torch"
+    capabilities = frozenset({BENCH})
+    environment = environment.VARIABLES
     joins_coordinator = False  # torchrun starts and joins the processes
     model = model
     meta = meta
@@ -51,6 +54,38 @@ class TorchTwin(TwinAdapter):
             raise ConfigError("coordinator", "is for the JAX twin; launch PyTorch on several hosts with torchrun")
         from torch_impl import distributed
 
-        if devices is None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        if devices is None and launched_process(os.environ)[1] == 1:
             return None
         return distributed.placement(cfg, devices, self.device)
+
+    # --- bench (torch_impl.bench) -----------------------------------------------------------------
+
+    def bench_rows(self) -> tuple[Any, ...]:
+        from torch_impl import bench
+
+        return bench.rows()
+
+    def bench_targets(self) -> tuple[Any, ...]:
+        from torch_impl import bench
+
+        return bench.targets()
+
+    def bench_configure(self, device: str, threads: int) -> dict[str, Any]:
+        from torch_impl import bench
+
+        return bench.configure(device, threads)
+
+    def bench_machine(self, device: str, options: Any) -> dict[str, Any]:
+        from torch_impl import bench
+
+        return bench.machine(device, options)
+
+    def bench_release(self, device: str) -> None:
+        from torch_impl import bench
+
+        bench.release(device)
+
+    def device_memory_mb(self, device: str) -> float | None:
+        from torch_impl import bench
+
+        return bench.memory_mb(device)

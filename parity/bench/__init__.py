@@ -1,29 +1,22 @@
-"""``maml-parity bench``: the JAX twin, the PyTorch twin (and its variants) and the seed's own loop, side by side.
+"""``maml-parity bench``: implementations of the same training step timed side by side.
 
 Every row times one implementation on one setting (config, T inner steps, B tasks per outer step,
 hidden width) in the same process, so that ratios between rows are fair even on a noisy machine.
-The rows are described in :mod:`parity.bench.runners`; what a run measures in
-:mod:`parity.bench.settings`; how (timing, peak memory, the device's probed peak, XLA's FLOP and
-byte counts) in :mod:`parity.bench.measure`; the table, targets, JSON and plot in
-:mod:`parity.bench.output`; the run itself in :mod:`parity.bench.run`.
+Which rows exist is data the twins' adapters declare (:mod:`parity.bench.rows`: each built-in
+twin's training chunk and its variants, the seed's own loop as the baseline); any other
+implementation a SPEC names is timed through its contract call. What a run measures is in
+:mod:`parity.bench.settings`; how (timing, peak memory, FLOPs from small compiles) in
+:mod:`parity.bench.measure`; the table, targets, JSON and plot in :mod:`parity.bench.output`;
+the run itself in :mod:`parity.bench.run`.
 
-Times are the median over repeats of one call of ``n`` steps, after a warm-up call, with
-``jax.block_until_ready`` / ``torch.cuda.synchronize`` before the clock stops. The JSON layout
-is in docs/performance.md (``bench --json``).
+Times are the median over repeats of one call of ``n`` steps, after a warm-up call, each call
+synchronised with its device before the clock stops. The JSON layout is in docs/performance.md
+(``bench --json``).
 """
 
 from __future__ import annotations
 
-from parity.bench.measure import (
-    Prepared,
-    Unavailable,
-    copy_probe,
-    device_peaks,
-    host_peak,
-    matmul_probe,
-    step_cost,
-    step_cost_exact,
-)
+from parity.bench.measure import Prepared, Unavailable, host_peak, step_cost
 from parity.bench.output import (
     TABLE_HEADER,
     Row,
@@ -35,22 +28,12 @@ from parity.bench.output import (
     write_json,
     write_plot,
 )
-from parity.bench.profiling import jax_hlo_summary, torch_profile
+from parity.bench.rows import BenchRow, Options, Target, choose, contract_row, table
 from parity.bench.run import configure, machine_info, measure, run_bench
-from parity.bench.runners import (
-    prepare,
-    prepare_jax,
-    prepare_seed_loop,
-    prepare_torch,
-    prepare_torch_graph,
-    prepare_torchfunc,
-)
 from parity.bench.settings import (
     BATCH_POINT,
     BIG_BATCH_POINT,
-    DEFAULT_IMPLS,
     DEVICES,
-    IMPLS,
     LONG_POINT,
     QUICK_SETTINGS,
     QUICK_SETTINGS_GPU,
@@ -65,16 +48,13 @@ from parity.bench.settings import (
     Setting,
     estimated_mb,
     full_settings,
-    jax_chunk_length,
     plan,
 )
 
 __all__ = [
     "BATCH_POINT",
     "BIG_BATCH_POINT",
-    "DEFAULT_IMPLS",
     "DEVICES",
-    "IMPLS",
     "LONG_POINT",
     "QUICK_SETTINGS",
     "QUICK_SETTINGS_GPU",
@@ -87,37 +67,30 @@ __all__ = [
     "SWEEP_T",
     "SWEEP_WIDTH",
     "TABLE_HEADER",
+    "BenchRow",
+    "Options",
     "Prepared",
     "Row",
     "Setting",
+    "Target",
     "Unavailable",
+    "choose",
     "configure",
-    "copy_probe",
-    "device_peaks",
+    "contract_row",
     "estimated_mb",
     "full_settings",
     "host_peak",
-    "jax_chunk_length",
-    "jax_hlo_summary",
     "machine_info",
-    "matmul_probe",
     "measure",
     "plan",
-    "prepare",
-    "prepare_jax",
-    "prepare_seed_loop",
-    "prepare_torch",
-    "prepare_torch_graph",
-    "prepare_torchfunc",
     "row_dict",
     "row_line",
     "run_bench",
     "step_cost",
-    "step_cost_exact",
     "summary_lines",
+    "table",
     "table_lines",
     "targets",
-    "torch_profile",
     "write_json",
     "write_plot",
 ]

@@ -4,44 +4,34 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from parity.bench.settings import (
-    BATCH_POINT,
-    BIG_BATCH_POINT,
-    IMPLS,
-    LONG_POINT,
-    REMAT_B,
-    REMAT_T,
-    SEED_ALPHA_POINT,
-    Setting,
-)
+from parity.bench.settings import Setting
 
 
 @dataclasses.dataclass
 class Row:
     """One measurement: the JSON row of ``bench --json``."""
 
-    impl: str  # one of settings.IMPLS
+    impl: str  # a row's name (parity.bench.rows) or the SPEC of an implementation
     config: str  # preset the setting starts from
     T: int
     B: int
     width: int
     remat: bool
-    steps_per_call: int  # outer steps per timed call (the JAX chunk length)
+    steps_per_call: int  # outer steps per timed call (a compiled row's chunk length)
     repeats: int  # timed calls after the warm-up
     us_per_step: float  # median wall time per outer step
     us_per_task_step: float  # us_per_step / (B·T): one task, one inner step
     cpu_us_per_step: float  # median process CPU time per outer step (≈ wall on a quiet core)
     min_us_per_step: float  # fastest repeat
-    compile_s: float  # JAX: trace + lower + XLA compile; 0 for the eager implementations
+    compile_s: float  # compiled rows: trace + lower + compile; contract rows: the first call; 0 for eager rows
     first_call_s: float  # the warm-up call (after compile_s)
     peak_mem_mb: float  # peak memory of the warm-up call above the level before it
     tasks_per_s: float  # B / step time
     speedup_vs_seed_loop: float | None  # median over rounds of (seed loop's step time / this row's), same setting
-    # Throughput from the JAX program's counts for this setting (measure.step_cost; the same counts for
+    # Throughput from one compiled program's counts for this setting (measure.step_cost; the same counts for
     # every row of the setting), and its share of the device's probed peak (machine["peaks"]).
     flops_per_step: float | None = None
     bytes_per_step: float | None = None
@@ -65,67 +55,26 @@ def row_dict(row: Row) -> dict[str, Any]:
 # --- targets (issues 4 and 10) ---------------------------------------------------------------------
 
 
-def targets(rows: list[Row], device: str = "cpu") -> list[dict[str, Any]]:
-    """The issues' targets, each with the measured value and whether it is met (None: not measured)."""
+def targets(rows: list[Row], device: str = "cpu", declared: list[Any] | None = None) -> list[dict[str, Any]]:
+    """The goals the twins declare (``bench_targets()``; ``declared`` instead, given), each with the
+    measured value and whether it is met (None: not measured). A CPU run reports the CPU goals,
+    a GPU or TPU run the accelerator ones."""
+    from parity.bench.rows import targets_of_twins
+    from parity.bench.settings import is_accelerator
 
     def find(impl: str, setting: Setting) -> Row | None:
         key = (setting.config, setting.T, setting.B, setting.width, setting.remat)
         return next((r for r in rows if r.impl == impl and _key(r) == key), None)
 
+    accelerator = is_accelerator(device)
     out = []
-
-    def add(name: str, row: Row | None, value: Callable[[Row], float | None], op: str, goal: float) -> None:
-        v = value(row) if row is not None else None
-        met = None if v is None else (v >= goal if op == ">=" else v <= goal)
-        out.append({"target": name, "value": v, "goal": f"{op} {goal:g}", "met": met})
-
-    if device == "gpu":  # issue 10's goals on an H100
-        add("torch-graph us per step, B=1 T=5", find("torch-graph", SEED_ALPHA_POINT), _us, "<=", 2000)
-        add("torch us per step, T=100 B=4096", find("torch", LONG_POINT), _us, "<=", 100_000)
-        gpu, cpu = find("jax", SEED_ALPHA_POINT), find("jax-cpu", SEED_ALPHA_POINT)
-        add(
-            "jax on the gpu / jax on the host cpu, time per step, B=1 T=5",
-            gpu if cpu is not None else None,
-            lambda r: r.us_per_step / cpu.us_per_step if cpu is not None else None,
-            "<=",
-            1,
-        )
-        add("jax us per step, B=65536 T=5 (stretch)", find("jax", BIG_BATCH_POINT), _us, "<=", 15_000)
-        return out
-    add(
-        "jax speedup vs seed loop per outer step, seed-alpha B=1 T=5",
-        find("jax", SEED_ALPHA_POINT),
-        lambda r: r.speedup_vs_seed_loop,
-        ">=",
-        75,
-    )
-    add("jax us per task-step, B=25 T=5", find("jax", BATCH_POINT), lambda r: r.us_per_task_step, "<=", 15)
-    add(
-        "torch speedup vs seed loop per task-step, B=25 T=5",
-        find("torch", BATCH_POINT),
-        lambda r: r.speedup_vs_seed_loop,
-        ">=",
-        10,
-    )
-    add("jax compile s, seed-alpha", find("jax", SEED_ALPHA_POINT), lambda r: r.compile_s, "<=", 2)
-    add("jax compile s, seed-maml", find("jax", Setting("seed-maml", 3, 1, 32)), lambda r: r.compile_s, "<=", 2)
-    for impl in ("jax", "torch"):
-        plain = find(impl, Setting("seed-alpha", REMAT_T, REMAT_B, 32))
-        remat = find(impl, Setting("seed-alpha", REMAT_T, REMAT_B, 32, remat=True))
-        ratio = plain.peak_mem_mb / remat.peak_mem_mb if plain and remat and remat.peak_mem_mb > 0 else None
-        out.append(
-            {
-                "target": f"{impl} peak memory without / with remat, T={REMAT_T} B={REMAT_B}",
-                "value": ratio,
-                "goal": ">= 5",
-                "met": None if ratio is None else ratio >= 5,
-            }
-        )
+    for target in targets_of_twins() if declared is None else declared:
+        if target.accelerator != accelerator:
+            continue
+        v = target.value(find)
+        met = None if v is None else (v >= target.goal if target.op == ">=" else v <= target.goal)
+        out.append({"target": target.name, "value": v, "goal": f"{target.op} {target.goal:g}", "met": met})
     return out
-
-
-def _us(row: Row) -> float:
-    return row.us_per_step
 
 
 # --- the table -------------------------------------------------------------------------------------
@@ -206,7 +155,7 @@ def write_plot(result: dict[str, Any], path: Path) -> None:
     for ax, axis, fixed_name, preferred in zip(axes, ("B", "T"), ("T", "B"), (5, 25), strict=True):
         values = [r[fixed_name] for r in rows]
         fixed = preferred if preferred in values or not values else max(set(values), key=values.count)
-        for impl in IMPLS:
+        for impl in dict.fromkeys(r["impl"] for r in rows):  # the run's order: the table's
             points = sorted(
                 (r[axis], r["us_per_task_step"]) for r in rows if r["impl"] == impl and r[fixed_name] == fixed
             )

@@ -5,18 +5,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from parity.config import Config, get_preset
 
-# The rows: the twins, the seed's own loop, and (GPU first) variants of the PyTorch twin's step.
-# - torch-graph: the twin's train_step captured once as a CUDA graph and replayed (GPU only);
-# - torch-func: the meta-gradient written with torch.func (functional_call, grad, vmap over tasks);
-# - jax-unrolled: the JAX row with its inner loop unrolled into straight-line code (unroll = T);
-# - jax-cpu: in a GPU run, the JAX row on the host's CPU (B = 1 only: the "no slower than" goal).
-IMPLS = ("seed-loop", "jax", "jax-unrolled", "jax-cpu", "torch", "torch-graph", "torch-func")
-DEFAULT_IMPLS = ("seed-loop", "jax", "torch")  # a CPU run's rows
-GPU_IMPLS = IMPLS
-DEVICES = ("cpu", "gpu")
+# The rows (which implementations, with which limits) are the twins' adapters' (parity.bench.rows);
+# the settings and the sweeps are here.
+DEVICES = ("cpu", "gpu")  # bench --scaling: forced host devices, or the visible GPUs
 
 # The CPU sweep: inner steps, tasks per outer step, hidden width (both hidden layers).
 SWEEP_T = (1, 5, 20, 100)
@@ -76,7 +71,7 @@ def full_settings(device: str = "cpu") -> list[Setting]:
     GPU: the goals' settings first (a run cut short by its time budget still measures them), then
     the T × B × width sweep; no seed-maml and no remat pair (CPU questions).
     """
-    if device == "gpu":
+    if is_accelerator(device):
         settings = list(QUICK_SETTINGS_GPU)
         sweep = [Setting("seed-alpha", T, B, w) for w in SWEEP_WIDTH for T in SWEEP_T_GPU for B in SWEEP_B_GPU]
         return settings + [s for s in sweep if s not in settings]
@@ -89,31 +84,38 @@ def full_settings(device: str = "cpu") -> list[Setting]:
 
 
 def plan(quick: bool, device: str, impls: Sequence[str] | None = None) -> list[tuple[Setting, list[str]]]:
-    """Which settings a run measures, and with which implementations (the seed loop first).
+    """Which settings a run measures, and with which rows (the baseline first).
 
-    ``impls`` (default: the device's rows) is filtered per setting: the seed loop has no remat and
-    stops at SEED_LOOP_MAX_B (1 on a GPU); the CUDA-graph and unrolled-JAX rows are for small B on
-    a GPU (where launch overhead dominates), and torch-func is a GPU row.
+    ``impls`` (default: the device's default rows; a row's name or any implementation SPEC) is
+    filtered per setting by each row's limits (:class:`parity.bench.rows.BenchRow`: the seed loop
+    has no remat and stops at SEED_LOOP_MAX_B, 1 on a GPU; the graph-captured and unrolled rows
+    are for small B, where launch overhead dominates).
     """
-    gpu = device == "gpu"
-    wanted = tuple(impls) if impls is not None else (GPU_IMPLS if gpu else DEFAULT_IMPLS)
-    if quick:
-        settings = list(QUICK_SETTINGS_GPU if gpu else QUICK_SETTINGS)
-    else:
-        settings = full_settings(device)
-    out = []
-    for s in settings:
-        chosen = [impl for impl in IMPLS if impl in wanted]
-        if s.remat or s.B > (SEED_LOOP_MAX_B_GPU if gpu else SEED_LOOP_MAX_B) or s.T > max(SWEEP_T):
-            chosen = [impl for impl in chosen if impl != "seed-loop"]
-        if s.remat or s.B > SMALL_B_GPU:
-            chosen = [impl for impl in chosen if impl not in ("torch-graph", "jax-unrolled")]
-        if not gpu or s != SEED_ALPHA_POINT:
-            chosen = [impl for impl in chosen if impl != "jax-cpu"]
-        if s.T > max(SWEEP_T_GPU[0], 20):  # straight-line code for 100 steps: long compiles, nothing new
-            chosen = [impl for impl in chosen if impl != "jax-unrolled"]
-        out.append((s, chosen))
-    return out
+    from parity.bench.rows import choose
+
+    rows, _ = choose(impls, device)
+    accelerator = is_accelerator(device)
+    settings = list(QUICK_SETTINGS_GPU if accelerator else QUICK_SETTINGS) if quick else full_settings(device)
+    return [(s, [row.name for row in rows if keeps(row, s, accelerator)]) for s in settings]
+
+
+def keeps(row: Any, setting: Setting, accelerator: bool) -> bool:
+    """Whether ``row`` (a BenchRow) times ``setting`` in a CPU or an accelerator run."""
+    limit = row.max_B_accelerator if accelerator else row.max_B
+    return not (
+        (setting.remat and not row.remat)
+        or (limit is not None and setting.B > limit)
+        or (row.max_T is not None and setting.T > row.max_T)
+        or (row.accelerator_only and not accelerator)
+        or (row.only_at is not None and setting != row.only_at)
+    )
+
+
+def is_accelerator(device: str) -> bool:
+    """A GPU or TPU run (cuda:N included): the accelerator settings and rows."""
+    from parity.devices import parse_device
+
+    return parse_device(device).kind != "cpu"
 
 
 def estimated_mb(setting: Setting) -> float:
@@ -121,9 +123,3 @@ def estimated_mb(setting: Setting) -> float:
     n_params = sum(math.prod(s) for s in setting.cfg().param_shapes.values())
     sets = 2 * math.ceil(math.sqrt(setting.T)) if setting.remat else _RESIDUAL_PARAM_SETS * setting.T
     return sets * setting.B * n_params * 4 / 2**20
-
-
-def jax_chunk_length(setting: Setting) -> int:
-    """Outer steps per compiled call: enough to amortise dispatch, few when a step is long."""
-    work = setting.B * max(setting.T, 1) * (setting.width / 32) ** 2
-    return int(min(500, max(1, math.ceil(20_000 / work))))
