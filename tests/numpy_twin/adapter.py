@@ -32,5 +32,7 @@ class OracleTwin(TwinAdapter):
         process_id: int | None = None,
     ) -> Any:
         if devices not in (None, 1) or coordinator is not None or (num_processes or 1) > 1:
-            raise ConfigError("devices", "the oracle twin trains in one process on one CPU; drop --devices / --coordinator")
+            raise ConfigError(
+                "devices", "the oracle twin trains in one process on one CPU; drop --devices / --coordinator"
+            )
         return None

@@ -56,7 +56,8 @@ def forward(params: Params, x: np.ndarray, activation: str) -> np.ndarray:
 def check_dtype(dtype: str) -> None:
     if dtype != DTYPE:
         raise ConfigError(
-            "dtype", f"the oracle twin computes in float64 only (complex-step gradients); allowed here: float64, got {dtype!r}"
+            "dtype",
+            f"the oracle twin computes in float64 only (complex-step gradients); allowed here: float64, got {dtype!r}",
         )
 
 

@@ -107,7 +107,9 @@ def train_step(state: TrainState, tasks: meta.Tasks, cfg: Config) -> tuple[Train
     return TrainState(state.step + 1, params, variable, params_opt, alpha_opt), metrics
 
 
-def train_chunk(state: TrainState, tasks: meta.Tasks, cfg: Config, unroll: int = 0) -> tuple[TrainState, dict[str, Any]]:
+def train_chunk(
+    state: TrainState, tasks: meta.Tasks, cfg: Config, unroll: int = 0
+) -> tuple[TrainState, dict[str, Any]]:
     """``N`` outer steps; ``tasks`` leaves are [N, B, P, 1], metrics [N, ...]."""
     del unroll  # NumPy has nothing to unroll
     steps = []
@@ -135,7 +137,9 @@ def state_to_numpy(state: TrainState, cfg: Config) -> dict[str, Any]:
 
 def state_from_numpy(neutral: dict[str, Any], cfg: Config, device: str | None = None) -> TrainState:
     """Inverse of :func:`state_to_numpy`: continue exactly where that state stopped."""
-    state = init_state(to_arrays(neutral["params"], DTYPE, device), to_arrays(neutral["alpha"], DTYPE), cfg, neutral["step"])
+    state = init_state(
+        to_arrays(neutral["params"], DTYPE, device), to_arrays(neutral["alpha"], DTYPE), cfg, neutral["step"]
+    )
 
     def opt(saved: dict[str, Any], fresh: dict[str, Any]) -> dict[str, Any]:
         if not fresh:
