@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Iterator
@@ -34,6 +35,9 @@ def third_twin(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     three (``from parity.registry import TWINS`` copies the binding, so each is patched)."""
     from numpy_twin import ADAPTER, NAME
 
+    # Import every module that binds the tuple first: one imported while patched would keep three twins.
+    for module_name in ("parity.cli", "parity.harness", "parity.twins", "parity.eval", "parity.demo"):
+        importlib.import_module(module_name)
     original = registry.TWINS
     twins = (*original, NAME)
     monkeypatch.setitem(registry.BUILTINS, NAME, (ADAPTER, ()))
