@@ -21,6 +21,7 @@ from parity.eval import (
     evaluate_run,
 )
 from parity.init import init_params
+from parity.registry import TWINS
 from parity.run import train_run
 from parity.tasks import TRAIN_STREAM, sample_batch
 from parity.twins import load
@@ -77,11 +78,10 @@ def test_diverged_tasks_are_counted_and_left_out_never_passed_along_as_nan() -> 
     json.dumps(out, allow_nan=False)  # strict JSON: no NaN anywhere
 
 
-@pytest.mark.parametrize("framework", ["jax", "torch"])
-def test_adaptation_steps_equal_the_training_inner_loop(framework: str) -> None:
+def test_adaptation_steps_equal_the_training_inner_loop(twin_name: str) -> None:
     """Step k of the evaluation equals the twin's own ``adapt`` with T = k (another code path:
     vmap / scan in JAX, the batched loop in torch); α = 0 leaves every prediction unchanged."""
-    twin = load(framework, "float64")
+    twin = load(twin_name, "float64")
     tasks = eval_tasks(CFG, 6, 4, 0.0)
     params, alpha = init_params(CFG), np.asarray(0.05)
     preds = adaptation_curves(twin, params, alpha, tasks, CFG, 3)  # [4, 6, P]
@@ -99,7 +99,7 @@ def test_adaptation_steps_equal_the_training_inner_loop(framework: str) -> None:
 # 6.9e-16 relative in float64, 7.1e-8 in float32.
 @pytest.mark.parametrize(("dtype", "rtol"), [("float64", 2e-14), ("float32", 1e-6)])
 def test_jax_trained_run_evaluates_the_same_in_torch(jax_run, dtype: str, rtol: float) -> None:
-    results = {fw: evaluate_run(jax_run, fw, dtype, SPEC, write=False) for fw in ("jax", "torch")}
+    results = {fw: evaluate_run(jax_run, fw, dtype, SPEC, write=False) for fw in TWINS}
     assert results["jax"]["dtype"] == results["torch"]["dtype"] == dtype
     for start in STARTS:
         for i in range(len(SPEC.phase_shifts)):
