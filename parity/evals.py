@@ -71,21 +71,20 @@ def kept(run_dir: Path) -> list[tuple[str, int, Path]]:
 
 
 def comparable(run_dir: Path, main: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The latest kept evaluation of each framework that did the same work as ``main`` (same checkpoint,
-    tasks, shots, steps, baselines and dtype): ``{framework: result}``, ``main``'s framework first."""
+    """The latest kept evaluation of each other framework that did the same work as ``main`` (same
+    checkpoint, tasks, shots, steps, baselines and dtype): ``{framework: result}``, ``main``'s first."""
     from parity.readers import read_eval_file
 
-    latest: dict[str, Path] = {}
-    for framework, _, path in kept(run_dir):
-        latest[framework] = path  # sorted by n: the last one wins
     out: dict[str, dict[str, Any]] = {main["framework"]: main}
-    for framework, path in latest.items():
-        if framework == main["framework"]:
-            continue
-        result = read_eval_file(path, run_dir)
-        if same_work(result, main):
-            out[framework] = result
-    return out
+    for framework, _, path in reversed(kept(run_dir)):  # newest first within each framework
+        if framework not in out:
+            try:
+                result = read_eval_file(path, run_dir)
+            except ConfigError:  # not an evaluation (written by hand, cut short): compared with nothing
+                continue
+            if same_work(result, main):
+                out[framework] = result
+    return {main["framework"]: main, **{k: v for k, v in sorted(out.items()) if k != main["framework"]}}
 
 
 def same_work(a: dict[str, Any], b: dict[str, Any]) -> bool:
