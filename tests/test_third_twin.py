@@ -56,6 +56,7 @@ def test_every_module_sees_three_twins_and_a_plain_check_loads_them(third_twin):
     assert [impl.name for impl in harness.load_impls()] == ["jax", "torch", third_twin]
 
 
+@pytest.mark.slow
 def test_check_compares_the_third_twin_and_catches_a_bug_planted_in_it(third_twin, tmp_path, monkeypatch, capsys):
     """A gradient case and a training trajectory (per-parameter α, Adam): every float64 quantity within
     the parity tolerance, float32 reported unsupported (never passing); a wrong Adam β2 in the oracle
