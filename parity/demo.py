@@ -60,26 +60,7 @@ def run_demo(
         say(f"{name}: trained in {train_s[name]:.1f} s -> {out / name}")
     alpha_rows, by_twin = alpha_table(runs, iterations, say)
 
-    say(f"\nparity at the {reference}-learned initialisation (a fresh meta-batch of {PARITY_BATCH} tasks):")
-    final = dict(np.load(out / reference / "final.npz"))
-    params = {k.split("/", 1)[1]: v for k, v in final.items() if k.startswith("params/")}
-    parity_rows: list[dict[str, Any]] = []
-    parity_summary: dict[str, str] = {}
-    ok = True
-    for dtype in ("float64", "float32"):
-        note(f"{dtype}: every twin's meta-gradient at the learned initialisation (compiling first)")
-        cfg_d = cfg.replace(dtype=dtype, meta_batch=PARITY_BATCH)
-        results = {name: _meta_grads(name, device, cfg_d, params, float(final["alpha"])) for name in twins}
-        for other in twins[1:]:
-            key = dtype if len(twins) == 2 else f"{dtype} {reference}~{other}"
-            line, failures = _parity_pair(
-                results[reference], results[other], dtype, f"{reference}~{other}", parity_rows
-            )
-            ok &= not failures
-            parity_summary[key] = line
-            say(f"  {key}: {line}")
-            for failure in failures:
-                say(f"    {failure}")
+    parity_rows, parity_summary, ok = parity_check(out / reference, twins, cfg, device, say, note)
     evaluate_and_report(out / reference, eval_tasks, say, device, precision, cfg, note)
     demo = {
         "iterations": iterations,
@@ -98,6 +79,33 @@ def run_demo(
     say(f"\nfull matrix: maml-parity check   |   outputs: {outputs}, {out}/demo.json")
     say(f"report: {report}")
     return 0 if ok else 1
+
+
+def parity_check(  # type: ignore[no-untyped-def]
+    reference_run: Path, twins: tuple[str, ...], cfg: Config, device: str | None, say, note
+) -> tuple[list[dict[str, Any]], dict[str, str], bool]:
+    """Every twin's meta-gradient against the first's at the first twin's learned initialisation, in float64
+    and float32: the rows, one summary line per dtype and pair, and whether every compared pair agreed."""
+    reference = twins[0]
+    say(f"\nparity at the {reference}-learned initialisation (a fresh meta-batch of {PARITY_BATCH} tasks):")
+    final = dict(np.load(reference_run / "final.npz"))
+    params = {k.split("/", 1)[1]: v for k, v in final.items() if k.startswith("params/")}
+    rows: list[dict[str, Any]] = []
+    summary: dict[str, str] = {}
+    ok = True
+    for dtype in ("float64", "float32"):
+        note(f"{dtype}: every twin's meta-gradient at the learned initialisation (compiling first)")
+        cfg_d = cfg.replace(dtype=dtype, meta_batch=PARITY_BATCH)
+        results = {name: _meta_grads(name, device, cfg_d, params, float(final["alpha"])) for name in twins}
+        for other in twins[1:]:
+            key = dtype if len(twins) == 2 else f"{dtype} {reference}~{other}"
+            line, failures = _parity_pair(results[reference], results[other], dtype, f"{reference}~{other}", rows)
+            ok &= not failures
+            summary[key] = line
+            say(f"  {key}: {line}")
+            for failure in failures:
+                say(f"    {failure}")
+    return rows, summary, ok
 
 
 def alpha_table(runs: dict[str, list[dict[str, Any]]], iterations: int, say: Any) -> tuple[list[dict], dict]:
