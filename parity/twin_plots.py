@@ -58,10 +58,10 @@ def twins_figure(runs: dict[str, list[dict[str, Any]]], labels: dict[str, str], 
             )
     window = _window(len(data[reference]["loss"]))
     titles = (
-        ("Inner learning rate α used at each step", f"α: difference from the {labels[reference]}"),
+        ("Inner learning rate α used at each step", f"α: each twin minus the {labels[reference]} twin"),
         (
             f"Outer (query) loss, running mean of {window}",
-            f"Outer loss: difference from the {labels[reference]}, each step",
+            f"Outer loss: each twin minus the {labels[reference]} twin, each step",
         ),
     )
     for row in range(2):
