@@ -28,22 +28,22 @@ starting point's prediction after each step (for the fit figure).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-import platform
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from parity import training
-from parity.checkpoint import atomic_write, library_versions
+from parity.checkpoint import library_versions
 from parity.config import Config, ConfigError
+from parity.evals import hardware, keep, read_eval, read_json  # noqa: F401  (read_*: their old home)
 from parity.init import alpha_from_variable, init_params
 from parity.registry import DEFAULT_TWIN
-from parity.rundir import EVAL_FILE, MANIFEST_FILE, RunDir
+from parity.rundir import RunDir
 from parity.tasks import EVAL_STREAM, sample_batch, sinusoid
 from parity.text import alpha_summary, pm, short
 from parity.twins import Twin
@@ -204,19 +204,37 @@ def starting_points(
     }
 
 
-def evaluate(twin: Twin, cfg: Config, meta_params: dict[str, np.ndarray], alpha: Any, spec: EvalSpec) -> dict[str, Any]:
-    """Adapt every starting point on every phase shift's tasks; the body of ``eval.json``."""
+Progress = Callable[[str], None]
+
+
+def evaluate(
+    twin: Twin,
+    cfg: Config,
+    meta_params: dict[str, np.ndarray],
+    alpha: Any,
+    spec: EvalSpec,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Adapt every starting point on every phase shift's tasks; the body of ``eval.json``.
+    ``progress`` receives a line before each stretch of work (pretraining, each phase shift)."""
+    say = progress or (lambda line: None)
     shots = cfg.k_support if spec.shots is None else spec.shots
+    say(f"pretraining the baseline: {spec.pretrain_steps} steps of plain regression")
     starts = starting_points(twin, cfg, meta_params, spec.pretrain_steps)
     alphas = {name: alpha for name in STARTS}
     baseline: dict[str, Any] = {"mode": spec.baseline_alpha}
     if spec.baseline_alpha == "tuned":
+        say(f"tuning the baselines' alpha on {TUNING_TASKS} separate tasks ({len(BASELINE_ALPHA_GRID)} values)")
         baseline = tune_baseline_alpha(twin, cfg, starts, shots, max(1, min(cfg.inner_steps, spec.max_steps)))
         for name, value in baseline["chosen"].items():
             alphas[name] = np.array(value, dtype=cfg.dtype)
     result: dict[str, Any] = {name: [] for name in STARTS}
     fits = []
-    for shift in spec.phase_shifts:
+    for number, shift in enumerate(spec.phase_shifts, 1):
+        say(
+            f"phase shift {shift:.4g} ({number} of {len(spec.phase_shifts)}): "
+            f"{spec.tasks} tasks, {spec.max_steps} steps"
+        )
         tasks = eval_tasks(cfg, spec.tasks, shots, shift)
         fit: dict[str, Any] = {
             "phase_shift": shift,
@@ -283,12 +301,16 @@ def evaluate_run(
     write: bool = True,
     device: str | None = None,
     precision: str = "default",
+    progress: bool | Progress = True,
     ckpt: Any = None,
     twin: Twin | None = None,
 ) -> dict[str, Any]:
     """Evaluate the checkpoint in ``run_dir`` in one twin on ``device`` (cpu | gpu | cuda:N | tpu; None:
-    the framework's default), whichever device trained it; writes ``run_dir/eval.json``.
-    ``ckpt`` and ``twin``: the run's checkpoint and the twin, where the caller has them already."""
+    the framework's default), whichever device trained it; writes ``run_dir/eval.json`` and keeps a
+    copy no later evaluation replaces, ``run_dir/evals/<framework>-<n>.json`` (``parity.evals``).
+    ``progress``: True prints a line on standard error before each stretch of work (a callable gets
+    the lines instead; False: silent). ``ckpt`` and ``twin``: the run's checkpoint and the twin, where
+    the caller has them already."""
     from parity.twins import load
 
     spec = spec or EvalSpec()
@@ -297,8 +319,9 @@ def evaluate_run(
     twin = twin if twin is not None else load(framework, cfg.dtype, device)
     alpha = _cast(alpha_from_variable(ckpt.state["alpha"], ckpt.config), cfg.dtype)  # α, whatever was learned
     t0 = time.perf_counter()
+    say = _progress_printer(framework) if progress is True else (progress or None)
     with twin.precision_scope(precision):
-        body = evaluate(twin, cfg, ckpt.state["params"], alpha, spec)
+        body = evaluate(twin, cfg, ckpt.state["params"], alpha, spec, say)
     out = {
         "format": "maml-parity-eval/1",
         "run": str(run_dir),
@@ -315,30 +338,19 @@ def evaluate_run(
         "versions": library_versions(),
     }
     if write:
-        atomic_write(
-            RunDir(run_dir).eval_file, lambda f: f.write((json.dumps(out, indent=1, allow_nan=False) + "\n").encode())
-        )
+        kept = keep(run_dir, out)
+        if say is not None:
+            say(f"kept as {kept} (eval.json is the latest)")
     return out
 
 
-def read_eval(run_dir: Path) -> dict[str, Any]:
-    """``run_dir/eval.json``, checked for every key ``report`` reads (``parity.readers``)."""
-    from parity.readers import read_eval_file
+def _progress_printer(framework: str) -> Progress:
+    t0 = time.perf_counter()
 
-    path = RunDir(run_dir).eval_file
-    if not path.exists():
-        raise ConfigError("dir", f"no {EVAL_FILE} in {str(run_dir)!r}; run `maml-parity eval {run_dir}` first")
-    return read_eval_file(path, run_dir)
+    def say(line: str) -> None:
+        print(f"eval {framework} [{time.perf_counter() - t0:5.1f} s] {line}", file=sys.stderr, flush=True)
 
-
-def read_json(path: Path, field: str) -> Any:
-    """A JSON file (size-capped), or a ConfigError naming ``field`` and the file if it is not valid
-    JSON; a checkpoint manifest copy (``checkpoint.json``) is also checked for shape and type."""
-    from parity.readers import load_json, read_manifest
-
-    if path.name == MANIFEST_FILE:
-        return read_manifest(path, field)
-    return load_json(path, field)
+    return say
 
 
 def summary_lines(result: dict[str, Any], steps: tuple[int, ...] | None = None) -> list[str]:
@@ -377,10 +389,6 @@ def summary_lines(result: dict[str, Any], steps: tuple[int, ...] | None = None) 
         lines.append(f"diverged tasks, of {result['tasks']}:")
         lines.extend(notes)
     return lines
-
-
-def hardware() -> dict[str, Any]:
-    return {"platform": platform.platform(), "machine": platform.machine(), "cpu_count": os.cpu_count()}
 
 
 # --- helpers --------------------------------------------------------------------------------------

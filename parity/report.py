@@ -27,9 +27,9 @@ from typing import Any
 
 from parity.checkpoint import library_versions
 from parity.config import Config, ConfigError
-from parity.eval import STARTS, read_eval, read_json
+from parity.eval import STARTS
+from parity.evals import KEPT_DIR, comparable, read_eval, read_json
 from parity.plots import LABELS, write_figures
-from parity.registry import TWINS
 from parity.run import read_metrics
 from parity.rundir import CONFIG_FILE, REPORT_FILE, RunDir
 from parity.text import pm
@@ -131,6 +131,7 @@ def render(
     ]
     out += _headline(result, T)
     out += evaluation_section(result, cfg)
+    out += frameworks_section(comparable(run_dir, result), T)
     out += figures_section(figures)
     out += training_section(rows)
     out += config_section(cfg)
@@ -171,6 +172,60 @@ def evaluation_section(result: dict[str, Any], cfg: Config, level: str = "##") -
         out += _tuning_section(result, tuned, T)
     out += _baseline_note(result, T)
     return out
+
+
+def frameworks_section(evaluations: dict[str, dict[str, Any]], T: int) -> list[str]:
+    """The same checkpoint evaluated the same way in several frameworks (the latest kept evaluation of
+    each, ``parity.evals``): query MSE after T steps side by side, each minus the first's, and the largest
+    such difference over every step k and statistic. Empty with fewer than two frameworks."""
+    if len(evaluations) < 2:
+        return []
+    names = list(evaluations)
+    first = evaluations[names[0]]
+    others = names[1:]
+    out = [
+        "## The same run evaluated in each framework",
+        "",
+        f"The latest evaluation of each framework kept in `{KEPT_DIR}/` that adapted the same checkpoint on the same "
+        f"tasks the same way ({first['dtype']}); {names[0]}'s is the report's. Cells: query MSE after "
+        f"{_steps(T)}; *largest difference*: over k = 0..{first['max_steps']} and the MSE and L1 means and CIs.",
+        "",
+        "| phase shift | starting point | "
+        + " | ".join(names)
+        + " | "
+        + " | ".join(f"{n} − {names[0]} | largest difference" for n in others)
+        + " |",
+        "|---|---|" + "---:|" * (len(names) + 2 * len(others)),
+    ]
+    for shift in first["phase_shifts"]:
+        matched = {n: _record_at(evaluations[n], shift) for n in names}
+        for start in STARTS:
+            recs = {n: r[start] for n, r in matched.items() if r is not None}
+            if len(recs) < 2:
+                continue
+            cells = [_num(recs[n]["mse_mean"][T]) if n in recs else "not evaluated" for n in names]
+            for n in others:
+                cells += _difference(recs[names[0]], recs.get(n), T)
+            out.append(f"| {shift_name(shift)} | {LABELS[start]} | " + " | ".join(cells) + " |")
+    return [*out, ""]
+
+
+def _record_at(result: dict[str, Any], shift: float) -> dict[str, Any] | None:
+    """Each starting point's record at ``shift`` (None where this evaluation has no such shift)."""
+    for i, b in enumerate(result["phase_shifts"]):
+        if b == shift:
+            return {start: result[start][i] for start in STARTS}
+    return None
+
+
+def _difference(ref: dict[str, Any], rec: dict[str, Any] | None, T: int) -> list[str]:
+    if rec is None:
+        return ["", ""]
+    keys = ("mse_mean", "mse_ci95", "l1_mean", "l1_ci95")
+    pairs = [(a, b) for key in keys for a, b in zip(ref[key], rec[key]) if a is not None and b is not None]
+    at_t = (ref["mse_mean"][T], rec["mse_mean"][T])
+    diff = "n/a" if None in at_t else f"{at_t[1] - at_t[0]:.2g}"  # type: ignore[operator]
+    return [diff, f"{max(abs(b - a) for a, b in pairs):.2g}" if pairs else "n/a"]
 
 
 def shift_name(shift: float) -> str:
@@ -324,69 +379,6 @@ def _headline(result: dict[str, Any], T: int) -> list[str]:
         )
     lines.append("")
     return lines
-
-
-# --- demo: one report for the whole job ------------------------------------------------------------
-
-
-def write_demo_report(out: Path, demo: dict[str, Any], run_dir: Path) -> Path:
-    """``out/report.md`` for ``demo``: the α table of both twins beside the seed's, the parity
-    section, the evaluation of ``run_dir`` (the JAX run) and its figures (drawn into ``run_dir``)."""
-    cfg, result, rows, manifest = read_run(run_dir)
-    with _staging(run_dir) as stage:
-        figures = [f.name for f in write_figures(stage.folder, result, rows, cfg)]
-        stage.publish(figures, render(run_dir, cfg, result, rows, manifest, figures))
-    prefix = f"{os.path.relpath(run_dir, out)}/"
-    T = min(cfg.inner_steps, result["max_steps"])
-    text = [
-        "# maml-parity demo: the seed's learned-α experiment in JAX and PyTorch",
-        "",
-        f"`seed-alpha` ({demo['iterations']} outer steps, one task per step, T = {cfg.inner_steps}, α learned from "
-        f"{cfg.alpha_init} with {cfg.alpha_optimizer} {cfg.alpha_lr:g}, outer {cfg.outer_optimizer} "
-        f"{cfg.outer_lr:g}, {cfg.dtype}) trained in both twins from the same initial parameters on the same task "
-        f"stream; trained in {', '.join(f'{k} {v:.1f} s' for k, v in demo['train_s'].items())}.",
-        "",
-    ]
-    text += _headline(result, T)
-    text += ["## α over meta-training: the twins and the seed", ""]
-    text += [
-        "α used at each step (`metrics.jsonl`); the seed's run drew other random tasks, so its shape, not its "
-        f"digits, should match. Largest difference between the twins over the run: {demo['alpha_max_diff']:.2g}.",
-        "",
-        "| step | α, JAX twin | α, PyTorch twin | α, the seed's run |",
-        "|---:|---:|---:|---:|",
-    ]
-    for row in demo["alpha_rows"]:
-        seen = "" if row["seed"] is None else f"{row['seed']:.5f}"
-        reference, other = TWINS
-        text.append(f"| {row['step']} | {row[reference]:.5f} | {row[other]:.5f} | {seen} |")
-    text += ["", "## Parity at the learned initialisation", ""]
-    text += [
-        f"Both twins' meta-gradients at the JAX-learned parameters and α on a fresh meta-batch of "
-        f"{demo['parity_batch']} tasks (a step the training never reached). A quantity passes when "
-        "max|a − b| ≤ atol + rtol·max|ref|; *decided by* names the larger of the two terms. The whole "
-        "matrix of cases: `maml-parity check`.",
-        "",
-        "| dtype | quantity | max abs err | max rel err | max abs value | rtol | atol | decided by | verdict |",
-        "|---|---|---:|---:|---:|---:|---:|---|---|",
-    ]
-    for r in demo["parity"]:
-        text.append(
-            f"| {r['dtype']} | {r['quantity']} | {r['max_abs_err']:.2g} | {r['max_rel_err']:.2g} | "
-            f"{r['ref_scale']:.2g} | {r['rtol']:g} | {r['atol']:g} | {r['decided_by']} | "
-            f"{'ok' if r['ok'] else 'MISMATCH'} |"
-        )
-    text.append("")
-    for dtype, line in demo["parity_summary"].items():
-        text.append(f"- {dtype}: {line}")
-    text.append("")
-    text += evaluation_section(result, cfg)
-    text += figures_section(figures, prefix)
-    text += training_section(rows)
-    text += config_section(cfg)
-    text += versions_section(result, manifest)
-    with _staging(out) as stage:
-        return stage.publish([], "\n".join(text))
 
 
 # eval.json holds null where every task diverged (see parity.eval.error_summary).

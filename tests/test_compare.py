@@ -60,14 +60,13 @@ def test_stability_factor():
     assert is_stable(100.0) and not is_stable(100.1) and not is_stable(math.inf)
 
 
-@pytest.mark.parametrize("framework", ["jax", "torch"])
 @pytest.mark.parametrize(("loss", "alpha"), [("mse", 0.05), ("mse", 3.0), ("l1", 1.0)])
-def test_step_gains_match_an_exact_eigendecomposition(framework, loss, alpha):
+def test_step_gains_match_an_exact_eigendecomposition(twin_name, loss, alpha):
     """Power iteration on I − αH against the eigenvalues of the full Hessian (small net)."""
     cfg = get_preset("seed-alpha").replace(
         dtype="float64", hidden=(6, 5), meta_batch=2, inner_steps=2, loss=loss, alpha_init=alpha
     )
-    twin = load(framework, "float64")
+    twin = load(twin_name, "float64")
     m = twin.model
     params, tasks = init_params(cfg), tuple(sample_batch(cfg, 0)[:4])
     gains = m.to_numpy(

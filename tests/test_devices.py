@@ -19,6 +19,7 @@ from parity.checkpoint import flatten_state
 from parity.compare import compare_trees
 from parity.config import SEED_ALPHA, ConfigError
 from parity.devices import canonical, parse_device
+from parity.registry import TWINS
 from parity.twins import load, meta_results, step0_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +51,7 @@ def pair(framework: str, src: str, dst: str) -> object:
     return pytest.param(framework, src, dst, marks=marks, id=f"{framework}@{src}->{dst}")
 
 
-EVERY = [on(f, d) for f in ("jax", "torch") for d in ("cpu", "gpu")]
+EVERY = [on(f, d) for f in TWINS for d in ("cpu", "gpu")]
 # Adam on both groups, so the optimiser state (moments and step count) has to travel too.
 CFG = SEED_ALPHA.replace(
     hidden=(8, 8), inner_steps=3, meta_batch=4, outer_optimizer="adam", outer_lr=1e-3, dtype="float64", iterations=12
@@ -115,11 +116,7 @@ def _run(twin, state, start: int, steps: int) -> tuple[object, np.ndarray]:
 
 @pytest.mark.parametrize(
     ("framework", "src", "dst"),
-    [
-        pair(f, s, d)
-        for f in ("jax", "torch")
-        for s, d in (("cpu", "cpu"), ("cpu", "gpu"), ("gpu", "cpu"), ("gpu", "gpu"))
-    ],
+    [pair(f, s, d) for f in TWINS for s, d in (("cpu", "cpu"), ("cpu", "gpu"), ("gpu", "cpu"), ("gpu", "gpu"))],
 )
 def test_a_run_resumes_on_another_device(framework, src, dst):
     """Six steps on ``src``, the neutral (NumPy) state, six more on ``dst``. The state crosses devices
@@ -161,17 +158,16 @@ GRADIENT_CASES = {
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("framework", ["jax", "torch"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("case", list(GRADIENT_CASES))
-def test_cpu_and_gpu_give_the_same_meta_gradient(framework, dtype, case):
-    """framework@cpu ~ framework@gpu at the parity tolerances, full float32 matmuls."""
-    if GPUS[framework] == 0:
-        pytest.skip(f"no GPU is visible to {framework}")
+def test_cpu_and_gpu_give_the_same_meta_gradient(twin_name, dtype, case):
+    """twin@cpu ~ twin@gpu at the parity tolerances, full float32 matmuls."""
+    if GPUS[twin_name] == 0:
+        pytest.skip(f"no GPU is visible to {twin_name}")
     cfg = GRADIENT_CASES[case].replace(dtype=dtype)
     results = {}
     for device in ("cpu", "gpu"):
-        twin = load(framework, dtype, device)
+        twin = load(twin_name, dtype, device)
         with twin.precision_scope("highest"):
             results[device] = meta_results(twin, cfg, *step0_inputs(cfg))
     leaves = compare_trees(results["cpu"], results["gpu"], dtype)
@@ -185,7 +181,7 @@ def test_jax_and_torch_agree_on_the_gpu(dtype):
         pytest.skip(f"a GPU is not visible to both twins ({GPUS})")
     cfg = GRADIENT_CASES["seed-alpha"].replace(dtype=dtype)
     results = {}
-    for framework in ("jax", "torch"):
+    for framework in TWINS:
         twin = load(framework, dtype, "gpu")
         with twin.precision_scope("highest"):
             results[framework] = meta_results(twin, cfg, *step0_inputs(cfg))
@@ -212,32 +208,30 @@ def test_a_malformed_device_is_refused(text):
     assert str(err.value) == f"device: must be one of cpu | gpu | cuda:N | tpu; got {text!r}"
 
 
-@pytest.mark.parametrize("framework", ["jax", "torch"])
-def test_a_gpu_index_past_the_last_is_refused(framework):
+def test_a_gpu_index_past_the_last_is_refused(twin_name):
     with pytest.raises(ConfigError) as err:
-        load(framework, "float32", f"cuda:{GPUS[framework] + 3}")
+        load(twin_name, "float32", f"cuda:{GPUS[twin_name] + 3}")
     assert err.value.field == "device"
 
 
-@pytest.mark.parametrize("framework", ["jax", "torch"])
 @pytest.mark.parametrize("command", ["train", "dump", "eval", "check", "demo"])
-def test_device_gpu_without_a_gpu_is_one_line_and_exit_2(tmp_path, capsys, framework, command):
+def test_device_gpu_without_a_gpu_is_one_line_and_exit_2(tmp_path, capsys, twin_name, command):
     from parity.cli import main
     from parity.run import train_run
 
-    if GPUS[framework] > 0:
-        pytest.skip(f"a GPU is visible to {framework}: the refusal cannot happen here")
+    if GPUS[twin_name] > 0:
+        pytest.skip(f"a GPU is visible to {twin_name}: the refusal cannot happen here")
     out = tmp_path / "out"
     run = tmp_path / "run"
     args = {
-        "train": ["train", "--framework", framework, "--iterations", "2", "--out", str(out)],
-        "dump": ["dump", "--framework", framework, "--out", str(out) + ".npz"],
-        "eval": ["eval", str(run), "--framework", framework, "--tasks", "2"],
+        "train": ["train", "--framework", twin_name, "--iterations", "2", "--out", str(out)],
+        "dump": ["dump", "--framework", twin_name, "--out", str(out) + ".npz"],
+        "eval": ["eval", str(run), "--framework", twin_name, "--tasks", "2"],
         "check": ["check", "--quick"],
         "demo": ["demo", "--iterations", "2", "--out", str(out)],
     }[command]
     if command == "eval":  # a real run, made on the CPU, evaluated on the GPU
-        train_run(load(framework, "float32", "cpu"), SEED_ALPHA.replace(iterations=2), run, progress=False)
+        train_run(load(twin_name, "float32", "cpu"), SEED_ALPHA.replace(iterations=2), run, progress=False)
         assert (run / "checkpoint.safetensors").exists()
     capsys.readouterr()
     assert main([*args, "--device", "gpu"]) == 2
@@ -283,20 +277,18 @@ def test_torch_precision_scope_holds_inside_the_block_only():
         torch.set_float32_matmul_precision(saved[1])
 
 
-@pytest.mark.parametrize("framework", ["jax", "torch"])
-def test_an_unknown_precision_is_refused(framework):
-    with pytest.raises(ConfigError) as err, load(framework, "float32").precision_scope("tf32"):
+def test_an_unknown_precision_is_refused(twin_name):
+    with pytest.raises(ConfigError) as err, load(twin_name, "float32").precision_scope("tf32"):
         pass
     assert str(err.value) == "precision: must be one of highest, default; got 'tf32'"
 
 
-@pytest.mark.parametrize("framework", ["jax", "torch"])
-def test_placing_on_the_cpu_changes_no_bit(framework):
+def test_placing_on_the_cpu_changes_no_bit(twin_name):
     """to_arrays(…, "cpu") and the framework's default placement convert the same way."""
     values = np.random.default_rng(0).normal(size=(3, 5)) * 1e3
     for dtype in ("float32", "float64"):
-        placed = load(framework, dtype).model.to_numpy(load(framework, dtype, "cpu").to_arrays(values, dtype))
-        default = load(framework, dtype).model.to_numpy(load(framework, dtype).model.to_arrays(values, dtype))
+        placed = load(twin_name, dtype).model.to_numpy(load(twin_name, dtype, "cpu").to_arrays(values, dtype))
+        default = load(twin_name, dtype).model.to_numpy(load(twin_name, dtype).model.to_arrays(values, dtype))
         assert placed.dtype == np.dtype(dtype) and np.array_equal(placed, default)
         assert np.array_equal(placed, values.astype(dtype))
 

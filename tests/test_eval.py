@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from parity.eval import (
     evaluate_run,
 )
 from parity.init import init_params
+from parity.registry import TWINS
 from parity.run import train_run
 from parity.tasks import TRAIN_STREAM, sample_batch
 from parity.twins import load
@@ -77,11 +79,10 @@ def test_diverged_tasks_are_counted_and_left_out_never_passed_along_as_nan() -> 
     json.dumps(out, allow_nan=False)  # strict JSON: no NaN anywhere
 
 
-@pytest.mark.parametrize("framework", ["jax", "torch"])
-def test_adaptation_steps_equal_the_training_inner_loop(framework: str) -> None:
+def test_adaptation_steps_equal_the_training_inner_loop(twin_name: str) -> None:
     """Step k of the evaluation equals the twin's own ``adapt`` with T = k (another code path:
     vmap / scan in JAX, the batched loop in torch); α = 0 leaves every prediction unchanged."""
-    twin = load(framework, "float64")
+    twin = load(twin_name, "float64")
     tasks = eval_tasks(CFG, 6, 4, 0.0)
     params, alpha = init_params(CFG), np.asarray(0.05)
     preds = adaptation_curves(twin, params, alpha, tasks, CFG, 3)  # [4, 6, P]
@@ -99,7 +100,7 @@ def test_adaptation_steps_equal_the_training_inner_loop(framework: str) -> None:
 # 6.9e-16 relative in float64, 7.1e-8 in float32.
 @pytest.mark.parametrize(("dtype", "rtol"), [("float64", 2e-14), ("float32", 1e-6)])
 def test_jax_trained_run_evaluates_the_same_in_torch(jax_run, dtype: str, rtol: float) -> None:
-    results = {fw: evaluate_run(jax_run, fw, dtype, SPEC, write=False) for fw in ("jax", "torch")}
+    results = {fw: evaluate_run(jax_run, fw, dtype, SPEC, write=False) for fw in TWINS}
     assert results["jax"]["dtype"] == results["torch"]["dtype"] == dtype
     for start in STARTS:
         for i in range(len(SPEC.phase_shifts)):
@@ -175,6 +176,45 @@ def test_report_writes_markdown_and_pngs(jax_run) -> None:
         assert head[:8] == b"\x89PNG\r\n\x1a\n", name
         width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
         assert width > 500 and height > 300, (name, width, height)
+
+
+def test_every_evaluation_is_kept_and_the_report_sets_jax_beside_torch(jax_run, tmp_path) -> None:
+    """A second evaluation never loses the first: evals/<framework>-<n>.json each, eval.json the latest;
+    the report puts the latest JAX and PyTorch evaluations of the run side by side, with the difference."""
+    run = tmp_path / "run"
+    shutil.copytree(jax_run, run, ignore=shutil.ignore_patterns("evals", "eval.json"))
+    args = ["--tasks", "10", "--max-steps", "3", "--phase-shift", "0", "pi", "--pretrain-steps", "5"]
+    assert main(["eval", str(run), *args]) == 0
+    first = (run / "evals" / "jax-1.json").read_bytes()
+    assert main(["eval", str(run), *args[:-1], "6"]) == 0  # other work: kept apart, not compared
+    assert main(["eval", str(run), *args, "--framework", "torch"]) == 0
+    kept = sorted(p.name for p in (run / "evals").iterdir())
+    assert kept == ["jax-1.json", "jax-2.json", "torch-1.json"]
+    assert (run / "evals" / "jax-1.json").read_bytes() == first  # never rewritten
+    assert (run / "eval.json").read_bytes() == (run / "evals" / "torch-1.json").read_bytes()
+    (run / "evals" / "jax-3.json").write_text("{}")  # a name taken by hand is skipped, not replaced
+    assert main(["eval", str(run), *args]) == 0
+    assert (run / "evals" / "jax-3.json").read_text() == "{}" and (run / "evals" / "jax-4.json").exists()
+    assert main(["eval", str(run), *args, "--framework", "torch"]) == 0
+    assert main(["report", str(run)]) == 0
+    text = (run / "report.md").read_text()
+    assert "## The same run evaluated in each framework" in text
+    header = next(line for line in text.splitlines() if line.startswith("| phase shift | starting point |"))
+    assert [c.strip() for c in header.strip("|").split("|")][2:] == [
+        "torch",
+        "jax",
+        "jax − torch",
+        "largest difference",
+    ]
+    torch_result = json.loads((run / "evals" / "torch-2.json").read_text())
+    jax_result = json.loads((run / "evals" / "jax-4.json").read_text())
+    rows = [line for line in text.splitlines() if line.startswith("| phase shift 3.142 (π) |")]
+    assert len(rows) == len(STARTS)
+    for row, start in zip(rows, STARTS):
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert float(cells[2]) == pytest.approx(torch_result[start][1]["mse_mean"][3], rel=1e-3)
+        assert float(cells[3]) == pytest.approx(jax_result[start][1]["mse_mean"][3], rel=1e-3)
+        assert abs(float(cells[4])) < 1e-13 and float(cells[5]) < 1e-13  # float64, the same tasks and steps
 
 
 @pytest.mark.parametrize(

@@ -15,10 +15,11 @@ from jax.test_util import check_grads
 
 from parity.config import get_preset
 from parity.init import init_alpha, init_params
+from parity.registry import TWINS
 from parity.tasks import sample_batch
 from parity.twins import load
 
-FRAMEWORKS = ("jax", "torch")
+FRAMEWORKS = TWINS
 # Small and float64: finite differences are only meaningful there.
 BASE = get_preset("seed-alpha").replace(dtype="float64", meta_batch=3, hidden=(16, 16), seed=11)
 

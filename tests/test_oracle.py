@@ -17,6 +17,7 @@ import pytest
 from parity.config import SEED_ALPHA, SEED_MAML, Config, get_preset
 from parity.init import alpha_from_variable, init_alpha, init_alpha_variable, init_params
 from parity.oracle import NumpyOracle, flat
+from parity.registry import TWINS
 from parity.tasks import sample_batch
 from parity.twins import (
     load,
@@ -24,7 +25,7 @@ from parity.twins import (
 )
 
 ORACLE = NumpyOracle()
-FRAMEWORKS = ("jax", "torch")
+FRAMEWORKS = TWINS
 # A leaf passes when max|twin − oracle| ≤ ATOL + RTOL·max|oracle|. Seen over these cases (2-core
 # CPU, jax 0.10.2, torch 2.13.0): ≤ 3.9e-15 relative on every leaf above 1e-12; ATOL covers the
 # leaves that are exactly zero (dL/dα of the output bias under L1, whose Hessian row is zero).

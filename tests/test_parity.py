@@ -9,6 +9,7 @@ import pytest
 from parity import harness
 from parity.cli import main
 from parity.compare import STABILITY_LIMIT
+from parity.registry import TWINS
 
 pytestmark = pytest.mark.parity
 
@@ -70,7 +71,7 @@ def test_twins_agree_on_the_quick_matrix(quick_rows):
 def test_an_unstable_case_is_flagged_not_asserted():
     # MSE with α = 0.3 over 10 steps: the inner loop blows up (each step's gain is well above 1).
     cfg = harness.BASE.replace(inner_steps=10, alpha_init=0.3, loss="mse")
-    rows = harness.run_case(harness.Case("unstable-mse-a0.3", cfg), harness.load_impls(["jax", "torch"]))
+    rows = harness.run_case(harness.Case("unstable-mse-a0.3", cfg), harness.load_impls(list(TWINS)))
     assert rows[0].stability > STABILITY_LIMIT
     assert all(not r.stable for r in rows)
     assert any(r.verdict == "unstable" for r in rows)  # outside the tight tolerance, and excused

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from parity import harness
 from parity.config import PRESETS, Config, get_preset
+from parity.registry import TWINS
 from parity.tasks import sample_batch
 
 # Derandomised and bounded, so CI runs the same examples every time and stays fast.
@@ -113,7 +114,7 @@ small_stable = st.builds(
 @settings(max_examples=12)
 @given(small_stable)
 def test_parity_holds_for_random_small_configs(cfg):
-    rows = harness.run_case(harness.Case("random", cfg), harness.load_impls(["jax", "torch"]))
+    rows = harness.run_case(harness.Case("random", cfg), harness.load_impls(list(TWINS)))
     assert all(r.stable for r in rows)
     bad = [r for r in rows if not r.ok]
     assert not bad, bad[:2]

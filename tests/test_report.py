@@ -116,6 +116,6 @@ def test_demo_writes_one_report_with_parity_and_both_twins_alpha(tmp_path, capsy
     # The evaluation and the figures, named relative to the report, exist and parse.
     assert "**phase shift 3.142 (π)**" in text
     figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
-    assert len(figures) == 5
+    assert len(figures) == 6 and "twins.png" in figures  # the run's five and the twins side by side
     for name in figures:
         png_size(tmp_path / name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -17,6 +18,7 @@ import pytest
 from parity.checkpoint import flatten_state, read_checkpoint
 from parity.compare import compare_trees
 from parity.config import SEED_ALPHA, ConfigError
+from parity.registry import TWINS
 from parity.run import read_metrics, train_run
 from parity.twins import load
 
@@ -49,18 +51,17 @@ def without_wall(rows: list[dict]) -> list[dict]:
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> dict[str, Path]:
     runs = {}
-    for framework in ("jax", "torch"):
+    for framework in TWINS:
         runs[framework] = tmp_path_factory.mktemp(f"full-{framework}")
         train(framework, runs[framework], N)
     return runs
 
 
-@pytest.mark.parametrize("framework", ["jax", "torch"])
-def test_half_then_resume_is_bit_identical(tmp_path, uninterrupted, framework: str) -> None:
-    train(framework, tmp_path, N // 2)
+def test_half_then_resume_is_bit_identical(tmp_path, uninterrupted, twin_name: str) -> None:
+    train(twin_name, tmp_path, N // 2)
     assert read_checkpoint(tmp_path).step == N // 2
-    train(framework, tmp_path, N, resume=True)
-    expected, actual = final_arrays(uninterrupted[framework]), final_arrays(tmp_path)
+    train(twin_name, tmp_path, N, resume=True)
+    expected, actual = final_arrays(uninterrupted[twin_name]), final_arrays(tmp_path)
     assert expected.keys() == actual.keys()
     assert {"opt/params/mu/w1", "opt/alpha/nu", "alpha", "params/w2"} <= expected.keys()
     for name in expected:
@@ -68,11 +69,11 @@ def test_half_then_resume_is_bit_identical(tmp_path, uninterrupted, framework: s
     assert int(actual["step"]) == N and int(actual["opt/params/count"]) == N
     # every step logged once, with the numbers of the uninterrupted run
     assert without_wall(read_metrics(tmp_path / "metrics.jsonl")) == without_wall(
-        read_metrics(uninterrupted[framework] / "metrics.jsonl")
+        read_metrics(uninterrupted[twin_name] / "metrics.jsonl")
     )
 
 
-@pytest.mark.parametrize(("first", "second"), [("jax", "torch"), ("torch", "jax")])
+@pytest.mark.parametrize(("first", "second"), list(itertools.permutations(TWINS, 2)))
 def test_resume_in_the_other_twin(tmp_path, uninterrupted, first: str, second: str) -> None:
     train(first, tmp_path, N // 2)
     train(second, tmp_path, N, resume=True)
@@ -168,18 +169,17 @@ def test_sigkill_mid_run_then_resume(tmp_path) -> None:
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == list(range(steps))
 
 
-@pytest.mark.parametrize("framework", ["jax", "torch"])
-def test_sigkill_at_a_random_moment_then_resume_is_bit_identical(tmp_path, framework: str) -> None:
+def test_sigkill_at_a_random_moment_then_resume_is_bit_identical(tmp_path, twin_name: str) -> None:
     """``python -m parity train`` killed with SIGKILL at a random (seeded) moment: mid-step,
     mid-checkpoint or mid-log-line, wherever it lands. ``--resume`` then ends bit for bit where
     the run that was never killed ends: every array of the final checkpoint and every logged step."""
     steps, every = 200, 5
-    rng = random.Random(f"sigkill-{framework}")  # the same moments on every run of the test
+    rng = random.Random(f"sigkill-{twin_name}")  # the same moments on every run of the test
     kill_after_rows, extra_sleep_s = rng.randint(1, steps - 60), rng.uniform(0.0, 0.05)
     config = tmp_path / "config_in.json"
     config.write_text(CFG.replace(iterations=steps).to_json())
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "parity", "train", "--config", str(config), "--framework", framework]
+    cmd = [sys.executable, "-m", "parity", "train", "--config", str(config), "--framework", twin_name]
     cmd += ["--out", str(out), "--checkpoint-every", str(every), "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -202,7 +202,7 @@ def test_sigkill_at_a_random_moment_then_resume_is_bit_identical(tmp_path, frame
     assert done.returncode == 0, done.stderr
     assert (f"resuming {out} at step {killed_at}" if killed_at else "starting at step 0") in done.stderr
     reference = tmp_path / "reference"
-    train(framework, reference, steps, checkpoint_every=every)  # the same chunks, never stopped
+    train(twin_name, reference, steps, checkpoint_every=every)  # the same chunks, never stopped
     expected, actual = final_arrays(reference), final_arrays(out)
     assert expected.keys() == actual.keys()
     for name in expected:

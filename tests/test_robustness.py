@@ -34,6 +34,7 @@ from parity.cli import EXIT_DIVERGED, EXIT_USAGE, main
 from parity.config import SEED_ALPHA, Config, ConfigError, field_names
 from parity.golden import GoldenFileError, read_golden, write_golden
 from parity.init import alpha_from_variable, init_alpha, init_alpha_variable, init_params
+from parity.registry import TWINS
 from parity.run import read_metrics, train_run
 from parity.tasks import sample_batch
 from parity.training import TrainingDiverged
@@ -41,7 +42,7 @@ from parity.twins import load
 from parity.validate import ArrayShapeError, ArrayTypeError, TwinInputError
 
 ROOT = Path(__file__).resolve().parents[1]
-FRAMEWORKS = ("jax", "torch")
+FRAMEWORKS = TWINS
 SMALL = SEED_ALPHA.replace(hidden=(8,), inner_steps=2, meta_batch=3, dtype="float64")
 
 

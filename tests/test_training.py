@@ -8,6 +8,7 @@ import pytest
 from parity import training
 from parity.config import get_preset
 from parity.init import init_params
+from parity.registry import TWINS
 from parity.twins import load
 
 
@@ -17,10 +18,9 @@ def alpha_trajectory(framework: str, cfg) -> np.ndarray:
     return np.concatenate(alphas)
 
 
-@pytest.mark.parametrize("framework", ["jax", "torch"])
-def test_same_seed_same_run(framework):
+def test_same_seed_same_run(twin_name):
     cfg = get_preset("seed-alpha").replace(iterations=15, meta_batch=2)
-    twin = load(framework)
+    twin = load(twin_name)
     a = training.final_values(twin, training.run(twin, cfg, chunk=5))
     b = training.final_values(twin, training.run(twin, cfg, chunk=15))  # chunking does not matter
     for k in a:
@@ -35,7 +35,7 @@ def test_fixed_alpha_stays_fixed_and_the_params_move():
     cfg = get_preset("seed-maml").replace(iterations=10)
     start = init_params(cfg)
     moved = {}
-    for framework in ("jax", "torch"):
+    for framework in TWINS:
         twin = load(framework)
         values = training.final_values(twin, training.run(twin, cfg))
         assert values["alpha"].dtype == np.float32 and float(values["alpha"]) == float(np.float32(0.03))
@@ -51,7 +51,7 @@ def test_fixed_alpha_stays_fixed_and_the_params_move():
 def test_seed_alpha_learns_alpha_down_as_the_seed_did():
     """The seed saw α ≈ 0.087 at step 500 falling to ≈ 0.015 by step 4500 (one stochastic run)."""
     cfg = get_preset("seed-alpha")  # 5000 steps, float32, as the seed ran it
-    runs = {fw: alpha_trajectory(fw, cfg) for fw in ("jax", "torch")}
+    runs = {fw: alpha_trajectory(fw, cfg) for fw in TWINS}
     for fw, alpha in runs.items():
         assert alpha.shape == (5000,)
         assert alpha[0] == pytest.approx(0.1)
