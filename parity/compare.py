@@ -1,14 +1,20 @@
-"""Tree comparison, the tolerance policy and the stability gate (NumPy only).
+"""Tree comparison, the one comparison rule and the stability gate (NumPy only).
 
 A comparison passes when ``max|a − b| ≤ atol + rtol·max|ref|`` over a whole leaf, ``ref`` being
 the reference side. Non-finite values never pass and are never cleaned up.
+
+Which tolerance a result key gets is decided here and nowhere else (:func:`rule_for`): the
+harness, localisation, ``diff``, the golden files' ``rule`` entry and the pytest plugin all ask
+this module, so a key cannot be a gradient in one place and a state in another.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +28,17 @@ TOLERANCES: dict[tuple[str, str], tuple[float, float]] = {
     ("float32", "state"): (2e-4, 1e-6),
 }
 
+# The kind of a key: the first kind with a matching pattern (fnmatch; ``*`` crosses ``/``).
+# Gradients come first so that an inner gradient of the trace is a gradient although it lives
+# under ``trace/``; losses are matched by their suffix so that a user's own ``..._loss`` key in a
+# golden fixture keeps the loss tolerance; everything else (parameters, α, adapted parameters,
+# trajectories) is state.
+KIND_PATTERNS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("grad", ("grad/*", "trace/inner_grad/*")),
+    ("loss", ("*loss", "*losses")),
+    ("state", ("*",)),
+)
+
 # Above this product of per-step gains, float32 differences grow with it: reported, not asserted.
 STABILITY_LIMIT = 1e2
 
@@ -32,16 +49,50 @@ class Tolerance:
     atol: float
 
 
-def tolerance(dtype: str, quantity: str) -> Tolerance:
-    """The tolerance for a quantity name (``outer_loss``, ``inner_losses``, ``grad/...``, ``params/...``)."""
-    if quantity.startswith("grad/"):
-        kind = "grad"
-    elif quantity.endswith("loss") or quantity.endswith("losses"):
-        kind = "loss"
-    else:
-        kind = "state"
-    rtol, atol = TOLERANCES[(dtype, kind)]
-    return Tolerance(rtol, atol)
+@dataclasses.dataclass(frozen=True)
+class KeyRule:
+    """How one result key is compared: its kind (``loss``, ``grad``, ``state``) and tolerance."""
+
+    kind: str
+    tol: Tolerance
+
+
+def key_kind(key: str) -> str:
+    """``loss``, ``grad`` or ``state``: the tolerance class of a result, trace or golden-file key."""
+    for kind, patterns in KIND_PATTERNS:
+        if any(fnmatch.fnmatchcase(key, pattern) for pattern in patterns):
+            return kind
+    raise AssertionError("unreachable: the last kind matches every key")
+
+
+def rule_for(key: str, dtype: str, rtol: float | None = None, atol: float | None = None) -> KeyRule:
+    """The comparison rule of ``key`` in ``dtype``; ``rtol``/``atol`` override the documented ones
+    (``diff --rtol/--atol``). A dtype other than float32/float64 is a ValueError naming it."""
+    kind = key_kind(key)
+    if (dtype, kind) not in TOLERANCES:
+        raise ValueError(f"dtype: no tolerance for {dtype!r}; allowed: float64, float32")
+    default_rtol, default_atol = TOLERANCES[(dtype, kind)]
+    return KeyRule(kind, Tolerance(default_rtol if rtol is None else rtol, default_atol if atol is None else atol))
+
+
+def tolerance(dtype: str, quantity: str, rtol: float | None = None, atol: float | None = None) -> Tolerance:
+    """The tolerance of a key (``outer_loss``, ``grad/...``, ``trace/inner_grad/...``, ``params/...``)."""
+    return rule_for(quantity, dtype, rtol, atol).tol
+
+
+def rule_description() -> dict[str, Any]:
+    """The rule as data (the golden files' ``rule`` entry publishes it): measure, tolerances, kinds."""
+    kinds = tuple(kind for kind, _ in KIND_PATTERNS)
+    return {
+        "measure": "max|a - b| <= atol + rtol * max|ref|",
+        "over": "each entry as a whole; ref is the reference side's entry; a NaN or infinity never passes",
+        "tolerances": {
+            dtype: {k: {"rtol": TOLERANCES[(dtype, k)][0], "atol": TOLERANCES[(dtype, k)][1]} for k in kinds}
+            for dtype in ("float64", "float32")
+        },
+        "kinds": {kind: list(patterns) for kind, patterns in KIND_PATTERNS},
+        "kind_of_a_key": "the first kind in 'kinds' with a pattern (fnmatch, * crosses /) that matches the key",
+    }
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from parity.compare import compare_leaf
+from parity.compare import compare_leaf, tolerance
 from parity.golden import TEXT_ENTRIES, read_golden, signature_differences
-from parity.localise import first_divergence, points, tolerance_for, where
+from parity.localise import first_divergence, points, where
 
 
 def is_input(key: str) -> bool:
@@ -65,7 +65,7 @@ def diff_files(
     ]
     ordered = dict.fromkeys(key for key, _ in points(cfg_a, set(results) & set(others)))  # computation order
     for key in ordered:
-        tol = tolerance_for(dtype, key, rtol, atol)
+        tol = tolerance(dtype, key, rtol, atol)
         if np.shape(a[key]) != np.shape(b[key]):
             report["rows"].append(
                 {"key": key, "ok": False, "detail": f"shape {np.shape(b[key])} vs {np.shape(a[key])}"}

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from parity.checkpoint import atomic_write
-from parity.compare import TOLERANCES
+from parity.compare import rule_description
 from parity.config import Config, ConfigError
 from parity.contract import describe
 from parity.safeio import NPZ_ERRORS, check_npz_entries
@@ -120,20 +120,10 @@ def signature_differences(a: Config, b: Config) -> list[tuple[str, Any, Any]]:
 
 
 def comparison_rule() -> dict[str, Any]:
-    """How two golden files (or an implementation and a golden file) are compared: the ``rule`` entry."""
-    kinds = ("loss", "grad", "state")
+    """How two golden files (or an implementation and a golden file) are compared: the ``rule``
+    entry. The measure, tolerances and kinds are :mod:`parity.compare`'s one rule, as data."""
     return {
-        "measure": "max|a - b| <= atol + rtol * max|ref|",
-        "over": "each entry as a whole; ref is the reference side's entry; a NaN or infinity never passes",
-        "tolerances": {
-            dtype: {k: {"rtol": TOLERANCES[(dtype, k)][0], "atol": TOLERANCES[(dtype, k)][1]} for k in kinds}
-            for dtype in ("float64", "float32")
-        },
-        "kinds": {
-            "loss": ["outer_loss", "inner_losses", "task_outer_loss", "trace/support_loss", "trace/query_loss"],
-            "grad": ["grad/*", "trace/inner_grad/*"],
-            "state": ["trace/adapted/*"],
-        },
+        **rule_description(),
         "inputs": "init/* and tasks/* are inputs: they must be identical, else the files describe different problems",
         "optional": ["grad/alpha (grad/alpha/<name>) when alpha_mode is fixed", "task_outer_loss", "trace/*"],
     }

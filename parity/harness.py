@@ -1,51 +1,44 @@
 """Run implementations of the contract on the same cases and compare them with the first.
 
-A case is named data: a config (always described in float64; the float32 runs replace the
-dtype) and a kind, ``gradient`` (losses and meta-gradients at the initial parameters on the
-step-0 meta-batch) or ``trajectory`` (parameters and α after N outer steps from the same
-start). The first implementation is the reference (by default the twins, JAX first): every
-float64 result of every other is compared with it, and every float32 result both with its
-float32 and its float64 results. Implementations are resolved lazily (``parity.registry``).
-A comparison that fails carries where the pair first parts (``Row.divergence``, from
-``parity.localise``: both sides rerun with their traces when they offer them).
+The cases are :mod:`parity.matrix`'s (re-exported here). The first implementation is the
+reference (by default the twins, JAX first): every float64 result of every other is compared
+with it, and every float32 result both with its float32 and its float64 results.
+Implementations are resolved lazily (``parity.registry``). A comparison that fails carries where
+the pair first parts (``Row.divergence``, from ``parity.localise``: both sides rerun with their
+traces when they offer them).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from parity.compare import StructureError, compare_trees, is_stable, stability_factor
-from parity.config import SEED_ALPHA, Config, ConfigError
+from parity.config import ConfigError
 from parity.contract import ContractError, describe, unsupported_reason
 from parity.devices import check_precision
 from parity.localise import locate, where
+from parity.matrix import (  # noqa: F401  (the matrix, re-exported: harness.BASE, harness.all_cases, ...)
+    ALPHA_MODES,
+    ALPHAS,
+    AXES,
+    BASE,
+    INNER_STEPS,
+    LOSSES,
+    ORDERS,
+    TRAJECTORY_STEPS,
+    Case,
+    all_cases,
+    case_name,
+    gradient_cases,
+    trajectory_cases,
+)
 from parity.registry import TWINS, resolve
 from parity.twins import meta_results, step0_inputs
-
-# The matrix of docs/design.md.
-INNER_STEPS = (0, 1, 2, 3, 5, 10)
-ALPHAS = (0.001, 0.01, 0.05, 0.1)
-LOSSES = ("l1", "mse")
-ALPHA_MODES = ("fixed", "scalar", "per_parameter")
-ORDERS = ("second", "first")
-
-# Four tasks per meta-batch, so that batching over tasks is exercised, at the seed's sizes.
-BASE = SEED_ALPHA.replace(meta_batch=4, dtype="float64", seed=7)
-TRAJECTORY_STEPS = 20
-
-
-@dataclasses.dataclass(frozen=True)
-class Case:
-    name: str
-    cfg: Config  # float64; float32 runs use cfg.replace(dtype="float32")
-    kind: str = "gradient"  # gradient | trajectory
-    steps: int = 0  # trajectory only: outer steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,52 +71,6 @@ class Row:
 def excused(row: Row) -> bool:
     """Unstable cases are reported, not asserted tight; a non-finite value is never excused."""
     return not row.stable and math.isfinite(row.max_abs_err)
-
-
-def case_name(T: int, alpha: float, loss: str, mode: str, order: str) -> str:
-    return f"T{T}-a{alpha:g}-{loss}-{mode}-{order}"
-
-
-def gradient_cases(quick: bool = False) -> list[Case]:
-    """The full matrix, or (``quick``) a covering subset in which every value of every axis appears."""
-    combos: Iterable[tuple[int, float, str, str, str]]
-    if quick:
-        # Each row takes the i-th value of every axis (cycling): all values appear at least once.
-        axes = (INNER_STEPS, ALPHAS, LOSSES, ALPHA_MODES, ORDERS)
-        n = max(len(a) for a in axes)
-        combos = [tuple(a[i % len(a)] for a in axes) for i in range(n)]  # type: ignore[misc]
-    else:
-        combos = itertools.product(INNER_STEPS, ALPHAS, LOSSES, ALPHA_MODES, ORDERS)
-    cases = []
-    for T, alpha, loss, mode, order in combos:
-        if T == 0 and order == "first":
-            continue  # identical to second order: no inner gradient to hold constant
-        cfg = BASE.replace(inner_steps=T, alpha_init=alpha, loss=loss, alpha_mode=mode, first_order=order == "first")
-        cases.append(Case(case_name(T, alpha, loss, mode, order), cfg))
-    return cases
-
-
-def trajectory_cases() -> list[Case]:
-    """Training trajectories: the seed's learned-α setting, and Adam + MSE + ReLU with Meta-SGD's α."""
-    seed_alpha = BASE.replace(inner_steps=5, alpha_mode="scalar", alpha_init=0.1)
-    meta_sgd = BASE.replace(
-        inner_steps=2,
-        loss="mse",
-        activation="relu",
-        alpha_mode="per_parameter",
-        alpha_init=0.01,
-        outer_optimizer="adam",
-        outer_lr=1e-3,
-        alpha_lr=1e-3,
-    )
-    return [
-        Case("trajectory-seed-alpha", seed_alpha, "trajectory", TRAJECTORY_STEPS),
-        Case("trajectory-meta-sgd-style", meta_sgd, "trajectory", TRAJECTORY_STEPS),
-    ]
-
-
-def all_cases(quick: bool = False) -> list[Case]:
-    return gradient_cases(quick) + trajectory_cases()
 
 
 # --- running one implementation ---------------------------------------------------------------

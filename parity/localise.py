@@ -11,8 +11,8 @@ first appears. The order is the order of computation:
   (``trajectory/params/<name>``, ``trajectory/alpha``), then the final values.
 
 Each point is a slice (one step of one quantity of one parameter, all tasks) held to the rule of
-:mod:`parity.compare`, ``max|a − b| ≤ atol + rtol·max|ref|``, with the tolerance of its kind
-(loss, gradient, parameters) and dtype. The first slice that breaks it is reported with its worst
+:mod:`parity.compare`, ``max|a − b| ≤ atol + rtol·max|ref|``, with the tolerance that module's
+one rule gives its key (loss, gradient, state) and dtype. The first slice that breaks it is reported with its worst
 element (task and index), both values, and the stability gate's products up to that inner step
 and after it: how much the gate lets a difference there grow.
 """
@@ -24,29 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from parity.compare import TOLERANCES, Tolerance
+from parity.compare import Tolerance, tolerance
 from parity.config import Config
 from parity.contract import ContractError, describe, unsupported_reason
 from parity.twins import step0_inputs
-
-# The losses among the keys of results, traces and golden files (everything else: by prefix).
-LOSS_KEYS = ("outer_loss", "inner_losses", "task_outer_loss", "trace/support_loss", "trace/query_loss")
-
-
-def kind(key: str) -> str:
-    """``loss``, ``grad`` or ``state``: the tolerance class of a key."""
-    if key in LOSS_KEYS:
-        return "loss"
-    if key.startswith("grad/") or key.startswith("trace/inner_grad/"):
-        return "grad"
-    return "state"
-
-
-def tolerance_for(dtype: str, key: str, rtol: float | None = None, atol: float | None = None) -> Tolerance:
-    """The tolerance of ``key`` in ``dtype`` (``parity.compare.TOLERANCES``); ``rtol``/``atol`` override."""
-    default_rtol, default_atol = TOLERANCES[(dtype, kind(key))]
-    return Tolerance(default_rtol if rtol is None else rtol, default_atol if atol is None else atol)
-
 
 # --- the order of computation ------------------------------------------------------------------
 
@@ -99,7 +80,7 @@ def first_divergence(
     steps = min(outer_steps({k: expected[k] for k in keys}), outer_steps({k: actual[k] for k in keys}))
     for key, step in points(cfg, keys, steps):
         ref, got = np.asarray(expected[key], np.float64), np.asarray(actual[key], np.float64)
-        tol = tolerance_for(dtype, key, rtol, atol)
+        tol = tolerance(dtype, key, rtol, atol)
         if ref.shape != got.shape:
             note = f"shapes differ: {list(ref.shape)} vs {list(got.shape)}"
             return describe_point(key, step, None, math.nan, math.nan, tol, math.nan, cfg, gains, note)

@@ -13,6 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "torchfunc_maml.py"
 
 
@@ -139,6 +142,75 @@ class SupportsNothing(Raises):
         return "supports no case"
 
 
+# --- the dimensions the original matrix held still (issue 20 §6): each passed it, see test_mutants --
+
+
+class SupportSizeForQuery(TorchFuncMAML):
+    """(h) The query set cut to the support set's size K (a buffer or a slice sized by K, as in code
+    written for K = Q): only a case with more query than support points can see it."""
+
+    name = "support-size-for-query"
+
+    def meta_value_and_grad(self, params, alpha, tasks, cfg):
+        x_s, y_s, x_q, y_q = tasks
+        K = x_s.shape[1]
+        return super().meta_value_and_grad(params, alpha, (x_s, y_s, x_q[:, :K], y_q[:, :K]), cfg)
+
+
+class DepthFixedAtTwo(TorchFuncMAML):
+    """(i) The activation after layers 0 and 1 (``i < 2``, written for 1 → 32 → 32 → 1) instead of
+    after every layer but the last: right at two hidden layers only."""
+
+    name = "depth-fixed-at-two"
+
+    def model(self, w, x, activation):
+        act = torch.tanh if activation == "tanh" else torch.relu
+        h = x
+        for i in range(len(w) // 2):
+            h = h @ w[f"w{i}"].T + w[f"b{i}"]
+            if i < 2:
+                h = act(h)
+        return h
+
+
+class ReluFirstLayerOnly(TorchFuncMAML):
+    """(j) Under ``relu``, only the first hidden layer activated (the later ones left linear, as in a
+    port that changed one call site): tanh is right, and so is ReLU at one hidden layer."""
+
+    name = "relu-first-layer-only"
+
+    def model(self, w, x, activation):
+        if activation != "relu":
+            return super().model(w, x, activation)
+        n = len(w) // 2
+        h = x
+        for i in range(n):
+            h = h @ w[f"w{i}"].T + w[f"b{i}"]
+            if i == 0 and n > 1:
+                h = torch.relu(h)
+        return h
+
+
+class SoftplusRhoGradient(TorchFuncMAML):
+    """(k) Under the softplus parametrisation, the gradient of the variable it learns, ρ with
+    α = softplus(ρ), returned for dL/dα: the parametrisation's chain rule dα/dρ = sigmoid(ρ)
+    = 1 − e^(−α) leaks through the contract, which hands over α and asks for dL/dα either way."""
+
+    name = "softplus-rho-gradient"
+
+    def meta_value_and_grad(self, params, alpha, tasks, cfg):
+        out = super().meta_value_and_grad(params, alpha, tasks, cfg)
+        if cfg.alpha_parametrisation != "softplus":
+            return out
+        dalpha_drho = {k: -np.expm1(-v) for k, v in alpha.items()} if isinstance(alpha, dict) else -np.expm1(-alpha)
+        grad = out["alpha_grad"]
+        if isinstance(grad, dict):
+            out["alpha_grad"] = {k: (grad[k] * dalpha_drho[k]).astype(grad[k].dtype) for k in grad}
+        else:
+            out["alpha_grad"] = np.asarray(grad * dalpha_drho, dtype=grad.dtype)
+        return out
+
+
 CONTROL = Control()
 NO_CREATE_GRAPH = NoCreateGraph()
 ALPHA_DETACHED = AlphaDetached()
@@ -151,3 +223,7 @@ MISSING_KEY = MissingKey()
 FLOAT32_ALWAYS = Float32Always()
 FLOAT64_ONLY = Float64Only()
 SUPPORTS_NOTHING = SupportsNothing()
+SUPPORT_SIZE_FOR_QUERY = SupportSizeForQuery()
+DEPTH_FIXED_AT_TWO = DepthFixedAtTwo()
+RELU_FIRST_LAYER_ONLY = ReluFirstLayerOnly()
+SOFTPLUS_RHO_GRADIENT = SoftplusRhoGradient()

@@ -89,3 +89,147 @@ def test_step_gains_match_an_exact_eigendecomposition(twin_name, loss, alpha):
             assert gains[b, t] <= exact * (1 + 1e-9)
             assert gains[b, t] == pytest.approx(exact, rel=1e-3), (b, t)
             p, _ = ref.meta.inner_step(p, jnp.asarray(alpha), x, y, cfg)
+
+
+# --- one comparison rule, asked by every user -----------------------------------------------------
+
+# Every kind of key a result, a trajectory, a trace or a golden file holds, with its documented
+# kind (docs/formats-golden.md, "The comparison rule"): written out here, not derived from the rule.
+KEY_KINDS = {
+    "outer_loss": "loss",
+    "inner_losses": "loss",
+    "task_outer_loss": "loss",
+    "trace/support_loss": "loss",
+    "trace/query_loss": "loss",
+    "my_own_loss": "loss",  # a user's key in a golden fixture keeps the loss tolerance
+    "grad/w0": "grad",
+    "grad/b1": "grad",
+    "grad/alpha": "grad",
+    "grad/alpha/w0": "grad",
+    "trace/inner_grad/w0": "grad",
+    "trace/inner_grad/b1": "grad",
+    "trace/adapted/w0": "state",
+    "params/w0": "state",
+    "alpha": "state",
+    "alpha/b0": "state",
+    "trajectory/params/w1": "state",
+    "trajectory/alpha": "state",
+    "trajectory/alpha/w0": "state",
+}
+
+
+@pytest.fixture
+def distinct_tolerances(monkeypatch):
+    """Each (dtype, kind) its own rtol/atol for the test, so that the tolerance a user reports names
+    the kind it classified the key as (the real float64 kinds share one tolerance, and float32's
+    grad and state do too: equal numbers would hide a disagreement)."""
+    from parity import compare
+
+    table = {
+        ("float64", "loss"): (1e-10, 1e-13),
+        ("float64", "grad"): (3e-10, 3e-13),
+        ("float64", "state"): (7e-10, 7e-13),
+        ("float32", "loss"): (1e-5, 1e-7),
+        ("float32", "grad"): (3e-4, 3e-7),
+        ("float32", "state"): (7e-4, 7e-7),
+    }
+    for key, value in table.items():
+        monkeypatch.setitem(compare.TOLERANCES, key, value)
+    return {(dtype, kind): compare.Tolerance(*value) for (dtype, kind), value in table.items()}
+
+
+def _array(key: str) -> np.ndarray:
+    # trace entries [B, T, ...] and trajectory entries [steps, ...]: one task, one step, two values
+    return np.array([[[0.5, -1.5]]])
+
+
+def _harness_tol(key: str, dtype: str):
+    return compare_trees({key: _array(key)}, {key: _array(key)}, dtype)[0].tol
+
+
+def _localise_tol(key: str, dtype: str):
+    from parity.compare import Tolerance
+    from parity.localise import first_divergence
+
+    cfg = get_preset("seed-alpha").replace(hidden=(2,), inner_steps=1, meta_batch=1, dtype=dtype)
+    found = first_divergence({key: _array(key)}, {key: _array(key) + 1.0}, cfg, dtype)
+    assert found is not None and found["key"] == key
+    return Tolerance(found["rtol"], found["atol"])
+
+
+def _plugin_tol(key: str, dtype: str, tmp_path) -> tuple[float, str]:
+    """The plugin's golden fixture: its failure table prints each entry's rtol (``%.0e``)."""
+    from parity.pytest_plugin import GoldenChecker
+
+    checker = GoldenChecker(None, tmp_path, regen=False)  # type: ignore[arg-type]  # arrays need no checker
+    name = key.replace("/", "_")
+    arrays = {key: _array(key).astype(dtype)}
+    with pytest.raises(pytest.fail.Exception, match="written"):
+        checker.check(arrays, name)
+    with pytest.raises(pytest.fail.Exception) as failed:
+        checker.check({key: arrays[key] + 1}, name)
+    line = next(line for line in str(failed.value).splitlines() if line.startswith(key + " "))
+    return float(line.split()[4]), line
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_every_user_of_the_rule_gives_each_key_its_documented_kind(distinct_tolerances, tmp_path, dtype):
+    from parity.compare import KeyRule, key_kind, rule_for
+
+    for key, kind in KEY_KINDS.items():
+        want = distinct_tolerances[(dtype, kind)]
+        assert key_kind(key) == kind and rule_for(key, dtype) == KeyRule(kind, want), key
+        assert _harness_tol(key, dtype) == want, ("harness", key)
+        assert _localise_tol(key, dtype) == want, ("localise", key)
+        rtol, line = _plugin_tol(key, dtype, tmp_path)
+        assert rtol == float(f"{want.rtol:.0e}"), ("pytest plugin", key, line)
+
+
+def test_the_inner_gradient_of_a_trace_is_a_gradient_everywhere(distinct_tolerances, tmp_path):
+    """The disagreement that started this: localisation called trace/inner_grad/* a gradient,
+    the harness's classifier (and so the pytest plugin) a state."""
+    grad32 = distinct_tolerances[("float32", "grad")]
+    for key in ("trace/inner_grad/w0", "trace/inner_grad/b0"):
+        assert _harness_tol(key, "float32") == _localise_tol(key, "float32") == grad32
+        assert _plugin_tol(key, "float32", tmp_path)[0] == float(f"{grad32.rtol:.0e}")
+
+
+def test_diff_and_the_golden_rule_entry_agree_with_the_rule(distinct_tolerances, tmp_path):
+    """``diff`` on two golden files with every entry a golden file holds (trace included), and the
+    ``rule`` entry those files carry, classify every entry as documented."""
+    import fnmatch
+    import json
+
+    from parity.diff import diff_files
+    from parity.golden import golden_arrays, write_golden
+    from parity.oracle import NumpyOracle
+
+    cfg = get_preset("seed-alpha").replace(hidden=(3,), inner_steps=2, meta_batch=2, dtype="float64")
+    arrays = golden_arrays(NumpyOracle(), cfg, trace=True)
+    path = write_golden(tmp_path / "a.npz", arrays)
+    report = diff_files(path, path)
+    assert report["ok"], report["status"]
+    rows = {row["key"]: row for row in report["rows"]}
+    documented = {
+        k: (
+            "grad"
+            if k.startswith(("grad/", "trace/inner_grad/"))
+            else "state"
+            if k.startswith("trace/adapted/")
+            else "loss"
+        )
+        for k in rows
+    }
+    assert {"trace/inner_grad/w0", "trace/adapted/b1", "trace/support_loss", "task_outer_loss", "grad/alpha"} <= set(
+        rows
+    )
+    for key, row in rows.items():
+        want = distinct_tolerances[("float64", documented[key])]
+        assert (row["rtol"], row["atol"]) == (want.rtol, want.atol), key
+    # the published rule: the first kind whose pattern matches names the same kind for every key
+    rule = json.loads(str(arrays["rule"]))
+    for key, kind in {**KEY_KINDS, **documented}.items():
+        published = next(
+            k for k, patterns in rule["kinds"].items() if any(fnmatch.fnmatchcase(key, p) for p in patterns)
+        )
+        assert published == kind, key

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from parity import harness
 from parity.cli import main
 from parity.registry import ENTRY_POINT_GROUP, resolve
 
@@ -99,6 +100,46 @@ def test_alpha_detached_returns_a_zero_alpha_gradient(capsys, tmp_path):
     # α leaf the reference gives a gradient (b2's is 0 here: the l1 signs of the output cancel)
     nonzero = [r for r in alpha_rows if r["max_abs_err"] > 0]
     assert len(nonzero) >= 5 and all(r["max_rel_err"] == pytest.approx(1.0, abs=1e-12) for r in nonzero)
+
+
+# --- the dimensions the original matrix held still (issue 20 §6) ---------------------------------
+
+
+def _first_quick_case(predicate) -> str:
+    return next(c.name for c in harness.gradient_cases(quick=True) if predicate(c.cfg))
+
+
+# mutant -> (which quick case shows it, the float64 quantities that must fail, those that must not)
+DIMENSION_MUTANTS = {
+    "SUPPORT_SIZE_FOR_QUERY": (lambda c: c.k_query > c.k_support, {"outer_loss", "grad/w0"}, {"inner_losses"}),
+    "DEPTH_FIXED_AT_TWO": (lambda c: len(c.hidden) != 2, {"outer_loss", "grad/w0"}, set()),
+    "RELU_FIRST_LAYER_ONLY": (lambda c: c.activation == "relu" and len(c.hidden) > 1, {"outer_loss", "grad/w0"}, set()),
+    # T = 0 has no dL/dalpha to scale: the first softplus case with an inner step
+    "SOFTPLUS_RHO_GRADIENT": (
+        lambda c: c.alpha_parametrisation == "softplus" and c.inner_steps > 0,
+        {"grad/alpha/w0"},
+        {"outer_loss", "inner_losses", "grad/w0", "grad/b1"},
+    ),
+}
+
+
+@pytest.mark.parametrize("mutant", sorted(DIMENSION_MUTANTS))
+def test_a_port_bug_the_original_matrix_missed_is_caught_by_check_quick(capsys, tmp_path, mutant):
+    """Each of these passed the original quick and full matrices (the report of issue 20 §6 shows
+    it); ``check --quick`` now holds a case that fails it, named with the quantity."""
+    predicate, must_fail, must_pass = DIMENSION_MUTANTS[mutant]
+    case = _first_quick_case(predicate)
+    code, out, document = check(capsys, tmp_path, "jax", spec(mutant), case=case)
+    assert code == 1, out
+    assert {r["case"] for r in document["rows"]} == {case}  # the name picks exactly that case
+    failed = failing(document)
+    assert must_fail <= failed and not must_pass & failed, (mutant, case, failed)
+    lines = [line for line in out.splitlines() if line.startswith(case) and re.search(r"\sFAIL(:|$)", line.rstrip())]
+    assert any(q in line for line in lines for q in failed), out
+    assert f"failing: {case} (" in out
+    # and the control passes the same case: the case fails the mutant for its bug
+    code, out, _ = check(capsys, tmp_path, "jax", spec("CONTROL"), case=case)
+    assert code == 0, out
 
 
 @pytest.mark.parametrize(

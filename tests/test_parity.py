@@ -38,8 +38,11 @@ def test_quick_matrix_covers_every_axis_value():
 
 def test_full_matrix_is_the_design_matrix():
     cases = harness.gradient_cases()
-    # 6 T × 4 α × 2 losses × 3 α modes × 2 orders, less T = 0 first order (same as second order)
-    assert len(cases) == 6 * 4 * 2 * 3 * 2 - 4 * 2 * 3
+    # 6 T × 4 α × 2 losses × 3 α modes × 2 orders, less T = 0 first order (same as second order),
+    # first; then the all-pairs rows that vary the newer axes (parity.matrix; test_harness_matrix.py)
+    original = 6 * 4 * 2 * 3 * 2 - 4 * 2 * 3
+    assert all(c.name.count("-") == 4 for c in cases[:original])
+    assert len(cases) == original + 18 and all(c.name.count("-") > 4 for c in cases[original:])
     assert len({c.name for c in cases}) == len(cases)
 
 

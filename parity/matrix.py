@@ -1,0 +1,181 @@
+"""The check matrix: which configurations ``check`` (and the pytest plugin) compares.
+
+A case is named data: a config (always described in float64; the float32 runs replace the
+dtype) and a kind, ``gradient`` (losses and meta-gradients at the initial parameters on the
+step-0 meta-batch) or ``trajectory`` (parameters and α after N outer steps from the same start).
+
+Every field of the config that changes the meta-gradient's computation is an axis
+(:data:`AXES`; ``dtype`` is varied by running every case in both dtypes). The full matrix is the
+original design (inner steps × α × loss × α mode × order, the other axes at their first value,
+names unchanged) plus the rows an all-pairs design needs to put every value of every axis next
+to every value of every other; the quick matrix is an all-pairs design seeded with the original
+quick rows (so their names survive). ``parity.pairwise`` builds both, deterministically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Any
+
+from parity.config import SEED_ALPHA, Config
+from parity.pairwise import all_pairs
+
+# The original axes of docs/design.md.
+INNER_STEPS = (0, 1, 2, 3, 5, 10)
+ALPHAS = (0.001, 0.01, 0.05, 0.1)
+LOSSES = ("l1", "mse")
+ALPHA_MODES = ("fixed", "scalar", "per_parameter")
+ORDERS = ("second", "first")
+# The axes a port can get wrong that the original matrix held still (issue 20 §6). The first value
+# of each is the original matrix's, which a case name leaves out.
+ACTIVATIONS = ("tanh", "relu")
+# two square hidden layers; one; three of unequal widths (a depth other than two, non-square layers)
+HIDDEN = ((32, 32), (40,), (16, 24, 8))
+SIZES = ((4, 4), (4, 7), (7, 4))  # (support K, query Q): equal; more query points; fewer
+PARAMETRISATIONS = ("identity", "softplus")
+REMAT = (False, True)
+
+AXES: dict[str, tuple[Any, ...]] = {
+    "inner_steps": INNER_STEPS,
+    "alpha_init": ALPHAS,
+    "loss": LOSSES,
+    "alpha_mode": ALPHA_MODES,
+    "order": ORDERS,
+    "activation": ACTIVATIONS,
+    "hidden": HIDDEN,
+    "sizes": SIZES,
+    "alpha_parametrisation": PARAMETRISATIONS,
+    "remat": REMAT,
+}
+_NAMES = tuple(AXES)
+_ORIGINAL = 5  # the first five axes are the original design's
+
+# Four tasks per meta-batch, so that batching over tasks is exercised, at the seed's sizes.
+BASE = SEED_ALPHA.replace(meta_batch=4, dtype="float64", seed=7)
+TRAJECTORY_STEPS = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    name: str
+    cfg: Config  # float64; float32 runs use cfg.replace(dtype="float32")
+    kind: str = "gradient"  # gradient | trajectory
+    steps: int = 0  # trajectory only: outer steps
+
+
+def case_name(
+    T: int,
+    alpha: float,
+    loss: str,
+    mode: str,
+    order: str,
+    activation: str = ACTIVATIONS[0],
+    hidden: tuple[int, ...] = HIDDEN[0],
+    sizes: tuple[int, int] = SIZES[0],
+    parametrisation: str = PARAMETRISATIONS[0],
+    remat: bool = REMAT[0],
+) -> str:
+    """``T2-a0.05-l1-per_parameter-second``, then a token for each newer axis off its first value:
+    ``-relu``, ``-h16x24x8``, ``-k4q7``, ``-softplus``, ``-remat``."""
+    name = f"T{T}-a{alpha:g}-{loss}-{mode}-{order}"
+    if activation != ACTIVATIONS[0]:
+        name += f"-{activation}"
+    if hidden != HIDDEN[0]:
+        name += "-h" + "x".join(str(w) for w in hidden)
+    if sizes != SIZES[0]:
+        name += f"-k{sizes[0]}q{sizes[1]}"
+    if parametrisation != PARAMETRISATIONS[0]:
+        name += f"-{parametrisation}"
+    if remat != REMAT[0]:
+        name += "-remat"
+    return name
+
+
+def allowed(row: dict[int, Any]) -> bool:
+    """Whether a (partial) row is a config worth a case: T = 0 has no inner gradient to hold
+    constant (first order = second order), and softplus applies to a learned α only."""
+    values = {_NAMES[i]: v for i, v in row.items()}
+    if values.get("inner_steps") == 0 and values.get("order") == "first":
+        return False
+    return not (values.get("alpha_mode") == "fixed" and values.get("alpha_parametrisation") == "softplus")
+
+
+def _defaults(old: tuple[Any, ...]) -> tuple[Any, ...]:
+    return (*old, *(AXES[name][0] for name in _NAMES[_ORIGINAL:]))
+
+
+def _original_rows(quick: bool) -> list[tuple[Any, ...]]:
+    axes = [AXES[name] for name in _NAMES[:_ORIGINAL]]
+    if quick:
+        # The original quick rows: the i-th value of every axis (cycling).
+        n = max(len(a) for a in axes)
+        old = [tuple(a[i % len(a)] for a in axes) for i in range(n)]
+    else:
+        old = list(itertools.product(*axes))
+    return [_defaults(row) for row in old if allowed(dict(enumerate(_defaults(row))))]
+
+
+def design(quick: bool = False) -> list[tuple[Any, ...]]:
+    """The matrix's rows (one value per axis of :data:`AXES`): the original rows, then the all-pairs rows."""
+    return all_pairs(list(AXES.values()), allowed, seed=_original_rows(quick))
+
+
+def case_for(row: tuple[Any, ...]) -> Case:
+    T, alpha, loss, mode, order, activation, hidden, (K, Q), parametrisation, remat = row
+    cfg = BASE.replace(
+        inner_steps=T,
+        alpha_init=alpha,
+        loss=loss,
+        alpha_mode=mode,
+        first_order=order == "first",
+        activation=activation,
+        hidden=hidden,
+        k_support=K,
+        k_query=Q,
+        alpha_parametrisation=parametrisation,
+        remat=remat,
+    )
+    return Case(case_name(*row), cfg)
+
+
+def gradient_cases(quick: bool = False) -> list[Case]:
+    """The full matrix, or (``quick``) the all-pairs subset (see the module's docstring)."""
+    return [case_for(row) for row in design(quick)]
+
+
+def trajectory_cases() -> list[Case]:
+    """Training trajectories: the seed's learned-α setting, Adam + MSE + ReLU with Meta-SGD's α, and
+    a softplus-parametrised per-parameter α trained by SGD (Adam would hide a missing dα/dρ: it
+    divides out a gradient's scale) on a three-layer ReLU net with more query than support points."""
+    seed_alpha = BASE.replace(inner_steps=5, alpha_mode="scalar", alpha_init=0.1)
+    meta_sgd = BASE.replace(
+        inner_steps=2,
+        loss="mse",
+        activation="relu",
+        alpha_mode="per_parameter",
+        alpha_init=0.01,
+        outer_optimizer="adam",
+        outer_lr=1e-3,
+        alpha_lr=1e-3,
+    )
+    softplus = BASE.replace(
+        inner_steps=2,
+        activation="relu",
+        hidden=HIDDEN[2],
+        k_query=7,
+        alpha_mode="per_parameter",
+        alpha_parametrisation="softplus",
+        alpha_init=0.05,
+        alpha_optimizer="sgd",
+        alpha_lr=1e-2,
+    )
+    return [
+        Case("trajectory-seed-alpha", seed_alpha, "trajectory", TRAJECTORY_STEPS),
+        Case("trajectory-meta-sgd-style", meta_sgd, "trajectory", TRAJECTORY_STEPS),
+        Case("trajectory-softplus", softplus, "trajectory", TRAJECTORY_STEPS),
+    ]
+
+
+def all_cases(quick: bool = False) -> list[Case]:
+    return gradient_cases(quick) + trajectory_cases()
