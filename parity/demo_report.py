@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from parity.plots import write_figures
+from parity.registry import label as registry_label
 from parity.report import (
     _headline,
     _staging,
@@ -26,8 +27,6 @@ from parity.report import (
 from parity.run import read_metrics
 from parity.rundir import RunDir
 
-# How the report names the built-in twins; any other twin is named as registered.
-TWIN_LABELS = {"jax": "JAX", "torch": "PyTorch"}
 TWINS_FIGURE = "twins.png"
 TWINS_CAPTION = (
     "Every twin's α and outer loss over meta-training (left) and each twin's difference from the first, "
@@ -36,7 +35,7 @@ TWINS_CAPTION = (
 
 
 def label(name: str) -> str:
-    return TWIN_LABELS.get(name, name)
+    return registry_label(name)
 
 
 def write_demo_report(out: Path, demo: dict[str, Any], runs: dict[str, Path]) -> Path:

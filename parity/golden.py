@@ -59,7 +59,7 @@ CONVENTIONS = (
     "init/alpha (init/alpha/<name>) is the inner learning rate alpha itself and grad/alpha "
     "(grad/alpha/<name>) is dL/dalpha, also when the config's alpha_parametrisation is softplus "
     "(a checkpoint stores rho with alpha = softplus(rho); a golden file never does): use them as they "
-    "are. Weights are (out, in) as in torch.nn.Linear. grad/alpha is optional when alpha_mode is "
+    "are. Weights are (out, in): output features first. grad/alpha is optional when alpha_mode is "
     "fixed. Losses are means over points, then over tasks (task_outer_loss: per task). trace/* "
     "entries, when present, hold per task b and inner step t the support loss before step t, the "
     "inner gradient of step t and the parameters after it, and the query loss after the last step."

@@ -40,7 +40,7 @@ from typing import Any
 
 import pytest
 
-from parity.registry import DEFAULT_TWIN
+from parity.registry import BUILTINS, DEFAULT_TWIN
 
 MARKER = "maml_parity"
 MATRICES = ("full", "quick")
@@ -51,9 +51,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--maml-parity-impl",
         metavar="SPEC",
-        help="the implementation under test: module:NAME | path/file.py:NAME | jax | torch | numpy | an entry point",
+        help="the implementation under test: module:NAME | path/file.py:NAME | "
+        f"{' | '.join(BUILTINS)} | an entry point",
     )
-    group.addoption("--maml-parity-reference", metavar="SPEC", help="the reference it is compared with (default jax)")
+    group.addoption(
+        "--maml-parity-reference", metavar="SPEC", help=f"the reference it is compared with (default {DEFAULT_TWIN})"
+    )
     group.addoption("--maml-parity-matrix", choices=MATRICES, help="the cases: the full matrix or the quick subset")
     group.addoption("--maml-parity-cases", metavar="SUBSTRING", help="only cases whose name contains this")
     group.addoption("--maml-parity-strict", action="store_true", default=None, help="unsupported cases fail")

@@ -39,6 +39,20 @@ TWINS = ("jax", "torch")
 DEFAULT_TWIN = TWINS[0]
 # name -> the module declaring, without importing the framework, the environment it reads and
 # how its processes start (parity.environment).
+# How text for people names each built-in (help texts, reports); any other implementation by its name.
+LABELS: dict[str, str] = {"jax": "JAX", "torch": "PyTorch", "numpy": "NumPy"}
+
+
+def label(name: str) -> str:
+    """``jax`` -> ``JAX``: a built-in's name in prose; any other name as it is."""
+    return LABELS.get(name, name)
+
+
+def twin_labels(joiner: str = " and ") -> str:
+    """The built-in twins in prose: ``JAX and PyTorch``."""
+    return joiner.join(label(name) for name in TWINS)
+
+
 ENVIRONMENT: dict[str, str] = {"jax": "jax_impl.environment", "torch": "torch_impl.environment"}
 ENTRY_POINT_GROUP = "maml_parity.implementations"
 COMMON_PACKAGES = ("numpy", "safetensors")

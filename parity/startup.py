@@ -35,8 +35,6 @@ from parity import environment
 from parity.config import ConfigError
 from parity.safeio import printable
 
-# The false words of a boolean variable (cli.cmd_demo imports this name until the CLI asks the adapters).
-JAX_FALSE = environment.FALSE_WORDS
 # Characters this program prints (tables, α, ±, arrows in the help): stdout must encode them.
 PRINTED_CHARACTERS = "α±—←→≥×…"
 DEFAULT_INIT_TIMEOUT_S = 120

@@ -35,14 +35,7 @@ CASES = {
 }
 
 
-# parity/cli.py's main() still reads int(WORLD_SIZE) itself after the one-line error (a traceback
-# follows it) until the command line asks parity.environment.launched_process(); strict: fails once fixed.
-PENDING_CLI = pytest.mark.xfail(strict=True, reason="cli main() reads WORLD_SIZE directly (cli split pending)")
-
-
-@pytest.mark.parametrize(
-    "variable", [pytest.param(v, marks=PENDING_CLI) if v == "WORLD_SIZE" else v for v in CASES], ids=list(CASES)
-)
+@pytest.mark.parametrize("variable", list(CASES))
 def test_a_bad_value_is_one_line_naming_the_variable(variable: str) -> None:
     out = _run(["check", "--quick"], **{variable: "banana"})
     assert out.returncode == 2, out.stderr

@@ -47,7 +47,9 @@ def test_independent_implementation_reproduces_the_golden_file(tmp_path, twin_na
     assert all(getattr(cfg, k) == v for k, v in overrides.items())
     # version 2: the tag, the meta-signature, per-task losses and the comparison rule
     assert str(golden["format"]) == FORMAT == "maml-parity-golden/2"
-    assert json.loads(str(golden["meta_signature"])) == json.loads(json.dumps({k: cfg.flat()[k] for k in SIGNATURE_FIELDS}))
+    assert json.loads(str(golden["meta_signature"])) == json.loads(
+        json.dumps({k: cfg.flat()[k] for k in SIGNATURE_FIELDS})
+    )
     assert golden["task_outer_loss"].shape == (cfg.meta_batch,)
     np.testing.assert_allclose(golden["task_outer_loss"].mean(), golden["outer_loss"], rtol=1e-13)
     rule = json.loads(str(golden["rule"]))

@@ -10,7 +10,6 @@ eval), ``report`` (report, demo), ``bench``; ``parser`` holds the flags, ``commo
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 
@@ -24,7 +23,8 @@ from parity.cli.common import (
 )
 from parity.cli.parser import CONFIG_FLAGS, PRECEDENCE_HELP, UsageError, _Parser
 from parity.config import ConfigError
-from parity.registry import TWINS
+from parity.environment import launched_process
+from parity.registry import TWINS, twin_labels
 
 __all__ = [
     "CONFIG_FLAGS",
@@ -53,7 +53,9 @@ _REGISTER = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="maml-parity", description="Twin JAX / PyTorch unrolled meta-learning, held to parity.")
+    parser = _Parser(
+        prog="maml-parity", description=f"Twin {twin_labels(' / ')} unrolled meta-learning, held to parity."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for register in _REGISTER:
         register(sub)
@@ -72,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from parity.startup import exit_quietly_on_interrupt, hard_exit
 
         exit_quietly_on_interrupt()
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if launched_process()[1] > 1:
             # A torchrun rank ends here, every file written and closed: left to interpreter shutdown,
             # the process group's C++ threads sometimes abort it ("terminate called without an active
             # exception", 1 run in 3 of two gloo ranks), and torchrun then reports the run failed.

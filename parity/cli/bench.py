@@ -9,6 +9,8 @@ from typing import Any
 from parity.cli.common import _human, _json_target, _output_file, _write_json
 from parity.cli.parser import _int_flag
 from parity.config import ConfigError
+from parity.devices import DEVICE_HELP
+from parity.registry import DEFAULT_TWIN, label, twin_labels
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -26,6 +28,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         device=args.device,
         threads=args.threads,
         repeats=args.repeats,
+        impls=args.impl,
         progress=lambda line: print(line, file=human, flush=True),
         command=_bench_command(args),
         unroll=args.unroll,
@@ -54,7 +57,8 @@ def _bench_scaling(args: argparse.Namespace) -> int:
     if args.device not in bench.DEVICES:
         raise ConfigError("device", f"must be one of {', '.join(bench.DEVICES)}; got {args.device!r}")
     print(
-        f"bench --scaling: JAX twin, sharded meta-batch, {args.device} devices {list(scaling.DEVICE_COUNTS)}",
+        f"bench --scaling: {label(scaling.scaling_twin().framework)} twin, sharded meta-batch, {args.device} "
+        f"devices {list(scaling.DEVICE_COUNTS)}",
         file=human,
     )
     print(scaling.SCALING_HEADER, file=human, flush=True)
@@ -76,12 +80,13 @@ def _bench_command(args: argparse.Namespace) -> str:
     words.append("--no-pin" if args.no_pin else "")
     flags = ("repeats", "unroll", "chunk", "time_budget", "json", "plot")
     words += [f"--{flag.replace('_', '-')} {getattr(args, flag)}" for flag in flags if getattr(args, flag) is not None]
+    words += [f"--impl {spec}" for spec in args.impl or ()]
     return " ".join(w for w in words if w)
 
 
 def register_bench(sub: Any) -> None:
     """The ``bench`` subcommand and its flags."""
-    p = sub.add_parser("bench", help="time the JAX twin, the PyTorch twin and the seed's own loop side by side")
+    p = sub.add_parser("bench", help=f"time the {twin_labels()} twins and the seed's own loop side by side")
     p.add_argument(
         "--quick",
         action="store_true",
@@ -90,12 +95,30 @@ def register_bench(sub: Any) -> None:
     p.add_argument(
         "--json", metavar="FILE", help="write {machine, rows, targets, skipped} as JSON to FILE; '-': standard output"
     )
-    p.add_argument("--device", default="cpu", help="cpu | gpu (default cpu; gpu fails where none is visible)")
+    p.add_argument(
+        "--impl",
+        action="append",
+        metavar="SPEC",
+        help="time this implementation (repeatable): a row of the built-in table (the rows each twin offers: "
+        "see docs/performance.md) or any SPEC check takes (module:NAME, file.py:NAME, an entry point), timed "
+        "through its contract call; default: the built-in rows",
+    )
+    p.add_argument("--device", default="cpu", help=f"{DEVICE_HELP} (default cpu; refused where none is visible)")
     p.add_argument("--threads", type=_int_flag("threads", 1), default=1, metavar="N", help="CPU threads (default 1)")
     p.add_argument("--repeats", type=_int_flag("repeats", 1), metavar="N", help="timed rounds per setting (default 5)")
     p.add_argument("--plot", metavar="FILE.png", help="time per task-step against B and T, log axes")
-    p.add_argument("--unroll", type=_int_flag("unroll"), metavar="T", help="JAX: unroll inner loops up to T steps")
-    p.add_argument("--chunk", type=_int_flag("chunk"), metavar="N", help="JAX: outer steps per compiled call")
+    p.add_argument(
+        "--unroll",
+        type=_int_flag("unroll"),
+        metavar="T",
+        help="twins that compile their loops: unroll inner loops up to T steps",
+    )
+    p.add_argument(
+        "--chunk",
+        type=_int_flag("chunk"),
+        metavar="N",
+        help="twins that compile their loops: outer steps per compiled call",
+    )
     p.add_argument("--no-pin", action="store_true", help="do not bind the process to --threads cores")
     p.add_argument(
         "--time-budget",
@@ -106,6 +129,7 @@ def register_bench(sub: Any) -> None:
     p.add_argument(
         "--scaling",
         action="store_true",
-        help="instead: JAX tasks/s against 1, 2, 4 devices, strong and weak (forced host devices on a CPU)",
+        help=f"instead: {label(DEFAULT_TWIN)} tasks/s against 1, 2, 4 devices, strong and weak (forced host "
+        "devices on a CPU)",
     )
     p.set_defaults(func=cmd_bench)

@@ -36,7 +36,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     device, precision = _device_args(args)
     if args.impl:
         if args.device is not None:
-            raise ConfigError("device", "give devices inside --impl SPECs (e.g. --impl torch@cuda:0), not with --impl")
+            raise ConfigError("device", "give devices inside --impl SPECs (e.g. --impl NAME@gpu), not with --impl")
         groups = [harness.load_impls(args.impl, precision)]
     elif args.device is not None:
         groups = [harness.load_impls(None, precision, device)]

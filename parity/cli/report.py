@@ -17,7 +17,7 @@ from parity.cli.common import (
 )
 from parity.cli.parser import _add_device_flags, _add_threads_flag, _int_flag
 from parity.config import SEED_ALPHA, ConfigError
-from parity.registry import TWINS
+from parity.registry import TWINS, twin_labels
 from parity.rundir import RunDir
 
 DEMO_OUT = "runs/demo"  # the demo's output with no --out, or the first free DEMO_OUT-2, -3, ...
@@ -50,22 +50,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from parity.demo import run_demo
     from parity.runlock import run_lock
-    from parity.startup import JAX_FALSE
 
     chosen = args.out if args.out is not None else fresh_demo_dir()
     out = _output_dir(chosen)
-    if os.environ.get("JAX_ENABLE_X64", "").strip().lower() in JAX_FALSE:
-        raise ConfigError(
-            "JAX_ENABLE_X64",
-            "is off, but the demo checks the twins' parity in float64 as well; unset it (or set it to 1) for the demo",
-        )
     device, precision = _device_args(args)
     runs = [out / name for name in TWINS]
     for run in runs:
         _refuse_existing_run(run, str(run), "choose another --out for the demo")
     thread_line = _set_threads(args, SEED_ALPHA, TWINS)  # before JAX's backend starts
     for name in TWINS:
-        _load_twin(name, "float32", device)  # a device either twin cannot see: one line, before any work
+        twin = _load_twin(name, "float32", device)  # a device a twin cannot see: one line, before any work
+        reason = twin.supports(SEED_ALPHA.replace(dtype="float64"))
+        if reason:  # e.g. JAX with JAX_ENABLE_X64=0
+            raise ConfigError(
+                "dtype", f"the demo checks the twins' parity in float64 as well, and {name} cannot: {reason}"
+            )
     if args.out is None:  # say where, first: the directory was not the user's choice
         taken = "" if chosen == DEMO_OUT else f" ({DEMO_OUT} exists, from an earlier demo)"
         thread_line = f"writing to {chosen}{taken}; {thread_line}"
@@ -89,7 +88,7 @@ def register_report(sub: Any) -> None:
 
 def register_demo(sub: Any) -> None:
     """The ``demo`` subcommand and its flags."""
-    p = sub.add_parser("demo", help="the main job: seed-alpha in JAX and PyTorch, compared")
+    p = sub.add_parser("demo", help=f"the main job: seed-alpha in {twin_labels()}, compared")
     p.add_argument(
         "--out",
         metavar="DIR",

@@ -31,13 +31,13 @@ from parity.cli.parser import (
     _phase_flag,
 )
 from parity.config import DTYPES, Config, ConfigError
+from parity.environment import launched_process
 from parity.registry import DEFAULT_TWIN, TWINS
 from parity.rundir import RunDir
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     import contextlib
-    import os
 
     from parity import limits
     from parity.runlock import run_lock
@@ -64,7 +64,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         start_distributed(args.coordinator, args.num_processes, args.process_id, args.init_timeout)
         dist = (None, None, None)  # joined: placement must not join again
     # Only the first process of a distributed run writes files (JAX: process 0; torchrun: rank 0).
-    writer = (args.process_id or 0) == 0 and os.environ.get("RANK", "0") == "0"
+    writer = (args.process_id or 0) == 0 and launched_process()[0] == 0
     with run_lock(out, "out") if writer else contextlib.nullcontext():
         if writer and not args.resume:
             _refuse_existing_run(out, args.out, hint)  # again, now that no one else can start one
@@ -134,10 +134,9 @@ def _check_split(args: argparse.Namespace, cfg: Config) -> bool | None:
     Under torchrun every rank gets here: rank 0 raises the one-line error, the others return None
     and exit 2 without a word, so the message is not repeated once per rank.
     """
-    import os
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun: one process per share
-        parts, unit, rank = int(os.environ["WORLD_SIZE"]), "processes", int(os.environ.get("RANK", "0"))
+    rank, world = launched_process()
+    if world > 1:  # started by a framework's launcher (torchrun): one process per share
+        parts, unit = world, "processes"
     elif args.devices or args.num_processes:
         parts, unit, rank = (args.devices or args.num_processes), "devices", args.process_id or 0
     else:
@@ -223,7 +222,7 @@ def register_train(sub: Any) -> None:
         type=_int_flag("devices", 1),
         metavar="N",
         help="split each meta-batch over N devices (default: twins that shard over local devices use the most that "
-        "divide it; under torchrun, the world size)",
+        "divide it; under a framework's launcher, the world size)",
     )
     p.add_argument("--coordinator", metavar="HOST:PORT", help="multi-host (twins that join a coordinator): its address")
     p.add_argument(
