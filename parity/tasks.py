@@ -36,7 +36,7 @@ def sample_batch(cfg: Config, step: int, stream: int = TRAIN_STREAM, batch_size:
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
     B = cfg.meta_batch if batch_size is None else batch_size
-    batch = cfg.family.sample(rng_for(cfg.seed, stream, step), B)  # type: ignore[attr-defined]
+    batch = cfg.family.sample(rng_for(cfg.seed, stream, step), B, stream=stream)  # type: ignore[attr-defined]
     return cast_batch(batch, cfg.dtype)
 
 

@@ -123,7 +123,7 @@ class Lines(Part):
     input_shape = (1,)
     n_outputs = 1
 
-    def sample(self, rng, batch_size):
+    def sample(self, rng, batch_size, stream=0):
         a = rng.uniform(-self.slope, self.slope, size=batch_size)
         c = rng.uniform(-1, 1, size=batch_size)
         xs = rng.uniform(-1, 1, size=(batch_size, self.k_support, 1))

@@ -100,8 +100,8 @@ class Sinusoid(Part):
                 f"and amplitudes) not finite in {cfg.dtype} (largest {top:.4g})",
             )
 
-    def sample(self, rng: Any, batch_size: int) -> TaskBatch:
-        """One meta-batch from ``rng`` (a NumPy Generator), float64."""
+    def sample(self, rng: Any, batch_size: int, stream: int = 0) -> TaskBatch:
+        """One meta-batch from ``rng`` (a NumPy Generator), float64; every stream draws the same way."""
         B = batch_size
         amplitude = rng.uniform(*self.amplitude_range, size=B)  # [B]
         frequency = rng.uniform(*self.frequency_range, size=B)  # [B]

@@ -54,6 +54,10 @@ class MLP(Part):
             shapes[f"b{i}"] = (n_out,)
         return shapes
 
+    def adapted(self, names: tuple[str, ...]) -> tuple[str, ...]:
+        """The parameters the inner loop updates: all of them."""
+        return names
+
     def init_params(self, shapes: dict[str, tuple[int, ...]], rng: Any, dtype: str) -> dict[str, Any]:
         """Fresh parameters of ``shapes`` from ``rng`` (a NumPy Generator)."""
         import numpy as np
