@@ -25,8 +25,9 @@ from parity.config import SEED_ALPHA, Config, ConfigError
 from parity.contract import ContractError, describe, unsupported_reason
 from parity.devices import check_precision
 from parity.localise import locate, where
-from parity.registry import TWINS, resolve
+from parity.registry import TWINS
 from parity.twins import meta_results, step0_inputs
+from parity.worker import DEFAULT_TIMEOUT, WorkerError, check_timeout, load
 
 # The matrix of docs/design.md.
 INNER_STEPS = (0, 1, 2, 3, 5, 10)
@@ -207,6 +208,10 @@ def run_case(case: Case, impls: list[Any], gauges: list[Any] | None = None) -> l
     """All comparisons of one case (see :func:`comparisons`); an implementation that raises or
     returns the wrong structure gives a FAIL row with its message, one that cannot run the case an
     ``unsupported`` row with its reason."""
+    for impl in {id(i): i for i in [*impls, *(gauges or [])]}.values():
+        begin = getattr(impl, "begin_case", None)  # a worker's time limit runs per case
+        if begin is not None:
+            begin()
     try:
         factor = case_stability(case, gauges if gauges is not None else impls)
     except Exception as err:  # a gauge that fails: the case is still compared, the gate unknown
@@ -268,7 +273,10 @@ def run_case(case: Case, impls: list[Any], gauges: list[Any] | None = None) -> l
             continue
         if problem is not None:
             who = ref.impl if problem is expected else actual.impl
-            rows.append(note_row("error", "FAIL", f"{describe(who)} raised {type(problem).__name__}: {problem}"))
+            happened = (
+                f": {problem}" if isinstance(problem, WorkerError) else f" raised {type(problem).__name__}: {problem}"
+            )
+            rows.append(note_row("error", "FAIL", f"{describe(who)}{happened}"))
             continue
         assert isinstance(expected, dict) and isinstance(got, dict)
         expected, got, skipped = optional_entries(case, ref, actual, expected, got)
@@ -350,18 +358,29 @@ def _in_group(key: str, group: str) -> bool:
 def _can_run(impl: Any, case: Case) -> bool:
     if case.kind == "trajectory" and getattr(impl, "train_trajectory", None) is None:
         return False
-    return unsupported_reason(impl, case.cfg) is None
+    try:
+        return unsupported_reason(impl, case.cfg) is None
+    except Exception:  # a supports() that raises: its FAIL row comes from running the case
+        return False
 
 
 DEFAULT_IMPLS = TWINS  # a plain `check`: the twins, the first the reference
 
 
-def load_impls(specs: list[str] | None = None, precision: str = "highest", device: str | None = None) -> list[Any]:
-    """Resolve SPECs (``parity.registry``); the twins (on ``device``) by default. Implementations that
-    take a precision (the twins) run under ``precision``; a device they cannot see is refused now."""
+def load_impls(
+    specs: list[str] | None = None,
+    precision: str = "highest",
+    device: str | None = None,
+    case_timeout: float = DEFAULT_TIMEOUT,
+) -> list[Any]:
+    """Resolve SPECs (``parity.registry``); the twins (on ``device``) by default. Anything but a
+    built-in runs in a worker process (``parity.worker``) with ``case_timeout`` seconds per case.
+    Implementations that take a precision (the twins) run under ``precision``; a device they cannot
+    see is refused now."""
     if specs is None:
         specs = [name if device is None else f"{name}@{device}" for name in DEFAULT_IMPLS]
-    impls = [resolve(spec) for spec in specs]
+    case_timeout = check_timeout(case_timeout)
+    impls = [load(spec, case_timeout) for spec in specs]
     if len(impls) < 2:
         raise ConfigError("impl", "give at least two implementations: a reference first, then one to check")
     names = [impl.name for impl in impls]
