@@ -20,11 +20,16 @@ from typing import Any
 
 import numpy as np
 
+from parity.checktable import TABLE_HEADER as TABLE_HEADER  # what check prints, kept importable from here
+from parity.checktable import Progress
+from parity.checktable import overall_ok as overall_ok
+from parity.checktable import summary as summary
+from parity.checktable import table_lines as table_lines
 from parity.compare import StructureError, compare_trees, is_stable, stability_factor
 from parity.config import SEED_ALPHA, Config, ConfigError
 from parity.contract import ContractError, describe, unsupported_reason
 from parity.devices import check_precision
-from parity.localise import locate, where
+from parity.localise import explain, locate
 from parity.registry import TWINS
 from parity.twins import meta_results, step0_inputs
 from parity.worker import DEFAULT_TIMEOUT, WorkerError, check_timeout, load
@@ -319,6 +324,8 @@ def run_case(case: Case, impls: list[Any], gauges: list[Any] | None = None) -> l
                 )
             except Exception as err:  # localising is a diagnosis: it never hides the failure itself
                 divergence = {"found": False, "traced": False, "note": f"{type(err).__name__}: {err}"}
+            failing = {r.quantity for r in pair_rows if r.verdict == "FAIL"}
+            divergence["pattern"] = explain(case.cfg, expected, got, failing, dtype)
             pair_rows = [dataclasses.replace(r, divergence=divergence) if r.verdict == "FAIL" else r for r in pair_rows]
         rows += pair_rows
     return rows
@@ -413,26 +420,25 @@ def run_check(
     on_case: Callable[[Case, list[Row]], None] | None = None,
     impls: list[Any] | None = None,
     groups: list[list[Any]] | None = None,
+    show_progress: bool = True,
 ) -> list[Row]:
     """Run every case in every implementation (the first of a group is its reference; default: the
-    twins); with ``groups``, each group in turn. ``on_case`` sees each case's rows as they come."""
+    twins); with ``groups``, each group in turn. ``on_case`` sees each case's rows as they come;
+    a case counter with the time left goes to standard error (``checktable.Progress``)."""
     if groups is None:
         groups = [impls if impls is not None else load_impls()]
     rows: list[Row] = []
-    for case in cases:
+    progress = Progress(len(cases)) if show_progress else None
+    for done, case in enumerate(cases, 1):
         case_rows = [row for group in groups for row in run_case(case, group)]
         rows.extend(case_rows)
+        if progress is not None:
+            progress.clear()
         if on_case is not None:
             on_case(case, case_rows)
+        if progress is not None:
+            progress.update(done)
     return rows
-
-
-def overall_ok(rows: list[Row], strict: bool = False) -> bool:
-    """No FAIL row; with ``strict``, no unsupported row either."""
-    return all(
-        row.verdict in ("ok", "unstable", "not compared") or (row.verdict == "unsupported" and not strict)
-        for row in rows
-    )
 
 
 def row_dict(row: Row) -> dict[str, Any]:
@@ -443,93 +449,3 @@ def row_dict(row: Row) -> dict[str, Any]:
         if not math.isfinite(out[key]):
             out[key] = str(out[key])  # JSON has no inf / nan; keep them visible as strings
     return out
-
-
-# --- the printed table ------------------------------------------------------------------------------
-
-TABLE_HEADER = (
-    f"{'case':<34} {'pair':<12} {'dtype':<8} {'worst quantity':<16} {'max abs err':>11} "
-    f"{'max rel err':>11} {'rtol':>7} {'gain∏':>7}  verdict"
-)
-
-
-def _badness(row: Row) -> float:
-    """How close a row is to its tolerance: 1 means exactly at it."""
-    if not math.isfinite(row.max_abs_err):
-        return math.inf
-    return row.max_rel_err / row.rtol if row.rtol else 0.0
-
-
-def _rank(row: Row) -> tuple[int, float]:
-    # a failing row first, then unsupported, then the one nearest its tolerance
-    return ({"FAIL": 3, "unsupported": 2}.get(row.verdict, 1), _badness(row) if row.verdict != "unsupported" else 0)
-
-
-def table_lines(rows: list[Row], verbose: bool = False) -> list[str]:
-    """A line per (case, pair, dtype) naming its worst quantity; every row with ``verbose``.
-
-    A FAIL or unsupported row without numbers (an exception, a wrong structure, a case the
-    implementation cannot run) prints its reason instead.
-    """
-    if verbose:
-        shown = rows
-    else:
-        groups: dict[tuple[str, str, str], list[Row]] = {}
-        for row in rows:
-            groups.setdefault((row.case, row.framework_pair, row.dtype), []).append(row)
-        shown = [max(g, key=_rank) for g in groups.values()]
-        # one line per case and reason for what an implementation cannot run, naming its pairs
-        kept: list[Row] = []
-        seen: dict[tuple[str, str], int] = {}
-        for r in shown:
-            key = (r.case, r.detail)
-            if r.verdict != "unsupported":
-                kept.append(r)
-            elif key in seen:
-                first = kept[seen[key]]
-                kept[seen[key]] = dataclasses.replace(
-                    first, framework_pair=f"{first.framework_pair},{r.framework_pair}"
-                )
-            else:
-                seen[key] = len(kept)
-                kept.append(r)
-        shown = kept
-    lines = []
-    located: set[tuple[str, str, str]] = set()
-    for r in shown:
-        head = f"{r.case:<34} {r.framework_pair:<12} {r.dtype:<8} {r.quantity:<16} "
-        if math.isnan(r.max_abs_err) and r.detail:
-            lines.append(f"{head}{'':>11} {'':>11} {'':>7} {r.stability:>7.3g}  {r.verdict}: {r.detail}")
-        else:
-            lines.append(
-                f"{head}{r.max_abs_err:>11.2e} {r.max_rel_err:>11.2e} {r.rtol:>7.0e} {r.stability:>7.3g}  {r.verdict}"
-            )
-        if r.divergence is not None and (r.case, r.framework_pair, r.dtype) not in located:
-            located.add((r.case, r.framework_pair, r.dtype))
-            lines.append(f"  first divergence: {where(r.divergence)}")
-    return lines
-
-
-def summary(rows: list[Row], strict: bool = False) -> str:
-    cases = {r.case for r in rows}
-    failed = sorted({r.case for r in rows if r.verdict == "FAIL"})
-    unsupported = sorted({r.case for r in rows if r.verdict == "unsupported"})
-    unstable = sorted({r.case for r in rows if not r.stable})
-    numbers = [r.max_rel_err for r in rows if r.dtype == "float64" and r.stable and not math.isnan(r.max_rel_err)]
-    worst64 = max(numbers, default=0.0)
-    verdict = "PASS" if overall_ok(rows, strict) else "FAIL"
-    compared = sum(1 for r in rows if r.verdict in ("ok", "unstable", "FAIL"))
-    line = (
-        f"{verdict}: {len(cases)} cases, {compared} comparisons; {len(failed)} failing, "
-        f"{len(unstable)} unstable (reported, not asserted), {len(unsupported)} with unsupported pairs"
-        f"{' (--strict: counted as failing)' if strict and unsupported else ''}; "
-        f"worst stable float64 relative error {worst64:.2e}"
-    )
-    if failed:
-        where = []
-        for case in failed:
-            bad = [r for r in rows if r.case == case and r.verdict == "FAIL"]
-            quantities = sorted({f"{r.framework_pair} {r.dtype} {r.quantity}" for r in bad})
-            where.append(f"{case} ({'; '.join(quantities[:3])}{' ...' if len(quantities) > 3 else ''})")
-        line += "\nfailing: " + ", ".join(where)
-    return line

@@ -253,6 +253,12 @@ class RemoteImpl:
         """End the worker (a thread the implementation left running cannot keep it alive)."""
         self._kill()
 
+    def __del__(self) -> None:
+        try:
+            self._kill()
+        except Exception:  # at interpreter shutdown the modules it needs may be gone
+            pass
+
 
 @atexit.register
 def _close_all() -> None:
