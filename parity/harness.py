@@ -22,6 +22,7 @@ import numpy as np
 
 from parity.checktable import TABLE_HEADER as TABLE_HEADER  # what check prints, kept importable from here
 from parity.checktable import Progress
+from parity.checktable import coverage_gaps as coverage_gaps
 from parity.checktable import overall_ok as overall_ok
 from parity.checktable import summary as summary
 from parity.checktable import table_lines as table_lines
@@ -29,7 +30,8 @@ from parity.compare import StructureError, compare_trees, is_stable, stability_f
 from parity.config import SEED_ALPHA, Config, ConfigError
 from parity.contract import ContractError, describe, unsupported_reason
 from parity.devices import check_precision
-from parity.localise import explain, locate
+from parity.localise import locate
+from parity.patterns import explain
 from parity.registry import TWINS
 from parity.twins import meta_results, step0_inputs
 from parity.worker import DEFAULT_TIMEOUT, WorkerError, check_timeout, load
