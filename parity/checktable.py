@@ -22,10 +22,8 @@ from parity.localise import where
 
 TABLE_HEADER = f"{'case':<34} {'verdict':<9} worst: relative error / its rtol, quantity (pair dtype)"
 WIDTH = 120  # the longest line of the default output, but for an implementation's own message
-DETAIL_HEADER = (
-    f"{'case':<34} {'pair':<12} {'dtype':<8} {'quantity':<16} {'max abs err':>11} "
-    f"{'max rel err':>11} {'rtol':>7} {'gain∏':>7}  verdict"
-)
+_COLUMNS = f"{'abs err':>9} {'rel err':>9} {'rtol':>5} {'gain∏':>5}  verdict"
+DETAIL_HEADER = f"{'case':<34} {'pair':<12} {'dtype':<7} {'quantity':<14} {_COLUMNS}"
 LEGEND = (
     "legend: gain∏ is the stability gate's product (nan: no implementation measures it; 1: no inner steps); "
     "a relative error of inf: the reference is 0 there and the other is not"
@@ -57,17 +55,17 @@ def case_verdict(rows: list[Any]) -> str:
 def case_line(rows: list[Any]) -> str:
     """One line for a case: ``T2-a0.05-…  ok  3.1e-15 (3e-05) grad/w1, jax~torch float64``."""
     compared = [r for r in rows if r.verdict in COMPARED and not math.isnan(r.max_abs_err)]
-    head = f"{rows[0].case:<34} {case_verdict(rows):<9}"
+    parts = []
     if compared:
         w = max(compared, key=_badness)
-        head += f" {w.max_rel_err:.1e} / {w.rtol:.0e}, {w.quantity} ({w.framework_pair} {w.dtype})"
-    unsupported = sorted({f"{r.framework_pair} {r.dtype}" for r in rows if r.verdict == "unsupported"})
+        parts.append(f"{w.max_rel_err:.1e} / {w.rtol:.0e} {w.quantity} ({w.framework_pair} {w.dtype})")
+    unsupported = len({(r.framework_pair, r.dtype) for r in rows if r.verdict == "unsupported"})
     if unsupported:
-        head += f"; unsupported: {len(unsupported)} pair{'s' if len(unsupported) > 1 else ''}"
+        parts.append(f"{unsupported} unsupported")
     errors = sum(1 for r in rows if r.verdict == "FAIL" and math.isnan(r.max_abs_err))
     if errors:
-        head += f"; {errors} error{'s' if errors > 1 else ''}"
-    return head
+        parts.append(f"{errors} error{'s' if errors > 1 else ''}")
+    return f"{rows[0].case:<34} {case_verdict(rows):<9} {'; '.join(parts)}".rstrip()
 
 
 def detail_lines(rows: list[Any], verbose: bool = False) -> list[str]:
@@ -85,12 +83,12 @@ def detail_lines(rows: list[Any], verbose: bool = False) -> list[str]:
     lines = []
     located: set[tuple[str, str]] = set()
     for r in shown:
-        head = f"{r.case:<34} {r.framework_pair:<12} {r.dtype:<8} {r.quantity:<16} "
+        head = f"{r.case:<34} {r.framework_pair:<12} {r.dtype:<7} {r.quantity:<14} "
         if math.isnan(r.max_abs_err) and r.detail:
             lines.append(f"{r.case} {r.framework_pair} {r.dtype} {r.quantity} {r.verdict}: {r.detail}")
         else:
             lines.append(
-                f"{head}{r.max_abs_err:>11.2e} {r.max_rel_err:>11.2e} {r.rtol:>7.0e} {r.stability:>7.3g}  {r.verdict}"
+                f"{head}{r.max_abs_err:>9.2e} {r.max_rel_err:>9.2e} {r.rtol:>5.0e} {r.stability:>5.3g}  {r.verdict}"
             )
         if r.divergence is not None and (r.framework_pair, r.dtype) not in located:
             located.add((r.framework_pair, r.dtype))
@@ -158,7 +156,7 @@ def coverage_gaps(rows: list[Any]) -> list[tuple[str, str, str]]:
 
 
 def _reasons(rows: list[Any]) -> str:
-    reasons = sorted({r.detail.split(": ", 1)[-1] for r in rows if r.detail})
+    reasons = sorted({r.detail for r in rows if r.detail})
     return "; ".join(reasons[:2]) + (" …" if len(reasons) > 2 else "") if reasons else "nothing returned"
 
 

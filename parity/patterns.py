@@ -30,15 +30,19 @@ def _ratio(expected: Any, actual: Any) -> float | None:
 
 
 def _size_factor(r: float | None, cfg: Config) -> str | None:
-    """``K = 10 (support points)`` when ``r`` is a size of the problem or its inverse, else None."""
+    """``4 = K (support points) = B (tasks)`` when ``r`` is a size of the problem (every size it
+    equals), ``1/K`` for an inverse, else None."""
     if r is None:
         return None
     sizes = (("K", cfg.k_support, "support points"), ("Q", cfg.k_query, "query points"), ("B", cfg.meta_batch, "tasks"))
-    for symbol, n, what in sizes:
-        if n > 1 and abs(r - n) <= 1e-6 * n:
-            return f"{symbol} = {n} ({what})"
-        if n > 1 and abs(r * n - 1) <= 1e-6:
-            return f"1/{symbol} = 1/{n} ({what})"
+    for inverse in (False, True):
+        names = [
+            f"{'1/' if inverse else ''}{symbol} ({what})"
+            for symbol, n, what in sizes
+            if n > 1 and (abs(r * n - 1) <= 1e-6 if inverse else abs(r - n) <= 1e-6 * n)
+        ]
+        if names:
+            return f"{r:.6g} = {' = '.join(names)}"
     return None
 
 
