@@ -37,6 +37,7 @@ from parity.config import Config, ConfigError
 from parity.contract import describe
 from parity.safeio import NPZ_ERRORS, check_npz_entries
 from parity.twins import meta_results, step0_inputs
+from parity.worker import WorkerError
 
 TASK_KEYS = ("x_support", "y_support", "x_query", "y_query")
 FORMAT = "maml-parity-golden/2"
@@ -96,13 +97,28 @@ def golden_arrays(impl: Any, cfg: Config, trace: bool = False) -> dict[str, np.n
     arrays.update({f"init/{k}": v for k, v in params.items()})
     arrays.update(flat("init/alpha", alpha))
     arrays.update({f"tasks/{k}": v for k, v in zip(TASK_KEYS, tasks, strict=True)})
-    arrays.update(meta_results(impl, cfg, params, alpha, tasks))
-    if traces:
-        recorded = {k: np.asarray(v) for k, v in impl.trace(params, alpha, tasks, cfg).items()}
-        arrays["task_outer_loss"] = recorded["trace/query_loss"]
-        if trace:
-            arrays.update(recorded)
+    try:
+        arrays.update(meta_results(impl, cfg, params, alpha, tasks))
+        if traces:
+            recorded = {k: np.asarray(v) for k, v in impl.trace(params, alpha, tasks, cfg).items()}
+            arrays["task_outer_loss"] = recorded["trace/query_loss"]
+            if trace:
+                arrays.update(recorded)
+    except ConfigError:
+        raise
+    except Exception as err:  # the implementation's failure (in a worker or not): one line, nothing written
+        what = str(err) if isinstance(err, WorkerError) else f"raised {type(err).__name__}: {err}"
+        raise ConfigError("framework", f"{describe(impl)} {what}; nothing written") from None
+    check_finite(arrays, describe(impl))
     return arrays
+
+
+def check_finite(arrays: dict[str, np.ndarray], who: str) -> None:
+    """A golden file holds finite numbers only: a NaN or infinity is refused, naming the entries."""
+    bad = [k for k, v in arrays.items() if v.dtype.kind == "f" and not np.isfinite(v).all()]
+    if bad:
+        shown = ", ".join(bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
+        raise ConfigError("framework", f"{who} returned results that are not all finite ({shown}); nothing written")
 
 
 def meta_signature(cfg: Config) -> dict[str, Any]:
