@@ -28,7 +28,7 @@ from parity.checkpoint import (
     write_checkpoint,
 )
 from parity.config import Config, ConfigError
-from parity.safeio import printable
+from parity.safeio import open_regular, printable
 from parity.text import alpha_grad_summary, alpha_summary
 from parity.twins import Twin
 
@@ -110,7 +110,9 @@ def train_run(
     bar = _progress_bar(cfg.iterations, f"train {twin.name}", progress, stream, initial=start)
     # wall_s continues from the last kept row, so it stays the run's time spent training.
     start_time = time.perf_counter() - (rows[-1]["wall_s"] if rows else 0.0)
-    with open(out / "metrics.jsonl", "a" if start else "w") as log:
+    # Never through a link or into a FIFO planted where the log belongs (parity.safeio.open_regular).
+    log_fd = open_regular(out / "metrics.jsonl", "out", write=True, append=bool(start))
+    with os.fdopen(log_fd, "a" if start else "w") as log:
 
         def on_chunk(first_step: int, metrics: dict[str, Any]) -> None:
             chunk_rows = metric_rows(first_step, metrics, time.perf_counter() - start_time)
@@ -219,25 +221,34 @@ def _train_share(
 def truncate_metrics(path: Path, step: int) -> list[dict[str, Any]]:
     """Keep the rows of steps ``0 .. step-1`` in ``path`` (rewritten atomically) and return them.
 
-    A last line cut short by a killed process is dropped; a gap before ``step`` is an error.
+    A last line cut short by a killed process is dropped; a gap before ``step`` is an error. The
+    file is read a line at a time through the metrics reader (``parity.readers.metrics_lines``:
+    a regular file, at most ``JSON_MAX_BYTES``, as ``report`` reads it), and written back a row at a
+    time.
     """
+    from parity.readers import metrics_lines
+
     rows: list[dict[str, Any]] = []
-    if path.exists():
-        with open(path, "rb") as f:
-            for number, raw in enumerate(f, start=1):
-                try:
-                    row = json.loads(raw.decode("utf-8"))
-                except (UnicodeDecodeError, ValueError, RecursionError):
-                    break  # a write interrupted mid-line: nothing after it was written either
-                step_of_row = row.get("step") if isinstance(row, dict) else None
-                if isinstance(step_of_row, bool) or not isinstance(step_of_row, int):
-                    raise ConfigError("resume", f"{str(path)!r} line {number} is not a metrics row (no integer 'step')")
-                if step_of_row >= step:
-                    break
-                rows.append(row)
+    if os.path.lexists(path):
+        for number, raw in metrics_lines(path, "resume"):
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError, RecursionError):
+                break  # a write interrupted mid-line: nothing after it was written either
+            step_of_row = row.get("step") if isinstance(row, dict) else None
+            if isinstance(step_of_row, bool) or not isinstance(step_of_row, int):
+                raise ConfigError("resume", f"{str(path)!r} line {number} is not a metrics row (no integer 'step')")
+            if step_of_row >= step:
+                break
+            rows.append(row)
     if [row["step"] for row in rows] != list(range(step)):
         raise ConfigError("resume", f"{path} does not hold steps 0..{step - 1} before the checkpoint's step {step}")
-    atomic_write(path, lambda f: f.write("".join(json.dumps(row) + "\n" for row in rows).encode()))
+
+    def write(f: Any) -> None:
+        for row in rows:
+            f.write((json.dumps(row) + "\n").encode())
+
+    atomic_write(path, write)
     return rows
 
 
