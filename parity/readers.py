@@ -87,12 +87,13 @@ def metrics_row_problem(row: Any) -> str | None:
     return None
 
 
-def metrics_lines(path: Path, field: str = "dir", max_bytes: int = JSON_MAX_BYTES) -> Iterator[tuple[int, bytes]]:
+def metrics_lines(path: Path, field: str = "dir", max_bytes: int | None = None) -> Iterator[tuple[int, bytes]]:
     """``(line number, bytes)`` of each line of a ``metrics.jsonl``: the one reader of metrics
     files (``report``, ``train --resume``). A regular file only (a FIFO is refused, not waited on),
-    read a line at a time, never more than ``max_bytes`` in all (a larger file is one line naming
-    it, not a MemoryError), never a whole multi-GB line at once."""
+    read a line at a time, never more than ``max_bytes`` (default :data:`JSON_MAX_BYTES`) in all:
+    a larger file is one line naming it, not a MemoryError."""
     where = repr(str(path))
+    max_bytes = JSON_MAX_BYTES if max_bytes is None else max_bytes
     with os.fdopen(safeio.open_regular(path, field), "rb") as f:
         total = 0
         for number in itertools.count(1):
