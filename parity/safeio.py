@@ -252,7 +252,7 @@ def read_npz_capped(
     try:
         fd = open_regular(path, "golden")
     except ConfigError as err:
-        raise error(f"{where}: {str(err).split(': ', 1)[1]}") from None
+        raise error(str(err).split(": ", 1)[1]) from None  # the message names the file already
     try:
         with os.fdopen(fd, "rb") as file:
             check_npz_entries(file, allowed_keys, max_bytes, error=error, name=where, what=what)
