@@ -52,7 +52,9 @@ def check_requested(threads: int) -> int:
     from parity.config import ConfigError
 
     cores, top = max(1, os.cpu_count() or 1), max_threads()
-    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= top:
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ConfigError("threads", f"must be an integer >= 1, got {threads}")  # the wording of every count flag
+    if threads > top:
         raise ConfigError(
             "threads",
             f"must be an integer from 1 to {top} ({OVERSUBSCRIPTION} per core, {cores} cores here), got {threads}",

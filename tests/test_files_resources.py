@@ -14,8 +14,10 @@ docs/robustness.md ("Files and resources") has a row for each class, naming the 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -336,3 +338,12 @@ def test_threads_past_four_per_core_are_refused_naming_the_flag(tmp_path, capsys
     assert main(["dump", "--framework", "jax", "--threads", "100000", "--out", str(tmp_path / "g.npz")]) == EXIT_USAGE
     assert one_error_line(capsys) == expected.replace(str(top + 1), "100000")
     assert listing(tmp_path) == []
+    for text, words in (
+        ("0", "threads: must be an integer >= 1, got 0"),
+        ("x", "threads: must be an integer, got 'x'"),
+    ):
+        with pytest.raises(argparse.ArgumentTypeError, match=f"^{re.escape(words)}$"):
+            threads.parse_flag(text)
+    assert threads.parse_flag(str(top)) == top
+    with pytest.raises(argparse.ArgumentTypeError, match=f"^{re.escape(expected)}$"):
+        threads.parse_flag(str(top + 1))
