@@ -122,10 +122,11 @@ def _open_lock(path: Path, field: str) -> int:
                 field, f"{where} is a symbolic link, not a lock file; remove it (nothing was written)"
             ) from None
         raise ConfigError(field, f"cannot open {where} ({err.strerror or err})") from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:  # the holder's record would land in another file
         os.close(fd)
-        raise ConfigError(field, f"{where} is {file_kind(mode)}, not a lock file; remove it (nothing was written)")
+        what = file_kind(info.st_mode) if not stat.S_ISREG(info.st_mode) else f"a file with {info.st_nlink} hard links"
+        raise ConfigError(field, f"{where} is {what}, not a lock file; remove it (nothing was written)")
     return fd
 
 

@@ -91,7 +91,8 @@ def open_regular(
     and the file. Only a regular file is accepted (``devices``: a character device too, for a
     config read with a cap). The open never blocks (``O_NONBLOCK``, cleared afterwards): a FIFO is
     refused at once, not waited on. ``write``: create it, or truncate it (``append``: add to it),
-    never through a symbolic link (``O_NOFOLLOW``); a read follows links to a regular file.
+    never through a symbolic link (``O_NOFOLLOW``) nor into a file with other hard links (its
+    other names would change too); a read follows links to a regular file.
     """
     where = repr(str(path))
     flags = os.O_CLOEXEC | os.O_NONBLOCK
@@ -116,6 +117,9 @@ def open_regular(
         if not (stat.S_ISREG(mode) or (devices and stat.S_ISCHR(mode))):
             done = "nothing was written" if write else "refused unread"
             raise ConfigError(field, f"{where} is {file_kind(mode)}, not a regular file; {done}")
+        links = os.fstat(fd).st_nlink
+        if write and links > 1:  # written in place, another name's contents would change too
+            raise ConfigError(field, f"{where} has {links} hard links; it is never written in place (copy it first)")
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
         if write and not append:
             os.ftruncate(fd, 0)

@@ -84,6 +84,13 @@ def test_a_planted_lock_link_refuses_a_fresh_train_too(tmp_path, capsys) -> None
         f"out: {str(tmp_path / 'run' / '.lock')!r} is a symbolic link, not a lock file; remove it (nothing was written)"
     )
     assert victim.read_bytes() == VICTIM and listing(tmp_path / "run") == [".lock"]
+    (tmp_path / "run" / ".lock").unlink()
+    os.link(victim, tmp_path / "run" / ".lock")  # a hard link: the holder's record would overwrite the victim
+    assert main(train_args(tmp_path / "run")) == EXIT_USAGE
+    assert one_error_line(capsys).endswith(
+        "'.lock' is a file with 2 hard links, not a lock file; remove it (nothing was written)"
+    )
+    assert victim.read_bytes() == VICTIM
 
 
 def test_writes_never_go_through_a_link(tmp_path) -> None:
@@ -103,6 +110,11 @@ def test_writes_never_go_through_a_link(tmp_path) -> None:
     assert victim.read_bytes() == VICTIM and not (tmp_path / "would_be_created").exists()
     with pytest.raises(ConfigError, match=r"^json: .*link\.json' is a symbolic link"):
         safeio.check_output_file(str(link), "json")
+    hard = tmp_path / "hard.jsonl"
+    os.link(victim, hard)
+    with pytest.raises(ConfigError, match=r"hard\.jsonl' has 2 hard links; it is never written in place"):
+        safeio.open_regular(hard, "out", write=True, append=True)
+    assert victim.read_bytes() == VICTIM
     # a regular file is written as before
     plain = tmp_path / "plain.json"
     atomic_write(plain, lambda f: f.write(b"1"))
