@@ -88,7 +88,7 @@ def test_a_planted_lock_link_refuses_a_fresh_train_too(tmp_path, capsys) -> None
     os.link(victim, tmp_path / "run" / ".lock")  # a hard link: the holder's record would overwrite the victim
     assert main(train_args(tmp_path / "run")) == EXIT_USAGE
     assert one_error_line(capsys).endswith(
-        "'.lock' is a file with 2 hard links, not a lock file; remove it (nothing was written)"
+        "/.lock' is a file with 2 hard links, not a lock file; remove it (nothing was written)"
     )
     assert victim.read_bytes() == VICTIM
 
