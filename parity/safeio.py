@@ -134,7 +134,7 @@ def check_not_link(path: str | os.PathLike[str], field: str) -> None:
     (a file the program will replace or write, checked before any work)."""
     try:
         mode = os.lstat(path).st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # absent (a parent that is a file is named elsewhere)
         return
     except OSError as err:
         raise ConfigError(field, f"cannot write {str(path)!r} ({err.strerror or err})") from None
