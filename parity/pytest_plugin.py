@@ -321,6 +321,7 @@ class GoldenChecker:
 
         from parity.checkpoint import atomic_write
         from parity.compare import StructureError, compare_leaf, tolerance
+        from parity.golden import GoldenFileError, read_golden_arrays
 
         if not name or os.sep in name or name.startswith("."):
             raise ValueError(f"maml_parity_golden: {name!r} is not a file name")
@@ -333,8 +334,10 @@ class GoldenChecker:
             atomic_write(path, lambda f: np.savez(f, **arrays))
             why = "regenerated (--maml-parity-regen)" if self.regen else "did not exist"
             pytest.fail(f"maml-parity golden file {path} {why}: written; check it and rerun", pytrace=False)
-        with np.load(path, allow_pickle=False) as data:
-            golden = {k: data[k] for k in data.files}
+        try:  # the one golden-file reader: capped, a zip bomb or a FIFO refused before reading
+            golden = read_golden_arrays(path, allowed=lambda key: True)
+        except GoldenFileError as err:
+            pytest.fail(f"maml-parity: {err}", pytrace=False)
         notes: list[str] = []  # what the table cannot show: entries, dtypes, shapes
         lines, failed = [], False
         missing, extra = sorted(set(golden) - set(arrays)), sorted(set(arrays) - set(golden))
