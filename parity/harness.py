@@ -42,6 +42,7 @@ from parity.matrix import (  # noqa: F401  (the matrix, re-exported: harness.BAS
     case_name,
     gradient_cases,
     trajectory_cases,
+    with_changes,
 )
 from parity.patterns import explain
 from parity.registry import TWINS
@@ -166,14 +167,8 @@ def run_case(case: Case, impls: list[Any], gauges: list[Any] | None = None) -> l
         begin = getattr(impl, "begin_case", None)  # a worker's time limit runs per case
         if begin is not None:
             begin()
-    try:
-        factor = case_stability(case, gauges if gauges is not None else impls)
-    except Exception as err:  # a gauge that fails: the case is still compared, the gate unknown
-        factor = math.nan
-        gate_note = f"stability gains failed: {type(err).__name__}: {err}"
-    else:
-        gate_note = ""
-    stable = math.isnan(factor) or is_stable(factor)
+    gauges = gauges if gauges is not None else impls
+    gate = _gate(case, gauges)
     cache: dict[tuple[int, str], dict[str, np.ndarray] | BaseException] = {}
 
     def results(side: Side) -> dict[str, np.ndarray] | BaseException:
@@ -181,9 +176,7 @@ def run_case(case: Case, impls: list[Any], gauges: list[Any] | None = None) -> l
         if key not in cache:
             try:
                 cache[key] = results_for(side.impl, case, side.dtype)
-            except Unsupported as err:
-                cache[key] = err
-            except Exception as err:  # the implementation's own failure is a result, not a crash
+            except Exception as err:  # unsupported, or the implementation's own failure: a result, not a crash
                 cache[key] = err
         return cache[key]
 
@@ -193,91 +186,121 @@ def run_case(case: Case, impls: list[Any], gauges: list[Any] | None = None) -> l
     ordered = runnable + [impl for impl in impls if impl not in runnable] if runnable else impls
     rows: list[Row] = []
     for dtype, ref, actual in comparisons(ordered):
-        pair = f"{ref.label}~{actual.label}"
-
-        def note_row(quantity: str, verdict: str, detail: str, pair: str = pair, dtype: str = dtype) -> Row:
-            return Row(
-                case.name,
-                pair,
-                dtype,
-                quantity,
-                math.nan,
-                math.nan,
-                [],
-                0.0,
-                0.0,
-                stable,
-                factor,
-                False,
-                verdict=verdict,
-                detail=detail,
-            )
-
-        expected, got = results(ref), results(actual)
-        problem = next((r for r in (expected, got) if isinstance(r, BaseException)), None)
-        if isinstance(problem, Unsupported):
-            who = ref.impl if problem is expected else actual.impl
-            rows.append(
-                note_row(
-                    "-",
-                    "unsupported",
-                    f"{describe(who)} ({actual.dtype if who is actual.impl else ref.dtype}): {problem}",
-                )
-            )
-            continue
-        if problem is not None:
-            who = ref.impl if problem is expected else actual.impl
-            happened = (
-                f": {problem}" if isinstance(problem, WorkerError) else f" raised {type(problem).__name__}: {problem}"
-            )
-            rows.append(note_row("error", "FAIL", f"{describe(who)}{happened}"))
-            continue
-        assert isinstance(expected, dict) and isinstance(got, dict)
-        expected, got, skipped = optional_entries(case, ref, actual, expected, got)
-        rows += [note_row(quantity, "not compared", why) for quantity, why in skipped]
-        try:
-            leaves = compare_trees(expected, got, dtype)
-        except StructureError as err:
-            rows.append(note_row("structure", "FAIL", str(err)))
-            continue
-        pair_rows: list[Row] = []
-        for leaf in leaves:
-            pair_rows.append(
-                Row(
-                    case=case.name,
-                    framework_pair=pair,
-                    dtype=dtype,
-                    quantity=leaf.name,
-                    max_abs_err=leaf.max_abs_err,
-                    max_rel_err=leaf.max_rel_err,
-                    worst_index=list(leaf.worst_index),
-                    rtol=leaf.tol.rtol,
-                    atol=leaf.tol.atol,
-                    stable=stable,
-                    stability=factor,
-                    ok=leaf.ok,
-                    detail=gate_note,
-                )
-            )
-        if any(r.verdict == "FAIL" and not math.isnan(r.max_abs_err) for r in pair_rows):
-            try:
-                divergence = locate(
-                    case.cfg,
-                    case.kind,
-                    (ref.impl, ref.dtype),
-                    (actual.impl, actual.dtype),
-                    expected,
-                    got,
-                    dtype,
-                    gauges if gauges is not None else impls,
-                )
-            except Exception as err:  # localising is a diagnosis: it never hides the failure itself
-                divergence = {"found": False, "traced": False, "note": f"{type(err).__name__}: {err}"}
-            failing = {r.quantity for r in pair_rows if r.verdict == "FAIL"}
-            divergence["pattern"] = explain(case.cfg, expected, got, failing, dtype)
-            pair_rows = [dataclasses.replace(r, divergence=divergence) if r.verdict == "FAIL" else r for r in pair_rows]
-        rows += pair_rows
+        rows += _pair_rows(case, ref, actual, dtype, results(ref), results(actual), gate, gauges)
     return rows
+
+
+@dataclasses.dataclass(frozen=True)
+class _Gate:
+    """The case's stability gate: the product of the gains, whether it is stable, and a note."""
+
+    factor: float
+    stable: bool
+    note: str
+
+
+def _gate(case: Case, gauges: list[Any]) -> _Gate:
+    try:
+        factor = case_stability(case, gauges)
+    except Exception as err:  # a gauge that fails: the case is still compared, the gate unknown
+        return _Gate(math.nan, True, f"stability gains failed: {type(err).__name__}: {err}")
+    return _Gate(factor, math.isnan(factor) or is_stable(factor), "")
+
+
+def _pair_rows(
+    case: Case,
+    ref: Side,
+    actual: Side,
+    dtype: str,
+    expected: dict[str, np.ndarray] | BaseException,
+    got: dict[str, np.ndarray] | BaseException,
+    gate: _Gate,
+    gauges: list[Any],
+) -> list[Row]:
+    """The rows of one (reference, actual, dtype) comparison of a case."""
+    pair = f"{ref.label}~{actual.label}"
+
+    def note_row(quantity: str, verdict: str, detail: str) -> Row:
+        nan = math.nan
+        return Row(
+            case.name,
+            pair,
+            dtype,
+            quantity,
+            nan,
+            nan,
+            [],
+            0.0,
+            0.0,
+            gate.stable,
+            gate.factor,
+            False,
+            verdict=verdict,
+            detail=detail,
+        )
+
+    problem = next((r for r in (expected, got) if isinstance(r, BaseException)), None)
+    if problem is not None:
+        who = ref.impl if problem is expected else actual.impl
+        if isinstance(problem, Unsupported):
+            side_dtype = actual.dtype if who is actual.impl else ref.dtype
+            return [note_row("-", "unsupported", f"{describe(who)} ({side_dtype}): {problem}")]
+        happened = (
+            f": {problem}" if isinstance(problem, WorkerError) else f" raised {type(problem).__name__}: {problem}"
+        )
+        return [note_row("error", "FAIL", f"{describe(who)}{happened}")]
+    assert isinstance(expected, dict) and isinstance(got, dict)
+    expected, got, skipped = optional_entries(case, ref, actual, expected, got)
+    rows = [note_row(quantity, "not compared", why) for quantity, why in skipped]
+    try:
+        leaves = compare_trees(expected, got, dtype)
+    except StructureError as err:
+        return [*rows, note_row("structure", "FAIL", str(err))]
+    pair_rows = [_leaf_row(case.name, pair, dtype, leaf, gate) for leaf in leaves]
+    if any(r.verdict == "FAIL" and not math.isnan(r.max_abs_err) for r in pair_rows):
+        divergence = _diagnose(case, ref, actual, expected, got, dtype, pair_rows, gauges)
+        pair_rows = [dataclasses.replace(r, divergence=divergence) if r.verdict == "FAIL" else r for r in pair_rows]
+    return rows + pair_rows
+
+
+def _leaf_row(case: str, pair: str, dtype: str, leaf: Any, gate: _Gate) -> Row:
+    return Row(
+        case=case,
+        framework_pair=pair,
+        dtype=dtype,
+        quantity=leaf.name,
+        max_abs_err=leaf.max_abs_err,
+        max_rel_err=leaf.max_rel_err,
+        worst_index=list(leaf.worst_index),
+        rtol=leaf.tol.rtol,
+        atol=leaf.tol.atol,
+        stable=gate.stable,
+        stability=gate.factor,
+        ok=leaf.ok,
+        detail=gate.note,
+    )
+
+
+def _diagnose(
+    case: Case,
+    ref: Side,
+    actual: Side,
+    expected: dict[str, np.ndarray],
+    got: dict[str, np.ndarray],
+    dtype: str,
+    pair_rows: list[Row],
+    gauges: list[Any],
+) -> dict[str, Any]:
+    """Where a failing pair first parts (``parity.localise``) and what the failure's pattern means."""
+    try:
+        divergence = locate(
+            case.cfg, case.kind, (ref.impl, ref.dtype), (actual.impl, actual.dtype), expected, got, dtype, gauges
+        )
+    except Exception as err:  # localising is a diagnosis: it never hides the failure itself
+        divergence = {"found": False, "traced": False, "note": f"{type(err).__name__}: {err}"}
+    failing = {r.quantity for r in pair_rows if r.verdict == "FAIL"}
+    divergence["pattern"] = explain(case.cfg, expected, got, failing, dtype)
+    return divergence
 
 
 def optional_entries(
@@ -362,24 +385,6 @@ def default_groups(precision: str = "highest") -> list[list[Any]]:
     cpu = load_impls([f"{name}@cpu" for name in DEFAULT_IMPLS], precision)
     gpu = load_impls([f"{name}@gpu" for name in DEFAULT_IMPLS], precision)
     return [cpu, gpu, *([c, g] for c, g in zip(cpu, gpu, strict=True))]
-
-
-def with_changes(cases: list[Case], changes: list[dict[str, Any]]) -> list[Case]:
-    """Every case with ``changes`` applied in order (``check --set``, the field flags); cases that
-    become the same computation run once. The dtype stays the case's: check runs both."""
-    if any("dtype" in change for change in changes):
-        raise ConfigError("dtype", "check runs every case in float64 and float32; it takes no dtype")
-    out: list[Case] = []
-    seen: set[tuple[str, Any, int]] = set()
-    for case in cases:
-        cfg = case.cfg
-        for change in changes:
-            cfg = cfg.replace(**change)
-        key = (case.kind, cfg, case.steps)
-        if key not in seen:
-            seen.add(key)
-            out.append(dataclasses.replace(case, cfg=cfg))
-    return out
 
 
 def run_check(

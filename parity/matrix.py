@@ -18,7 +18,7 @@ import dataclasses
 import itertools
 from typing import Any
 
-from parity.config import SEED_ALPHA, Config
+from parity.config import SEED_ALPHA, Config, ConfigError
 from parity.pairwise import all_pairs
 
 # The original axes of docs/design.md.
@@ -179,3 +179,21 @@ def trajectory_cases() -> list[Case]:
 
 def all_cases(quick: bool = False) -> list[Case]:
     return gradient_cases(quick) + trajectory_cases()
+
+
+def with_changes(cases: list[Case], changes: list[dict[str, Any]]) -> list[Case]:
+    """Every case with ``changes`` applied in order (``check --set``, the field flags); cases that
+    become the same computation run once. The dtype stays the case's: check runs both."""
+    if any("dtype" in change for change in changes):
+        raise ConfigError("dtype", "check runs every case in float64 and float32; it takes no dtype")
+    out: list[Case] = []
+    seen: set[tuple[str, Any, int]] = set()
+    for case in cases:
+        cfg = case.cfg
+        for change in changes:
+            cfg = cfg.replace(**change)
+        key = (case.kind, cfg, case.steps)
+        if key not in seen:
+            seen.add(key)
+            out.append(dataclasses.replace(case, cfg=cfg))
+    return out
