@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from jax_impl import environment, meta, model, train
-from parity.config import Config
+from parity.config import Config, ConfigError
 from parity.devices import parse_device
 from parity.twins import BENCH, COST_ANALYSIS, PEAK_PROBES, SCALING, TwinAdapter
 
@@ -33,6 +33,12 @@ class JaxTwin(TwinAdapter):
 
     def prepare(self, dtype: str) -> None:
         if dtype == "float64":
+            if environment.x64_refused(os.environ):  # a request for float32-only JAX, even where x64 is on
+                raise ConfigError(
+                    "dtype",
+                    "float64 needs JAX's x64 mode, which JAX_ENABLE_X64 switches off here (unset it or set it to 1); "
+                    "allowed here: float32",
+                )
             enable_x64()
         model.check_dtype(dtype)
 

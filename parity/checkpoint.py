@@ -354,6 +354,12 @@ def check_resumable(saved: Config, cfg: Config, what: str = "the checkpoint", wh
         if field not in RESUMABLE_CHANGES and ours[field] != theirs.get(field):
             raise ConfigError(
                 field,
-                f"{what} was trained with {field} = {theirs.get(field)!r} but this run asks for {ours[field]!r}; "
+                f"{what} was trained with {field} = {_shown(theirs.get(field))} but this run asks for "
+                f"{_shown(ours[field])}; "
                 f"resume with {whose} config (only {', '.join(RESUMABLE_CHANGES)} may change)",
             )
+
+
+def _shown(value: Any) -> str:
+    """A config value as its JSON reads (a tuple as [8, 8])."""
+    return repr(list(value)) if isinstance(value, tuple) else repr(value)

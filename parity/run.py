@@ -94,21 +94,7 @@ def train_run(
     # wall_s continues from the last kept row, so it stays the run's time spent training.
     start_time = time.perf_counter() - (rows[-1]["wall_s"] if rows else 0.0)
     with run_dir.open_metrics(append=start > 0) as log:
-
-        def on_chunk(first_step: int, metrics: dict[str, Any]) -> None:
-            chunk_rows = metric_rows(first_step, metrics, time.perf_counter() - start_time)
-            for row in chunk_rows:
-                log.write(json.dumps(row) + "\n")
-                if print_every and row["step"] % print_every == 0:
-                    print(seed_printout(row), file=stream)
-            log.flush()
-            rows.extend(chunk_rows)
-            if bar is not None:
-                last = chunk_rows[-1]
-                bar.set_postfix(
-                    loss=f"{last['outer_loss']:.4f}", alpha=_short(last["alpha"]), dL_dalpha=_short(last["alpha_grad"])
-                )
-                bar.update(len(chunk_rows))
+        sink = _Metrics(log, rows, start_time, print_every, stream, bar)
 
         def on_checkpoint(step: int, state: Any) -> None:
             # The metrics of every step before the checkpoint reach the disk first: a resume cuts
@@ -126,22 +112,49 @@ def train_run(
                 start=start,
                 iterations=cfg.iterations - start,
                 chunk=chunk,
-                on_chunk=on_chunk,
+                on_chunk=sink.on_chunk,
                 checkpoint_every=checkpoint_every,
                 on_checkpoint=on_checkpoint,
                 placement=placement,
             )
         except training.TrainingDiverged:
             os.fsync(log.fileno())  # the finite steps' metrics stay; nothing else is written
-            if bar is not None:
-                bar.close()
+            sink.close()
             raise
         if checkpoint_every == 0 or cfg.iterations % checkpoint_every != 0 or cfg.iterations == start:
             on_checkpoint(cfg.iterations, state)
-    if bar is not None:
-        bar.close()
+    sink.close()
     run_dir.write_final(training.final_values(twin, state, cfg))
     return state, rows
+
+
+class _Metrics:
+    """Where a chunk of metric rows goes: ``metrics.jsonl``, the seed's printout, the progress bar."""
+
+    def __init__(
+        self, log: TextIO, rows: list[dict[str, Any]], start_time: float, print_every: int, stream: TextIO, bar: Any
+    ):
+        self.log, self.rows, self.start_time = log, rows, start_time
+        self.print_every, self.stream, self.bar = print_every, stream, bar
+
+    def on_chunk(self, first_step: int, metrics: dict[str, Any]) -> None:
+        chunk_rows = metric_rows(first_step, metrics, time.perf_counter() - self.start_time)
+        for row in chunk_rows:
+            self.log.write(json.dumps(row) + "\n")
+            if self.print_every and row["step"] % self.print_every == 0:
+                print(seed_printout(row), file=self.stream)
+        self.log.flush()
+        self.rows.extend(chunk_rows)
+        if self.bar is not None:
+            last = chunk_rows[-1]
+            self.bar.set_postfix(
+                loss=f"{last['outer_loss']:.4f}", alpha=_short(last["alpha"]), dL_dalpha=_short(last["alpha_grad"])
+            )
+            self.bar.update(len(chunk_rows))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _train_share(

@@ -153,6 +153,9 @@ def test_every_field_flag_reaches_the_config():
     from parity.cli import CONFIG_FLAGS
 
     values = {
+        "family": (["sinusoid"], "sinusoid"),
+        "model": (["mlp"], "mlp"),
+        "inner_optimizer": (["sgd"], "sgd"),
         "hidden": (["5", "6"], (5, 6)),
         "activation": (["relu"], "relu"),
         "loss": (["mse"], "mse"),
@@ -173,7 +176,7 @@ def test_every_field_flag_reaches_the_config():
     assert set(values) == set(CONFIG_FLAGS)
     for field, (words, expected) in values.items():
         cfg = parsed_config("--" + field.replace("_", "-"), *words)
-        assert getattr(cfg, field) == expected, field
+        assert cfg.flat()[field] == expected, field
 
 
 @pytest.mark.parametrize(
@@ -224,9 +227,13 @@ def test_train_flags_land_in_config_json_and_final_alpha_is_reported(tmp_path):
         "--no-progress",
     )
     assert result.returncode == 0, result.stderr
-    cfg = json.loads((out / "config.json").read_text())
-    assert (cfg["hidden"], cfg["loss"], cfg["first_order"], cfg["meta_batch"]) == ([16, 16], "mse", True, 4)
-    assert (cfg["outer_lr"], cfg["inner_steps"]) == (0.02, 2)
+    nested = json.loads((out / "config.json").read_text())  # parts nested since 0.3
+    assert (nested["model"]["hidden"], nested["family"]["loss"], nested["inner"]["first_order"]) == (
+        [16, 16],
+        "mse",
+        True,
+    )
+    assert (nested["outer"]["meta_batch"], nested["outer"]["outer_lr"], nested["inner"]["inner_steps"]) == (4, 0.02, 2)
     lines = result.stdout.splitlines()
     assert lines[0].startswith("train torch: 3 steps, 1 CPU thread")  # seed-sized: one thread, said first
     import numpy as np
