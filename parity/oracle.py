@@ -87,7 +87,47 @@ def _mlp_layers(oracle: NumpyOracle, params: Params, x: np.ndarray, cfg: Config)
 # (so that a subclass's act / act_grad / loss_and_grad_out reach them). Another module adds an entry.
 ModelGrads = tuple[Callable[..., np.ndarray], Callable[..., tuple[np.ndarray, Params]]]
 MODEL_GRADS: dict[str, ModelGrads] = {"mlp": (mlp_forward, mlp_loss_and_grads)}
-INNER_OPTIMIZERS = ("sgd",)
+
+# The inner optimisers, as the twins' tables: init(params) -> state {slot: {name: [D, *shape]}};
+# update(grads, state, t, opt) -> (direction u, new state), t = 1, 2, …; the step is w − α ⊙ u.
+OptState = dict[str, Params]
+
+
+def _sgd(grads: Params, state: OptState, t: int, opt: Any) -> tuple[Params, OptState]:
+    return grads, state
+
+
+def _momentum(grads: Params, state: OptState, t: int, opt: Any) -> tuple[Params, OptState]:
+    # torch.optim.SGD with dampening 0: v ← β·v + g; heavy ball u = v, Nesterov u = g + β·v
+    buf = {k: opt.momentum * state["momentum"][k] + g for k, g in grads.items()}
+    return ({k: g + opt.momentum * buf[k] for k, g in grads.items()} if opt.nesterov else buf), {"momentum": buf}
+
+
+def _adam(grads: Params, state: OptState, t: int, opt: Any) -> tuple[Params, OptState]:
+    # optax.adam / torch.optim.Adam: m̂ / (√v̂ + ε), ε outside the root
+    m = {k: opt.beta1 * state["m"][k] + (1 - opt.beta1) * g for k, g in grads.items()}
+    v = {k: opt.beta2 * state["v"][k] + (1 - opt.beta2) * g * g for k, g in grads.items()}
+    c1, c2 = 1 - opt.beta1**t, 1 - opt.beta2**t
+    return {k: (m[k] / c1) / (safe_sqrt(v[k] / c2) + opt.eps) for k in grads}, {"m": m, "v": v}
+
+
+def safe_sqrt(v: np.ndarray) -> np.ndarray:
+    """√v, complex-step safe: the principal root is analytic where Re v > 0; where Re v = 0, v is
+    exactly 0 (every gradient so far 0, and so every perturbation of it), and √ gives 0 with no
+    perturbation: the twins' derivative-0-at-0 choice (docs/numerics.md)."""
+    positive = v.real > 0
+    return np.where(positive, np.sqrt(np.where(positive, v, 1.0)), 0.0)
+
+
+def _zeros(params: Params) -> Params:
+    return {k: np.zeros_like(v) for k, v in params.items()}
+
+
+INNER_OPTIMIZERS: dict[str, tuple[Callable[[Params], OptState], Callable[..., tuple[Params, OptState]]]] = {
+    "sgd": (lambda params: {}, _sgd),
+    "momentum": (lambda params: {"momentum": _zeros(params)}, _momentum),
+    "adam": (lambda params: {"m": _zeros(params), "v": _zeros(params)}, _adam),
+}
 
 
 class NumpyOracle:
@@ -136,8 +176,12 @@ class NumpyOracle:
             return self.loss_and_grads(params, x, y, cfg)[0], grads
         return self.loss_and_grads(params, x, y, cfg)
 
+    def inner_direction(self, grads: Params, state: OptState, t: int, cfg: Config) -> tuple[Params, OptState]:
+        """The inner optimiser's step t (1, 2, …): (direction u, new state) from the gradient."""
+        return lookup(INNER_OPTIMIZERS, "inner_optimizer", cfg.inner_optimizer)[1](grads, state, t, cfg.inner.optimizer)
+
     def inner_update(self, w: np.ndarray, a: np.ndarray, g: np.ndarray) -> np.ndarray:
-        """One inner SGD step of one parameter: ``w − α·g``."""
+        """One inner step of one parameter along the direction ``g``: ``w − α·g``."""
         return w - a * g
 
     # --- the objective --------------------------------------------------------------------------
@@ -147,19 +191,22 @@ class NumpyOracle:
     ) -> tuple[Params, np.ndarray]:
         """T inner steps of one task: (adapted parameters, support losses [D, T]). Only
         ``cfg.model.adapted(names)`` move; the others keep their value. ``record`` receives the
-        per-step lists ``support_loss``, ``inner_grad`` and ``adapted`` (dicts) of the trace."""
+        per-step lists ``support_loss``, ``inner_grad``, ``state`` and ``adapted`` (dicts) of the trace."""
         adapted = set(cfg.model.adapted(tuple(params)))
+        state = lookup(INNER_OPTIMIZERS, "inner_optimizer", cfg.inner_optimizer)[0](params)
         losses: list[np.ndarray] = []
-        for _ in range(cfg.inner_steps):
+        for t in range(1, cfg.inner_steps + 1):
             value, grads = self.inner_gradient(params, x, y, cfg)
+            direction, state = self.inner_direction(grads, state, t, cfg)
             params = {
-                k: self.inner_update(v, _step_size(alpha, k, v), grads[k]) if k in adapted else v
+                k: self.inner_update(v, _step_size(alpha, k, v), direction[k]) if k in adapted else v
                 for k, v in params.items()
             }
             losses.append(value)
             if record is not None:
                 record["support_loss"].append(value)
                 record["inner_grad"].append(grads)
+                record["state"].append(state)
                 record["adapted"].append(params)
         D = next(iter(params.values())).shape[0]
         return params, np.stack(losses, axis=-1) if losses else np.zeros((D, 0))
@@ -175,7 +222,7 @@ class NumpyOracle:
         x_s, y_s, x_q, y_q = tasks
         outer, inner = [], []
         for task in range(x_s.shape[0]):
-            steps: dict[str, list] = {"support_loss": [], "inner_grad": [], "adapted": []}
+            steps: dict[str, list] = {"support_loss": [], "inner_grad": [], "state": [], "adapted": []}
             adapted, losses = self.inner_loop(params, alpha, x_s[task], y_s[task], cfg, steps)
             query = self.loss_and_grad_out(self.forward(adapted, x_q[task], cfg), y_q[task], cfg.loss)[0]
             outer.append(query)
@@ -242,9 +289,12 @@ class NumpyOracle:
             "trace/support_loss": np.array([[v[0].real for v in r["support_loss"]] for r in record]).reshape(B, T),
             "trace/query_loss": np.array([r["query_loss"][0].real for r in record]),
         }
-        for group in ("inner_grad", "adapted"):
+        slots = list(INNER_OPTIMIZERS[cfg.inner_optimizer][0](params))
+        groups = [("inner_grad", [r["inner_grad"] for r in record]), ("adapted", [r["adapted"] for r in record])]
+        groups += [(f"state/{slot}", [[s[slot] for s in r["state"]] for r in record]) for slot in slots]
+        for group, per_task in groups:
             for k, v in params.items():
-                steps = [[step[k][0].real for step in r[group]] for r in record]
+                steps = [[step[k][0].real for step in task] for task in per_task]
                 out[f"trace/{group}/{k}"] = np.array(steps, dtype=np.float64).reshape(B, T, *v.shape)
         return out
 
