@@ -63,10 +63,11 @@ def test_adam_at_v_zero_gives_finite_float32_meta_gradients_that_match_across_tw
     got = {twin: _run(load(twin), ADAM32, params, alpha, tasks) for twin in ("jax", "torch")}
     for twin, result in got.items():
         assert all(np.isfinite(v).all() for v in result.values()), twin
-    as64 = ({k: np.float64(v) for k, v in params.items()}, np.float64(alpha), tuple(np.float64(t) for t in tasks))
-    expected = _run(NumpyOracle(), ADAM32.replace(dtype="float64"), *as64)
+    p64 = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    a64, t64 = np.asarray(alpha, np.float64), tuple(np.asarray(t, np.float64) for t in tasks)
+    expected = _run(NumpyOracle(), ADAM32.replace(dtype="float64"), p64, a64, t64)
     # the point of the test: v is exactly 0 there at every inner step (the oracle's trace)
-    trace = NumpyOracle().trace(*as64, ADAM32.replace(dtype="float64"))
+    trace = NumpyOracle().trace(p64, a64, t64, ADAM32.replace(dtype="float64"))
     assert (trace["trace/state/v/b0"][:, :, 0] == 0).all() and (trace["trace/state/v/b0"] > 0).any()
     for twin, result in got.items():
         assert _max_rel(result, expected) < 1e-4, twin
@@ -92,3 +93,35 @@ def test_optimiser_fields_are_checked() -> None:
         SMALL.replace(inner_optimizer="momentum", momentum=-0.1)
     with pytest.raises(ConfigError, match="eps"):
         SMALL.replace(inner_optimizer="adam", eps=0.0)
+
+
+# --- ports' mistakes, planted in the oracle: check fails and names the first inner step ----------------
+
+
+class EpsInsideTheRoot(NumpyOracle):
+    name = "eps-inside"
+
+    def inner_direction(self, grads: dict, state: dict, t: int, cfg: Config) -> Any:
+        opt = cfg.inner.optimizer
+        m = {k: opt.beta1 * state["m"][k] + (1 - opt.beta1) * g for k, g in grads.items()}
+        v = {k: opt.beta2 * state["v"][k] + (1 - opt.beta2) * g * g for k, g in grads.items()}
+        c1, c2 = 1 - opt.beta1**t, 1 - opt.beta2**t
+        return {k: (m[k] / c1) / np.sqrt(v[k] / c2 + opt.eps) for k in grads}, {"m": m, "v": v}
+
+
+class BiasCorrectionOffByOne(NumpyOracle):
+    name = "bias-off-by-one"
+
+    def inner_direction(self, grads: dict, state: dict, t: int, cfg: Config) -> Any:
+        return super().inner_direction(grads, state, t + 1, cfg)
+
+
+@pytest.mark.parametrize("bad", [EpsInsideTheRoot(), BiasCorrectionOffByOne()], ids=lambda b: b.name)
+def test_an_adam_port_mistake_fails_check_at_the_first_inner_step(bad: NumpyOracle) -> None:
+    from parity.harness import Case, run_case
+
+    rows = run_case(Case("adam", SMALL.replace(inner_optimizer="adam")), [NumpyOracle(), bad])
+    failed = [r for r in rows if r.verdict == "FAIL"]
+    assert {"grad/w0", "outer_loss"} <= {r.quantity for r in failed}
+    d = failed[0].divergence
+    assert d is not None and d["found"] and (d["inner_step"], d["quantity"], d["parameter"]) == (0, "adapted", "w0")
