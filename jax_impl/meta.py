@@ -240,6 +240,8 @@ def _trace(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config) -> dict[str,
     p = broadcast_to_tasks(params, x_support)  # [B, ...]
     init, update = INNER_OPTIMIZERS[cfg.inner_optimizer]
     state = init(p)
+    # α (per parameter: shaped like one task's parameter) broadcast over the task axis
+    alpha_b = {name: jnp.broadcast_to(alpha_for(alpha, name), v.shape) for name, v in p.items()}
     losses: list[jax.Array] = []
     grads: list[Params] = []
     states: list[OptState] = []
@@ -247,8 +249,7 @@ def _trace(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config) -> dict[str,
     for t in range(1, cfg.inner_steps + 1):
         g, loss = inner_gradient(p, x_support, y_support, cfg)
         direction, state = update(g, state, jnp.asarray(t, x_support.dtype), cfg.inner.optimizer)
-        # α (per parameter: shaped like one task's parameter) broadcasts over the task axis
-        p = apply_step(p, alpha, direction, cfg)
+        p = apply_step(p, alpha_b, direction, cfg)
         losses.append(loss)
         grads.append(g)
         states.append(state)

@@ -278,6 +278,8 @@ def _trace(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config) -> dict[str,
     alpha = _detached_leaf(alpha)
     init, update = INNER_OPTIMIZERS[cfg.inner_optimizer]
     state = init(p)
+    # α (per parameter: shaped like one task's parameter) broadcast over the task axis
+    alpha_b = {name: torch.broadcast_to(alpha_for(alpha, name), v.shape) for name, v in p.items()}
     losses: list[torch.Tensor] = []
     grads: list[Params] = []
     states: list[OptState] = []
@@ -288,8 +290,7 @@ def _trace(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config) -> dict[str,
             loss = _inner_loss(p, x_support, y_support, cfg)
             g = dict(zip(p, torch.autograd.grad(loss.sum(), list(p.values()))))
             direction, state = update(g, state, float(t), cfg.inner.optimizer)
-            # α (per parameter: shaped like one task's parameter) broadcasts over the task axis
-            p = {name: v.detach() for name, v in apply_step(p, alpha, direction, cfg).items()}
+            p = {name: v.detach() for name, v in apply_step(p, alpha_b, direction, cfg).items()}
             losses.append(loss.detach())
             grads.append(g)
             states.append(state)
