@@ -1,7 +1,8 @@
 """The unrolled meta-objective (JAX twin); mirrors torch_impl/meta.py function for function.
 
-Inner loop:  w_{t+1} = w_t − α ⊙ ∇L_support(w_t),  t = 0 … T−1, differentiated through
-(second order) unless ``cfg.first_order``. Outer loss: L_query(w_T), the mean over tasks.
+Inner loop:  w_{t+1} = w_t − α ⊙ u_t, u_t the inner optimiser's direction from ∇L_support(w_t)
+(SGD: the gradient itself; momentum; Adam), t = 0 … T−1, differentiated through (second order)
+unless ``cfg.first_order``. Outer loss: L_query(w_T), the mean over tasks.
 Tasks are ``(x_support [B, K, 1], y_support [B, K, 1], x_query [B, Q, 1], y_query [B, Q, 1])``;
 the functions below are written for the points of one task and any leading task axes, and
 ``meta_loss`` maps them over the meta-batch with ``jax.vmap``.
@@ -55,8 +56,8 @@ def broadcast_to_tasks(params: Params, x: jax.Array) -> Params:
     return {name: jnp.broadcast_to(p, tasks_shape + p.shape) for name, p in params.items()}
 
 
-def inner_step(params: Params, alpha: Alpha, x: jax.Array, y: jax.Array, cfg: Config) -> tuple[Params, jax.Array]:
-    """One SGD step on the support set; returns (new params, support loss before the step [...])."""
+def inner_gradient(params: Params, x: jax.Array, y: jax.Array, cfg: Config) -> tuple[Params, jax.Array]:
+    """(The support-loss gradient of each task's parameters, the support loss [...])."""
 
     def summed(p: Params) -> tuple[jax.Array, jax.Array]:
         # Each task's parameters see only that task's loss, so the gradient of the sum over
@@ -67,8 +68,74 @@ def inner_step(params: Params, alpha: Alpha, x: jax.Array, y: jax.Array, cfg: Co
     (_, losses), grads = jax.value_and_grad(summed, has_aux=True)(params)
     if cfg.first_order:
         grads = jax.lax.stop_gradient(grads)  # FOMAML: the inner gradient is a constant
-    new_params = {name: p - alpha_for(alpha, name) * grads[name] for name, p in params.items()}
-    return new_params, losses
+    return grads, losses
+
+
+def inner_step(params: Params, alpha: Alpha, x: jax.Array, y: jax.Array, cfg: Config) -> tuple[Params, jax.Array]:
+    """One SGD step on the support set; returns (new params, support loss before the step [...])."""
+    grads, losses = inner_gradient(params, x, y, cfg)
+    return apply_step(params, alpha, grads, cfg), losses
+
+
+def apply_step(params: Params, alpha: Alpha, direction: Params, cfg: Config) -> Params:
+    """``w − α ⊙ u`` for the parameters the model adapts (``cfg.model.adapted``); the others stay."""
+    adapted = cfg.model.adapted(tuple(params))
+    return {name: p - alpha_for(alpha, name) * direction[name] if name in adapted else p for name, p in params.items()}
+
+
+# --- the inner optimisers: pure (init, update) pairs, Optax's shape ------------------------------------
+# init(params) -> state {slot: {name: array}}; update(grads, state, t, opt) -> (direction u, state),
+# t = 1, 2, … (an array of the parameters' dtype); the step is then w − α ⊙ u.
+
+OptState = dict[str, Params]
+
+
+def _zeros(params: Params) -> Params:
+    return {name: jnp.zeros_like(p) for name, p in params.items()}
+
+
+def sgd_update(grads: Params, state: OptState, t: jax.Array, opt: Any) -> tuple[Params, OptState]:
+    return grads, state
+
+
+def momentum_update(grads: Params, state: OptState, t: jax.Array, opt: Any) -> tuple[Params, OptState]:
+    # torch.optim.SGD with dampening 0: v ← β·v + g; heavy ball u = v, Nesterov u = g + β·v
+    buf = {name: opt.momentum * state["momentum"][name] + g for name, g in grads.items()}
+    direction = {name: g + opt.momentum * buf[name] for name, g in grads.items()} if opt.nesterov else buf
+    return direction, {"momentum": buf}
+
+
+def adam_update(grads: Params, state: OptState, t: jax.Array, opt: Any) -> tuple[Params, OptState]:
+    # optax.adam / torch.optim.Adam: bias-corrected m̂ / (√v̂ + ε), ε outside the root
+    m = {name: opt.beta1 * state["m"][name] + (1 - opt.beta1) * g for name, g in grads.items()}
+    v = {name: opt.beta2 * state["v"][name] + (1 - opt.beta2) * g * g for name, g in grads.items()}
+    c1, c2 = 1 - opt.beta1**t, 1 - opt.beta2**t
+    direction = {name: (m[name] / c1) / (safe_sqrt(v[name] / c2) + opt.eps) for name in grads}
+    return direction, {"m": m, "v": v}
+
+
+def safe_sqrt(v: jax.Array) -> jax.Array:
+    """√v with derivative 0 where v = 0 (docs/numerics.md): v = 0 only where every gradient so far
+    was 0, where v's own derivative is 0 too, so this is the exact derivative, not NaN = ∞·0."""
+    positive = v > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, v, jnp.ones_like(v))), jnp.zeros_like(v))
+
+
+INNER_OPTIMIZERS: dict[str, tuple[Callable[[Params], OptState], Callable[..., tuple[Params, OptState]]]] = {
+    "sgd": (lambda params: {}, sgd_update),
+    "momentum": (lambda params: {"momentum": _zeros(params)}, momentum_update),
+    "adam": (lambda params: {"m": _zeros(params), "v": _zeros(params)}, adam_update),
+}
+
+
+def optimizer_step(
+    carry: tuple[Params, OptState], t: jax.Array, alpha: Alpha, x: jax.Array, y: jax.Array, cfg: Config
+) -> tuple[tuple[Params, OptState], jax.Array]:
+    """Step t (1, 2, …) of the inner optimiser: ((new params, new state), support loss before it)."""
+    params, state = carry
+    grads, losses = inner_gradient(params, x, y, cfg)
+    direction, state = INNER_OPTIMIZERS[cfg.inner_optimizer][1](grads, state, t, cfg.inner.optimizer)
+    return (apply_step(params, alpha, direction, cfg), state), losses
 
 
 def adapt(
@@ -81,22 +148,22 @@ def adapt(
     check_inputs("adapt", cfg, params=params, alpha=alpha, x=x, y=y)
     params = broadcast_to_tasks(params, x)
     T = cfg.inner_steps
+    carry = (params, INNER_OPTIMIZERS[cfg.inner_optimizer][0](params))
+    steps = jnp.arange(1, T + 1, dtype=x.dtype)  # t, for Adam's bias correction
 
-    def step(p: Params, _: None) -> tuple[Params, jax.Array]:
-        return inner_step(p, alpha, x, y, cfg)
+    def step(c: tuple[Params, OptState], t: jax.Array) -> tuple[tuple[Params, OptState], jax.Array]:
+        return optimizer_step(c, t, alpha, x, y, cfg)
 
     if cfg.remat:
-        params, losses = rematerialised_loop(params, alpha, x, y, cfg)  # losses [T, ...]
+        (params, _), losses = rematerialised_loop(step, carry, steps)  # losses [T, ...]
     else:
         straight = T if 0 < T <= unroll else 1
-        params, losses = jax.lax.scan(step, params, None, length=T, unroll=straight)  # losses [T, ...]
+        (params, _), losses = jax.lax.scan(step, carry, steps, unroll=straight)  # losses [T, ...]
     return params, jnp.moveaxis(losses, 0, -1)
 
 
-def rematerialised_loop(
-    params: Params, alpha: Alpha, x: jax.Array, y: jax.Array, cfg: Config
-) -> tuple[Params, jax.Array]:
-    """``adapt``'s inner loop with O(√T) memory: returns (adapted params, losses [T, ...]).
+def rematerialised_loop(step: Callable[..., Any], carry: Any, steps: jax.Array) -> tuple[Any, jax.Array]:
+    """``adapt``'s inner loop with O(√T) memory: returns (final carry, losses [T, ...]).
 
     √T checkpointing (Chen et al. 2016, "Training deep nets with sublinear memory cost"): the
     loop runs in segments of k = ⌈√T⌉ steps; only each segment's input parameters are kept for
@@ -105,23 +172,20 @@ def rematerialised_loop(
     (Checkpointing each step alone keeps T parameter sets: at the seed's size, with 4 points per
     task, that is already a third of what the plain loop keeps.)
     """
-    T = cfg.inner_steps
+    T = steps.shape[0]
     k = max(1, math.ceil(math.sqrt(T)))
     n_segments, tail = divmod(T, k)
 
-    def step(p: Params, _: None) -> tuple[Params, jax.Array]:
-        return inner_step(p, alpha, x, y, cfg)
-
-    def segment(length: int) -> Callable[[Params, None], tuple[Params, jax.Array]]:
+    def segment(c: Any, ts: jax.Array) -> tuple[Any, jax.Array]:
         # jax.checkpoint: the segment's residuals are not stored but recomputed from its input.
-        return jax.checkpoint(lambda p, _: jax.lax.scan(step, p, None, length=length))
+        return jax.checkpoint(lambda c, ts: jax.lax.scan(step, c, ts))(c, ts)
 
-    params, losses = jax.lax.scan(segment(k), params, None, length=n_segments)  # losses [n, k, ...]
+    carry, losses = jax.lax.scan(segment, carry, steps[: n_segments * k].reshape(n_segments, k))  # [n, k, ...]
     losses = losses.reshape((n_segments * k, *losses.shape[2:]))
     if tail:
-        params, tail_losses = segment(tail)(params, None)  # [tail, ...]
+        carry, tail_losses = segment(carry, steps[n_segments * k :])  # [tail, ...]
         losses = jnp.concatenate([losses, tail_losses])
-    return params, losses
+    return carry, losses
 
 
 def task_losses(
@@ -161,9 +225,10 @@ def _meta_value_and_grad(
 def trace(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config) -> dict[str, jax.Array]:
     """The inner loop of every task step by step, for locating a first divergence.
 
-    Returns ``support_loss`` [B, T] (before each step), ``inner_grad/<name>`` and
-    ``adapted/<name>`` [B, T, *shape] (the gradient of step t and the parameters after it) and
-    ``query_loss`` [B] (after the last step): the loop ``meta_loss`` runs, recorded.
+    Returns ``support_loss`` [B, T] (before each step), ``inner_grad/<name>``,
+    ``state/<slot>/<name>`` and ``adapted/<name>`` [B, T, *shape] (the gradient of step t, the
+    inner optimiser's state after it — ``momentum``, or Adam's ``m`` and ``v`` — and the parameters
+    after it) and ``query_loss`` [B] (after the last step): the loop ``meta_loss`` runs, recorded.
     """
     check_inputs("trace", cfg, params=params, alpha=alpha, tasks=tasks)
     return _trace(params, alpha, tasks, cfg.meta_signature())
@@ -173,24 +238,27 @@ def trace(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config) -> dict[str, 
 def _trace(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config) -> dict[str, jax.Array]:
     x_support, y_support, x_query, y_query = tasks
     p = broadcast_to_tasks(params, x_support)  # [B, ...]
-
-    def summed(q: Params) -> tuple[jax.Array, jax.Array]:
-        losses = _inner_loss(q, x_support, y_support, cfg)
-        return losses.sum(), losses
-
+    init, update = INNER_OPTIMIZERS[cfg.inner_optimizer]
+    state = init(p)
+    # α (per parameter: shaped like one task's parameter) broadcast over the task axis
+    alpha_b = {name: jnp.broadcast_to(alpha_for(alpha, name), v.shape) for name, v in p.items()}
     losses: list[jax.Array] = []
     grads: list[Params] = []
+    states: list[OptState] = []
     adapted: list[Params] = []
-    for _ in range(cfg.inner_steps):
-        (_, loss), g = jax.value_and_grad(summed, has_aux=True)(p)
-        # α (per parameter: shaped like one task's parameter) broadcast over the task axis
-        p = {name: v - jnp.broadcast_to(alpha_for(alpha, name), v.shape) * g[name] for name, v in p.items()}
+    for t in range(1, cfg.inner_steps + 1):
+        g, loss = inner_gradient(p, x_support, y_support, cfg)
+        direction, state = update(g, state, jnp.asarray(t, x_support.dtype), cfg.inner.optimizer)
+        p = apply_step(p, alpha_b, direction, cfg)
         losses.append(loss)
         grads.append(g)
+        states.append(state)
         adapted.append(p)
     B = x_support.shape[0]
     out = {"support_loss": _stack_steps(losses, (B,), x_support.dtype)}
-    for group, steps in (("inner_grad", grads), ("adapted", adapted)):
+    groups = [("inner_grad", grads), ("adapted", adapted)]
+    groups += [(f"state/{slot}", [s[slot] for s in states]) for slot in init(params)]
+    for group, steps in groups:
         for name, v in params.items():
             out[f"{group}/{name}"] = _stack_steps([s[name] for s in steps], (B, *v.shape), v.dtype)
     out["query_loss"] = _inner_loss(p, x_query, y_query, cfg)

@@ -25,8 +25,54 @@ class SGD(Part):
     name: str = field("sgd", "meta_gradient")
 
 
+@check_declared
+@dataclasses.dataclass(frozen=True)
+class Momentum(Part):
+    """torch.optim.SGD's momentum with dampening 0: ``v ← β·v + g``, then ``w ← w − α ⊙ v`` (heavy
+    ball) or ``w ← w − α ⊙ (g + β·v)`` (Nesterov); v starts at 0, so the first step is SGD's."""
+
+    axis = "inner_optimizer"
+    name: str = field("momentum", "meta_gradient")
+    momentum: float = field(0.9, "meta_gradient", "β, the momentum buffer's decay, in [0, 1)")
+    nesterov: bool = field(False, "meta_gradient", "Nesterov's variant: step along g + β·v")
+
+    def check(self) -> None:
+        _check_unit("momentum", self.momentum)
+        check_bool("nesterov", self.nesterov)
+        object.__setattr__(self, "momentum", float(self.momentum))
+
+
+@check_declared
+@dataclasses.dataclass(frozen=True)
+class Adam(Part):
+    """torch.optim.Adam / optax.adam: ``m ← β1·m + (1−β1)·g``, ``v ← β2·v + (1−β2)·g²``,
+    ``w ← w − α ⊙ m̂ / (√v̂ + ε)`` with ``m̂ = m/(1−β1^t)``, ``v̂ = v/(1−β2^t)``, t = 1, 2, …; ε outside
+    the root, and √ with derivative 0 at v = 0 (docs/numerics.md, "Adam in the inner loop")."""
+
+    axis = "inner_optimizer"
+    name: str = field("adam", "meta_gradient")
+    beta1: float = field(0.9, "meta_gradient", "β1, the first moment's decay, in [0, 1)")
+    beta2: float = field(0.999, "meta_gradient", "β2, the second moment's decay, in [0, 1)")
+    eps: float = field(1e-8, "meta_gradient", "ε, added to √v̂ (outside the root)")
+
+    def check(self) -> None:
+        _check_unit("beta1", self.beta1)
+        _check_unit("beta2", self.beta2)
+        check_float("eps", self.eps, positive=True)
+        for name in ("beta1", "beta2", "eps"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+
+
+def _check_unit(name: str, value: Any) -> None:
+    check_float(name, value)
+    if not 0 <= value < 1:
+        raise ConfigError(name, f"must be in [0, 1), got {value}")
+
+
 INNER_OPTIMIZERS: dict[str, type[Part]] = {
     "sgd": SGD,
+    "momentum": Momentum,
+    "adam": Adam,
 }
 
 

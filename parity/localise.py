@@ -44,7 +44,12 @@ def points(cfg: Config, keys: set[str], outer_steps: int = 0) -> list[tuple[str,
         order += [(f"trajectory/params/{n}", k) for n in names] + [(f"trajectory/{a}", k) for a in alphas]
     for t in range(cfg.inner_steps):
         order.append(("trace/support_loss", t))
-        order += [(f"trace/inner_grad/{n}", t) for n in names] + [(f"trace/adapted/{n}", t) for n in names]
+        order += [(f"trace/inner_grad/{n}", t) for n in names]
+        # the inner optimiser's state (momentum buffer, Adam's m and v), between gradient and step
+        slots = sorted({k.split("/")[2] for k in keys if k.startswith("trace/state/")})
+        order += [(f"trace/state/{s}/{n}", t) for s in slots for n in names] + [
+            (f"trace/adapted/{n}", t) for n in names
+        ]
     order += [("trace/query_loss", None), ("task_outer_loss", None), ("inner_losses", None)]
     if not outer_steps:
         order.append(("outer_loss", None))

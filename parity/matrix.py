@@ -35,6 +35,7 @@ HIDDEN = ((32, 32), (40,), (16, 24, 8))
 SIZES = ((4, 4), (4, 7), (7, 4))  # (support K, query Q): equal; more query points; fewer
 PARAMETRISATIONS = ("identity", "softplus")
 REMAT = (False, True)
+INNER_OPTIMIZERS = ("sgd", "momentum", "adam")  # issue 19: the inner optimiser, at its defaults
 
 AXES: dict[str, tuple[Any, ...]] = {
     "inner_steps": INNER_STEPS,
@@ -47,6 +48,7 @@ AXES: dict[str, tuple[Any, ...]] = {
     "sizes": SIZES,
     "alpha_parametrisation": PARAMETRISATIONS,
     "remat": REMAT,
+    "inner_optimizer": INNER_OPTIMIZERS,
 }
 _NAMES = tuple(AXES)
 _ORIGINAL = 5  # the first five axes are the original design's
@@ -75,9 +77,10 @@ def case_name(
     sizes: tuple[int, int] = SIZES[0],
     parametrisation: str = PARAMETRISATIONS[0],
     remat: bool = REMAT[0],
+    inner_optimizer: str = INNER_OPTIMIZERS[0],
 ) -> str:
     """``T2-a0.05-l1-per_parameter-second``, then a token for each newer axis off its first value:
-    ``-relu``, ``-h16x24x8``, ``-k4q7``, ``-softplus``, ``-remat``."""
+    ``-relu``, ``-h16x24x8``, ``-k4q7``, ``-softplus``, ``-remat``, ``-adam``."""
     name = f"T{T}-a{alpha:g}-{loss}-{mode}-{order}"
     if activation != ACTIVATIONS[0]:
         name += f"-{activation}"
@@ -89,6 +92,8 @@ def case_name(
         name += f"-{parametrisation}"
     if remat != REMAT[0]:
         name += "-remat"
+    if inner_optimizer != INNER_OPTIMIZERS[0]:
+        name += f"-{inner_optimizer}"
     return name
 
 
@@ -122,7 +127,7 @@ def design(quick: bool = False) -> list[tuple[Any, ...]]:
 
 
 def case_for(row: tuple[Any, ...]) -> Case:
-    T, alpha, loss, mode, order, activation, hidden, (K, Q), parametrisation, remat = row
+    T, alpha, loss, mode, order, activation, hidden, (K, Q), parametrisation, remat, inner_optimizer = row
     cfg = BASE.replace(
         inner_steps=T,
         alpha_init=alpha,
@@ -135,6 +140,7 @@ def case_for(row: tuple[Any, ...]) -> Case:
         k_query=Q,
         alpha_parametrisation=parametrisation,
         remat=remat,
+        inner_optimizer=inner_optimizer,
     )
     return Case(case_name(*row), cfg)
 

@@ -148,7 +148,7 @@ def test_the_original_case_names_survive():
 
 
 def test_a_name_says_every_axis_off_its_first_value():
-    case = matrix.case_for((2, 0.05, "mse", "scalar", "second", "relu", (16, 24, 8), (4, 7), "softplus", True))
+    case = matrix.case_for((2, 0.05, "mse", "scalar", "second", "relu", (16, 24, 8), (4, 7), "softplus", True, "sgd"))
     assert case.name == "T2-a0.05-mse-scalar-second-relu-h16x24x8-k4q7-softplus-remat"
     cfg = case.cfg
     assert (cfg.inner_steps, cfg.alpha_init, cfg.loss, cfg.alpha_mode, cfg.first_order) == (

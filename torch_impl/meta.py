@@ -1,7 +1,8 @@
 """The unrolled meta-objective (PyTorch twin); mirrors jax_impl/meta.py function for function.
 
-Inner loop:  w_{t+1} = w_t − α ⊙ ∇L_support(w_t),  t = 0 … T−1, differentiated through
-(second order) unless ``cfg.first_order``. Outer loss: L_query(w_T), the mean over tasks.
+Inner loop:  w_{t+1} = w_t − α ⊙ u_t, u_t the inner optimiser's direction from ∇L_support(w_t)
+(SGD: the gradient itself; momentum; Adam), t = 0 … T−1, differentiated through (second order)
+unless ``cfg.first_order``. Outer loss: L_query(w_T), the mean over tasks.
 Tasks are ``(x_support [B, K, 1], y_support [B, K, 1], x_query [B, Q, 1], y_query [B, Q, 1])``;
 the functions below are written for the points of one task and any leading task axes, and
 ``meta_loss`` runs them on the whole meta-batch at once (broadcasting over the task axis).
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Union
+from typing import Any, Union
 
 import torch
 
@@ -50,10 +51,8 @@ def broadcast_to_tasks(params: Params, x: torch.Tensor) -> Params:
     return {name: torch.broadcast_to(p, tasks_shape + p.shape) for name, p in params.items()}
 
 
-def inner_step(
-    params: Params, alpha: Alpha, x: torch.Tensor, y: torch.Tensor, cfg: Config
-) -> tuple[Params, torch.Tensor]:
-    """One SGD step on the support set; returns (new params, support loss before the step [...])."""
+def inner_gradient(params: Params, x: torch.Tensor, y: torch.Tensor, cfg: Config) -> tuple[Params, torch.Tensor]:
+    """(The support-loss gradient of each task's parameters, the support loss [...])."""
     # Each task's parameters see only that task's loss, so the gradient of the sum over
     # tasks is every task's own gradient.
     losses = _inner_loss(params, x, y, cfg)
@@ -66,8 +65,76 @@ def inner_step(
             torch.autograd.grad(total, list(params.values()), create_graph=not cfg.first_order, retain_graph=True),
         )
     )
-    new_params = {name: p - alpha_for(alpha, name) * grads[name] for name, p in params.items()}
-    return new_params, losses
+    return grads, losses
+
+
+def inner_step(
+    params: Params, alpha: Alpha, x: torch.Tensor, y: torch.Tensor, cfg: Config
+) -> tuple[Params, torch.Tensor]:
+    """One SGD step on the support set; returns (new params, support loss before the step [...])."""
+    grads, losses = inner_gradient(params, x, y, cfg)
+    return apply_step(params, alpha, grads, cfg), losses
+
+
+def apply_step(params: Params, alpha: Alpha, direction: Params, cfg: Config) -> Params:
+    """``w − α ⊙ u`` for the parameters the model adapts (``cfg.model.adapted``); the others stay."""
+    adapted = cfg.model.adapted(tuple(params))
+    return {name: p - alpha_for(alpha, name) * direction[name] if name in adapted else p for name, p in params.items()}
+
+
+# --- the inner optimisers: pure (init, update) pairs, Optax's shape ------------------------------------
+# init(params) -> state {slot: {name: array}}; update(grads, state, t, opt) -> (direction u, state),
+# t = 1, 2, … (a Python float); the step is then w − α ⊙ u.
+
+OptState = dict[str, Params]
+
+
+def _zeros(params: Params) -> Params:
+    return {name: torch.zeros_like(p) for name, p in params.items()}
+
+
+def sgd_update(grads: Params, state: OptState, t: float, opt: Any) -> tuple[Params, OptState]:
+    return grads, state
+
+
+def momentum_update(grads: Params, state: OptState, t: float, opt: Any) -> tuple[Params, OptState]:
+    # torch.optim.SGD with dampening 0: v ← β·v + g; heavy ball u = v, Nesterov u = g + β·v
+    buf = {name: opt.momentum * state["momentum"][name] + g for name, g in grads.items()}
+    direction = {name: g + opt.momentum * buf[name] for name, g in grads.items()} if opt.nesterov else buf
+    return direction, {"momentum": buf}
+
+
+def adam_update(grads: Params, state: OptState, t: float, opt: Any) -> tuple[Params, OptState]:
+    # optax.adam / torch.optim.Adam: bias-corrected m̂ / (√v̂ + ε), ε outside the root
+    m = {name: opt.beta1 * state["m"][name] + (1 - opt.beta1) * g for name, g in grads.items()}
+    v = {name: opt.beta2 * state["v"][name] + (1 - opt.beta2) * g * g for name, g in grads.items()}
+    c1, c2 = 1 - opt.beta1**t, 1 - opt.beta2**t
+    direction = {name: (m[name] / c1) / (safe_sqrt(v[name] / c2) + opt.eps) for name in grads}
+    return direction, {"m": m, "v": v}
+
+
+def safe_sqrt(v: torch.Tensor) -> torch.Tensor:
+    """√v with derivative 0 where v = 0 (docs/numerics.md): v = 0 only where every gradient so far
+    was 0, where v's own derivative is 0 too, so this is the exact derivative, not NaN = ∞·0."""
+    positive = v > 0
+    return torch.where(positive, torch.sqrt(torch.where(positive, v, torch.ones_like(v))), torch.zeros_like(v))
+
+
+INNER_OPTIMIZERS: dict[str, tuple[Callable[[Params], OptState], Callable[..., tuple[Params, OptState]]]] = {
+    "sgd": (lambda params: {}, sgd_update),
+    "momentum": (lambda params: {"momentum": _zeros(params)}, momentum_update),
+    "adam": (lambda params: {"m": _zeros(params), "v": _zeros(params)}, adam_update),
+}
+
+
+def optimizer_step(
+    carry: tuple[Params, OptState], t: float, alpha: Alpha, x: torch.Tensor, y: torch.Tensor, cfg: Config
+) -> tuple[tuple[Params, OptState], torch.Tensor]:
+    """Step t (1, 2, …) of the inner optimiser: ((new params, new state), support loss before it)."""
+    params, state = carry
+    grads, losses = inner_gradient(params, x, y, cfg)
+    direction, state = INNER_OPTIMIZERS[cfg.inner_optimizer][1](grads, state, t, cfg.inner.optimizer)
+    return (apply_step(params, alpha, direction, cfg), state), losses
 
 
 def adapt(
@@ -95,9 +162,11 @@ def adapt(
         if cfg.remat:
             params, losses = rematerialised_loop(params, alpha, x, y, cfg)  # T × [...]
         else:
-            for _ in range(cfg.inner_steps):
-                params, loss = inner_step(params, alpha, x, y, cfg)
+            carry = (params, INNER_OPTIMIZERS[cfg.inner_optimizer][0](params))
+            for t in range(1, cfg.inner_steps + 1):
+                carry, loss = optimizer_step(carry, float(t), alpha, x, y, cfg)
                 losses.append(loss)
+            params = carry[0]
     if single:
         params = {name: p.unsqueeze(0) for name, p in params.items()}
     if not losses:
@@ -121,26 +190,39 @@ def rematerialised_loop(
     k = max(1, math.ceil(math.sqrt(T)))
     n_segments, tail = divmod(T, k)
     names = list(params)
+    state = INNER_OPTIMIZERS[cfg.inner_optimizer][0](params)
+    slots = [(slot, name) for slot in state for name in names]  # the state's leaves, flattened
     alpha_names = list(alpha) if isinstance(alpha, dict) else []
     alpha_leaves = [alpha[name] for name in alpha_names] if isinstance(alpha, dict) else [alpha]
+    n_carry = len(names) + len(slots)
 
-    def segment(length: int) -> Callable[..., tuple[torch.Tensor, ...]]:
+    def segment(first: int, length: int) -> Callable[..., tuple[torch.Tensor, ...]]:
         def run(*leaves: torch.Tensor) -> tuple[torch.Tensor, ...]:
             p = dict(zip(names, leaves[: len(names)], strict=True))
-            a = dict(zip(alpha_names, leaves[len(names) :], strict=True)) if alpha_names else leaves[-1]
+            s: OptState = {slot: {} for slot in state}
+            for (slot, name), leaf in zip(slots, leaves[len(names) : n_carry], strict=True):
+                s[slot][name] = leaf
+            a = dict(zip(alpha_names, leaves[n_carry:], strict=True)) if alpha_names else leaves[-1]
             segment_losses = []
-            for _ in range(length):
-                p, loss = inner_step(p, a, x, y, cfg)
+            carry = (p, s)
+            for t in range(first, first + length):
+                carry, loss = optimizer_step(carry, float(t), a, x, y, cfg)
                 segment_losses.append(loss)
-            return (*p.values(), *segment_losses)
+            p, s = carry
+            return (*p.values(), *(s[slot][name] for slot, name in slots), *segment_losses)
 
         return run
 
     losses: list[torch.Tensor] = []
+    first = 1
     for length in [k] * n_segments + [tail] * (tail > 0):
-        out = _Recomputed.apply(segment(length), *params.values(), *alpha_leaves)
+        leaves = [*params.values(), *(state[slot][name] for slot, name in slots)]
+        out = _Recomputed.apply(segment(first, length), *leaves, *alpha_leaves)
         params = dict(zip(names, out[: len(names)], strict=True))
-        losses.extend(out[len(names) :])
+        for (slot, name), leaf in zip(slots, out[len(names) : n_carry], strict=True):
+            state[slot][name] = leaf
+        losses.extend(out[n_carry:])
+        first += length
     return params, losses
 
 
@@ -181,9 +263,10 @@ def meta_value_and_grad(
 def trace(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config) -> dict[str, torch.Tensor]:
     """The inner loop of every task step by step, for locating a first divergence.
 
-    Returns ``support_loss`` [B, T] (before each step), ``inner_grad/<name>`` and
-    ``adapted/<name>`` [B, T, *shape] (the gradient of step t and the parameters after it) and
-    ``query_loss`` [B] (after the last step): the loop ``meta_loss`` runs, recorded.
+    Returns ``support_loss`` [B, T] (before each step), ``inner_grad/<name>``,
+    ``state/<slot>/<name>`` and ``adapted/<name>`` [B, T, *shape] (the gradient of step t, the
+    inner optimiser's state after it — ``momentum``, or Adam's ``m`` and ``v`` — and the parameters
+    after it) and ``query_loss`` [B] (after the last step): the loop ``meta_loss`` runs, recorded.
     """
     check_inputs("trace", cfg, params=params, alpha=alpha, tasks=tasks)
     return _trace(params, alpha, tasks, cfg)
@@ -193,25 +276,30 @@ def _trace(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config) -> dict[str,
     x_support, y_support, x_query, y_query = tasks
     p = broadcast_to_tasks({name: v.detach() for name, v in params.items()}, x_support)  # [B, ...]
     alpha = _detached_leaf(alpha)
+    init, update = INNER_OPTIMIZERS[cfg.inner_optimizer]
+    state = init(p)
+    # α (per parameter: shaped like one task's parameter) broadcast over the task axis
+    alpha_b = {name: torch.broadcast_to(alpha_for(alpha, name), v.shape) for name, v in p.items()}
     losses: list[torch.Tensor] = []
     grads: list[Params] = []
+    states: list[OptState] = []
     adapted: list[Params] = []
     with torch.enable_grad():
-        for _ in range(cfg.inner_steps):
+        for t in range(1, cfg.inner_steps + 1):
             p = {name: v.detach().requires_grad_() for name, v in p.items()}
             loss = _inner_loss(p, x_support, y_support, cfg)
             g = dict(zip(p, torch.autograd.grad(loss.sum(), list(p.values()))))
-            # α (per parameter: shaped like one task's parameter) broadcast over the task axis
-            p = {
-                name: (v - torch.broadcast_to(alpha_for(alpha, name), v.shape) * g[name]).detach()
-                for name, v in p.items()
-            }
+            direction, state = update(g, state, float(t), cfg.inner.optimizer)
+            p = {name: v.detach() for name, v in apply_step(p, alpha_b, direction, cfg).items()}
             losses.append(loss.detach())
             grads.append(g)
+            states.append(state)
             adapted.append(p)
     B = x_support.shape[0]
     out = {"support_loss": _stack_steps(losses, (B,), x_support)}
-    for group, steps in (("inner_grad", grads), ("adapted", adapted)):
+    groups = [("inner_grad", grads), ("adapted", adapted)]
+    groups += [(f"state/{slot}", [s[slot] for s in states]) for slot in init(params)]
+    for group, steps in groups:
         for name, v in params.items():
             out[f"{group}/{name}"] = _stack_steps([s[name] for s in steps], (B, *v.shape), v)
     with torch.no_grad():
@@ -324,8 +412,14 @@ class _Recomputed(torch.autograd.Function):
         with torch.enable_grad():
             outputs = ctx.run(*inputs)
         wanted = [i for i, t in enumerate(inputs) if t.requires_grad]
+        # First order: the inner optimiser's state is built from constant gradients (no graph).
+        live = [(o, g) for o, g in zip(outputs, grad_outputs, strict=True) if o.requires_grad]
         grads = torch.autograd.grad(
-            outputs, [inputs[i] for i in wanted], grad_outputs, allow_unused=True, materialize_grads=True
+            [o for o, _ in live],
+            [inputs[i] for i in wanted],
+            [g for _, g in live],
+            allow_unused=True,
+            materialize_grads=True,
         )
         out: list[torch.Tensor | None] = [None] * len(inputs)
         for i, g in zip(wanted, grads, strict=True):

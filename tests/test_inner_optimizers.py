@@ -1,0 +1,127 @@
+"""The inner optimisers (issue 19): momentum and Adam unrolled and differentiated through agree
+across the JAX twin, the PyTorch twin and the NumPy oracle; Adam's √v at v = 0 gives finite
+meta-gradients (docs/numerics.md, "Adam in the inner loop")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from parity.config import Config, ConfigError
+from parity.harness import BASE
+from parity.oracle import NumpyOracle
+from parity.twins import load, step0_inputs
+
+SMALL = BASE.replace(hidden=(8,), meta_batch=2, inner_steps=3, alpha_mode="scalar", alpha_init=0.05)
+
+
+def _run(impl: Any, cfg: Config, params: dict, alpha: Any, tasks: tuple) -> dict[str, np.ndarray]:
+    r = impl.meta_value_and_grad(params, alpha, tasks, cfg)
+    out = {f"grad/{k}": np.asarray(v, np.float64) for k, v in r["grads"].items()}
+    out["grad/alpha"] = np.asarray(r["alpha_grad"], np.float64)
+    out["outer_loss"] = np.asarray(r["outer_loss"], np.float64)
+    return out
+
+
+def _max_rel(a: dict, b: dict) -> float:
+    scale = max(np.abs(v).max() for v in b.values())
+    return max(float(np.abs(a[k] - b[k]).max()) for k in b) / scale
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [{"inner_optimizer": "momentum"}, {"inner_optimizer": "momentum", "nesterov": True}, {"inner_optimizer": "adam"}],
+)
+@pytest.mark.parametrize("order", [False, True], ids=["second", "first"])
+def test_both_twins_equal_the_oracle_float64(optimizer: dict, order: bool) -> None:
+    cfg = SMALL.replace(first_order=order, **optimizer)
+    params, alpha, tasks = step0_inputs(cfg)
+    expected = _run(NumpyOracle(), cfg, params, alpha, tasks)
+    sgd = _run(NumpyOracle(), cfg.replace(inner_optimizer="sgd"), params, alpha, tasks)
+    assert _max_rel(sgd, expected) > 1e-3  # the optimiser changes the meta-gradient
+    for twin in ("jax", "torch"):
+        assert _max_rel(_run(load(twin), cfg, params, alpha, tasks), expected) < 1e-12, twin
+
+
+def _dead_unit_inputs(cfg: Config) -> tuple[dict, Any, tuple]:
+    # ReLU unit 0 dead on every input (weight row 0, bias −1): its gradient entries are exactly 0
+    # at every inner step, so Adam's v stays exactly 0 there.
+    params, alpha, tasks = step0_inputs(cfg)
+    params = {k: np.array(v) for k, v in params.items()}
+    params["w0"][0] = 0.0
+    params["b0"][0] = -1.0
+    return params, alpha, tasks
+
+
+ADAM32 = SMALL.replace(inner_optimizer="adam", activation="relu", dtype="float32")
+
+
+def test_adam_at_v_zero_gives_finite_float32_meta_gradients_that_match_across_twins() -> None:
+    params, alpha, tasks = _dead_unit_inputs(ADAM32)
+    got = {twin: _run(load(twin), ADAM32, params, alpha, tasks) for twin in ("jax", "torch")}
+    for twin, result in got.items():
+        assert all(np.isfinite(v).all() for v in result.values()), twin
+    p64 = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    a64, t64 = np.asarray(alpha, np.float64), tuple(np.asarray(t, np.float64) for t in tasks)
+    expected = _run(NumpyOracle(), ADAM32.replace(dtype="float64"), p64, a64, t64)
+    # the point of the test: v is exactly 0 there at every inner step (the oracle's trace)
+    trace = NumpyOracle().trace(p64, a64, t64, ADAM32.replace(dtype="float64"))
+    assert (trace["trace/state/v/b0"][:, :, 0] == 0).all() and (trace["trace/state/v/b0"] > 0).any()
+    for twin, result in got.items():
+        assert _max_rel(result, expected) < 1e-4, twin
+    assert _max_rel(got["jax"], got["torch"]) < 1e-4
+
+
+def test_a_naive_square_root_at_v_zero_gives_nan(monkeypatch) -> None:
+    """The planted bug the test above guards against: d√v/dv = ∞ at v = 0 times 0 is NaN."""
+    import torch
+
+    import torch_impl.meta
+
+    monkeypatch.setattr(torch_impl.meta, "safe_sqrt", torch.sqrt)
+    params, alpha, tasks = _dead_unit_inputs(ADAM32)
+    result = _run(load("torch"), ADAM32, params, alpha, tasks)
+    assert np.isnan(result["grad/w0"]).any()
+
+
+def test_optimiser_fields_are_checked() -> None:
+    with pytest.raises(ConfigError, match="beta2"):
+        SMALL.replace(inner_optimizer="adam", beta2=1.0)
+    with pytest.raises(ConfigError, match="momentum"):
+        SMALL.replace(inner_optimizer="momentum", momentum=-0.1)
+    with pytest.raises(ConfigError, match="eps"):
+        SMALL.replace(inner_optimizer="adam", eps=0.0)
+
+
+# --- ports' mistakes, planted in the oracle: check fails and names the first inner step ----------------
+
+
+class EpsInsideTheRoot(NumpyOracle):
+    name = "eps-inside"
+
+    def inner_direction(self, grads: dict, state: dict, t: int, cfg: Config) -> Any:
+        opt = cfg.inner.optimizer
+        m = {k: opt.beta1 * state["m"][k] + (1 - opt.beta1) * g for k, g in grads.items()}
+        v = {k: opt.beta2 * state["v"][k] + (1 - opt.beta2) * g * g for k, g in grads.items()}
+        c1, c2 = 1 - opt.beta1**t, 1 - opt.beta2**t
+        return {k: (m[k] / c1) / np.sqrt(v[k] / c2 + opt.eps) for k in grads}, {"m": m, "v": v}
+
+
+class BiasCorrectionOffByOne(NumpyOracle):
+    name = "bias-off-by-one"
+
+    def inner_direction(self, grads: dict, state: dict, t: int, cfg: Config) -> Any:
+        return super().inner_direction(grads, state, t + 1, cfg)
+
+
+@pytest.mark.parametrize("bad", [EpsInsideTheRoot(), BiasCorrectionOffByOne()], ids=lambda b: b.name)
+def test_an_adam_port_mistake_fails_check_at_the_first_inner_step(bad: NumpyOracle) -> None:
+    from parity.harness import Case, run_case
+
+    rows = run_case(Case("adam", SMALL.replace(inner_optimizer="adam")), [NumpyOracle(), bad])
+    failed = [r for r in rows if r.verdict == "FAIL"]
+    assert {"grad/w0", "outer_loss"} <= {r.quantity for r in failed}
+    d = failed[0].divergence
+    assert d is not None and d["found"] and (d["inner_step"], d["quantity"], d["parameter"]) == (0, "adapted", "w0")
