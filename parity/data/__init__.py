@@ -21,11 +21,12 @@ Every loader is cached in memory (one load per process per data set and image si
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 from parity.parts import ConfigError
+
+if TYPE_CHECKING:  # NumPy is imported where data is made: checking a config's sizes needs none
+    import numpy as np
 
 SPLITS = ("train", "val", "test")
 ROTATIONS = 4  # 0°, 90°, 180°, 270°
@@ -52,6 +53,19 @@ def load(dataset: str, data_dir: str, image_size: int) -> ClassData:
     return loaders[dataset](data_dir, image_size)
 
 
+def sizes(dataset: str, data_dir: str, image_size: int) -> tuple[dict[str, int], int]:
+    """(base classes per split, fewest images in a class), without loading a built-in data set: a
+    config is checked whenever it is made (presets at import), and that must not import scikit-learn."""
+    from parity.data import digits, synthetic
+
+    known = {"digits": (digits.SPLITS, digits.FEWEST), "synthetic": (synthetic.SPLITS, synthetic.PER_CLASS)}
+    if dataset in known:
+        splits, fewest = known[dataset]
+        return {split: len(splits[split]) for split in SPLITS}, fewest
+    data = load(dataset, data_dir, image_size)
+    return {split: len(data.splits[split]) for split in SPLITS}, min(len(a) for a in data.images)
+
+
 def split_classes(data: ClassData, split: str, rotations: bool) -> tuple[tuple[int, int], ...]:
     """The (base class, quarter turns) pairs of ``split``, in class-id order."""
     turns = range(ROTATIONS) if rotations else range(1)
@@ -68,6 +82,8 @@ def resize(images: np.ndarray, size: int) -> np.ndarray:
     Output pixel ``i`` averages the input pixels under its footprint, each weighted by the length it
     covers (exact integer overlaps), so a resize is the same on every machine and library version.
     """
+    import numpy as np
+
     rows = area_weights(images.shape[-2], size)  # [size, H]
     cols = area_weights(images.shape[-1], size)  # [size, W]
     return np.einsum("ih,...hw,jw->...ij", rows, images, cols)
@@ -76,6 +92,8 @@ def resize(images: np.ndarray, size: int) -> np.ndarray:
 def area_weights(n_in: int, n_out: int) -> np.ndarray:
     """``[n_out, n_in]``: in units of 1/(n_in·n_out), output i spans [i·n_in, (i+1)·n_in) and input
     j spans [j·n_out, (j+1)·n_out); the weight is their overlap over n_in (rows sum to 1)."""
+    import numpy as np
+
     i = np.arange(n_out)[:, None]
     j = np.arange(n_in)[None, :]
     overlap = np.minimum((i + 1) * n_in, (j + 1) * n_out) - np.maximum(i * n_in, j * n_out)
@@ -84,6 +102,8 @@ def area_weights(n_in: int, n_out: int) -> np.ndarray:
 
 def frozen(arrays: Any) -> tuple[np.ndarray, ...]:
     """Each array as float32, read-only (a cached data set must not be changed by a caller)."""
+    import numpy as np
+
     out = []
     for array in arrays:
         array = np.ascontiguousarray(array, dtype=np.float32)

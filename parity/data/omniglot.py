@@ -27,7 +27,7 @@ LAYOUT = "DIR/images_background/<alphabet>/<character>/*.png and DIR/images_eval
 
 def load(data_dir: str, image_size: int) -> ClassData:
     if not data_dir:
-        raise ConfigError("data_dir", "omniglot needs its folder: pass --data DIR (or --set data_dir=DIR)")
+        raise ConfigError("data_dir", "omniglot needs its folder: pass --data DIR, the folder holding images_background/ and images_evaluation/")
     return _load(str(Path(data_dir).expanduser().resolve()), image_size)
 
 

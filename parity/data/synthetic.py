@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import functools
 
-import numpy as np
-
 from parity.data import ClassData, frozen
 
 N_CLASSES = 100
@@ -21,6 +19,8 @@ SPLITS = {"train": tuple(range(60)), "val": tuple(range(60, 80)), "test": tuple(
 
 @functools.lru_cache(maxsize=4)
 def load(image_size: int) -> ClassData:
+    import numpy as np
+
     rng = np.random.default_rng(np.random.SeedSequence([SEED, image_size]))
     shape = (image_size, image_size)
     prototypes = rng.uniform(size=(N_CLASSES, 1, *shape))

@@ -80,18 +80,16 @@ class Classification(Part):
         """
         if self.dataset == "omniglot" and not self.data_dir:
             return
-        from parity.data import SPLITS, load, split_classes
+        from parity.data import ROTATIONS, sizes
 
-        data = load(self.dataset, self.data_dir, self.image_size)
-        for split in SPLITS:
-            classes = split_classes(data, split, self.rotations)
-            if len(classes) < self.n_way:
+        bases, fewest = sizes(self.dataset, self.data_dir, self.image_size)
+        for split, count in bases.items():
+            classes = count * (ROTATIONS if self.rotations else 1)
+            if classes < self.n_way:
                 turned = " with rotations" if self.rotations else " without rotations (set rotations=true for 4x)"
                 raise ConfigError(
-                    "n_way",
-                    f"{self.n_way} is more than the {len(classes)} {split} classes of {self.dataset}{turned}",
+                    "n_way", f"{self.n_way} is more than the {classes} {split} classes of {self.dataset}{turned}"
                 )
-        fewest = min(len(data.images[base]) for split in SPLITS for base in data.splits[split])
         if self.k_support + self.k_query > fewest:
             raise ConfigError(
                 "k_query",
@@ -102,7 +100,7 @@ class Classification(Part):
     def check_ready(self) -> None:
         """What a run needs beyond a valid config: the Omniglot folder (one line saying how to pass it)."""
         if self.dataset == "omniglot" and not self.data_dir:
-            raise ConfigError("data_dir", "omniglot needs its folder: pass --data DIR (or --set data_dir=DIR)")
+            raise ConfigError("data_dir", "omniglot needs its folder: pass --data DIR, the folder holding images_background/ and images_evaluation/")
 
     def sample(self, rng: Any, batch_size: int, stream: int = 0) -> EpisodeBatch:
         """One meta-batch of episodes from ``rng``; ``stream`` picks the class split (module docstring)."""
