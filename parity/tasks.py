@@ -15,7 +15,16 @@ import numpy as np
 from parity.config import Config
 from parity.families.sinusoid import TaskBatch, sinusoid
 
-__all__ = ["EVAL_STREAM", "INIT_STREAM", "TRAIN_STREAM", "VAL_STREAM", "TaskBatch", "sample_batch", "sample_batches", "sinusoid"]
+__all__ = [
+    "EVAL_STREAM",
+    "INIT_STREAM",
+    "TRAIN_STREAM",
+    "VAL_STREAM",
+    "TaskBatch",
+    "sample_batch",
+    "sample_batches",
+    "sinusoid",
+]
 
 # Stream ids keep the seed domains of training, evaluation and initialisation disjoint.
 TRAIN_STREAM = 0

@@ -111,7 +111,7 @@ def _add_config_flags(p: argparse.ArgumentParser, default_preset: str | None, fr
         "--data",
         dest="data_dir",
         metavar="DIR",
-        help="sets data_dir: the folder of a classification data set (omniglot: images_background/, images_evaluation/)",
+        help="sets data_dir: a classification data set's folder (omniglot: images_background/, images_evaluation/)",
     )
     g.add_argument(
         "--set",

@@ -21,7 +21,8 @@ Every loader is cached in memory (one load per process per data set and image si
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from parity.parts import ConfigError
 
@@ -29,6 +30,9 @@ if TYPE_CHECKING:  # NumPy is imported where data is made: checking a config's s
     import numpy as np
 
 SPLITS = ("train", "val", "test")
+OMNIGLOT_NEEDS_FOLDER = (
+    "omniglot needs its folder: pass --data DIR, the folder holding images_background/ and images_evaluation/"
+)
 ROTATIONS = 4  # 0°, 90°, 180°, 270°
 
 

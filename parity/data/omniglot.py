@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from parity.data import ClassData, frozen, resize
+from parity.data import OMNIGLOT_NEEDS_FOLDER, ClassData, frozen, resize
 from parity.parts import ConfigError
 
 PARTS = ("images_background", "images_evaluation")
@@ -27,7 +27,7 @@ LAYOUT = "DIR/images_background/<alphabet>/<character>/*.png and DIR/images_eval
 
 def load(data_dir: str, image_size: int) -> ClassData:
     if not data_dir:
-        raise ConfigError("data_dir", "omniglot needs its folder: pass --data DIR, the folder holding images_background/ and images_evaluation/")
+        raise ConfigError("data_dir", OMNIGLOT_NEEDS_FOLDER)
     return _load(str(Path(data_dir).expanduser().resolve()), image_size)
 
 

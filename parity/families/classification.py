@@ -100,7 +100,9 @@ class Classification(Part):
     def check_ready(self) -> None:
         """What a run needs beyond a valid config: the Omniglot folder (one line saying how to pass it)."""
         if self.dataset == "omniglot" and not self.data_dir:
-            raise ConfigError("data_dir", "omniglot needs its folder: pass --data DIR, the folder holding images_background/ and images_evaluation/")
+            from parity.data import OMNIGLOT_NEEDS_FOLDER
+
+            raise ConfigError("data_dir", OMNIGLOT_NEEDS_FOLDER)
 
     def sample(self, rng: Any, batch_size: int, stream: int = 0) -> EpisodeBatch:
         """One meta-batch of episodes from ``rng``; ``stream`` picks the class split (module docstring)."""
