@@ -258,12 +258,72 @@ MAML_PAPER_CODE = MAML_PAPER.replace(alpha_init=0.001)
 # Li, Zhou, Chen & Li 2017 (Meta-SGD): the same task family, a learned α per parameter entry.
 META_SGD = MAML_PAPER.replace(alpha_mode="per_parameter", alpha_optimizer="adam", alpha_lr=1e-3)
 
+# Few-shot classification (issue 18) on scikit-learn's 8x8 digits, the default data (no download;
+# parity.data: 24 / 8 / 8 rotated-digit classes for meta-train / -validation / -test): the MAML
+# paper's recipe (1 inner step of fixed alpha, outer Adam 1e-3) on a conv net that fits 8x8 images,
+# 3 blocks of 32 filters with max-pool (8 -> 4 -> 2 -> 1). alpha = 0.4 is the paper's Omniglot step
+# (pixels in [0, 1] there too). Eval scores every adaptation step 0..--max-steps, so the paper's
+# test-time steps are rows of its curve, not a config field.
+DIGITS_5W1S = Config(
+    family="classification",
+    dataset="digits",
+    n_way=5,
+    k_support=1,
+    k_query=5,
+    image_size=8,
+    rotations=True,
+    model="conv",
+    depth=3,
+    width=32,
+    pool="max",
+    inner_steps=1,
+    alpha_mode="fixed",
+    alpha_init=0.4,
+    outer_optimizer="adam",
+    outer_lr=1e-3,
+    meta_batch=32,
+    iterations=2000,
+)
+DIGITS_5W5S = DIGITS_5W1S.replace(k_support=5, meta_batch=16)
+
+# Finn et al. 2017, Omniglot (section 5.2, appendix A.1): 28x28 images, rotations as new classes,
+# 4 blocks of 64 filters with stride-2 convolutions, 5-way: 1 inner step of alpha = 0.4, meta-batch
+# 32; 20-way: 5 steps of alpha = 0.1, meta-batch 16 (the appendix, and the reference code's README
+# command); Adam 1e-3, 60,000 iterations; the query set holds K images per class, as the reference
+# code samples 2K per class. They carry no data_dir: a run refuses to start until --data DIR names
+# the Omniglot folder (Classification.check_ready).
+OMNIGLOT_5W1S = Config(
+    family="classification",
+    dataset="omniglot",
+    n_way=5,
+    k_support=1,
+    k_query=1,
+    image_size=28,
+    rotations=True,
+    model="conv",
+    depth=4,
+    width=64,
+    pool="stride",
+    inner_steps=1,
+    alpha_mode="fixed",
+    alpha_init=0.4,
+    outer_optimizer="adam",
+    outer_lr=1e-3,
+    meta_batch=32,
+    iterations=60_000,
+)
+OMNIGLOT_20W1S = OMNIGLOT_5W1S.replace(n_way=20, inner_steps=5, alpha_init=0.1, meta_batch=16)
+
 PRESETS: dict[str, Config] = {
     "seed-maml": SEED_MAML,
     "seed-alpha": SEED_ALPHA,
     "maml-paper": MAML_PAPER,
     "maml-paper-code": MAML_PAPER_CODE,
     "meta-sgd": META_SGD,
+    "digits-5w1s": DIGITS_5W1S,
+    "digits-5w5s": DIGITS_5W5S,
+    "omniglot-5w1s": OMNIGLOT_5W1S,
+    "omniglot-20w1s": OMNIGLOT_20W1S,
 }
 
 

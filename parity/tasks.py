@@ -15,12 +15,23 @@ import numpy as np
 from parity.config import Config
 from parity.families.sinusoid import TaskBatch, sinusoid
 
-__all__ = ["EVAL_STREAM", "INIT_STREAM", "TRAIN_STREAM", "TaskBatch", "sample_batch", "sample_batches", "sinusoid"]
+__all__ = [
+    "EVAL_STREAM",
+    "INIT_STREAM",
+    "TRAIN_STREAM",
+    "VAL_STREAM",
+    "TaskBatch",
+    "sample_batch",
+    "sample_batches",
+    "sinusoid",
+]
 
 # Stream ids keep the seed domains of training, evaluation and initialisation disjoint.
 TRAIN_STREAM = 0
 EVAL_STREAM = 1
 INIT_STREAM = 2
+# Meta-validation tasks (a family with data splits maps it to its validation classes).
+VAL_STREAM = 3
 
 
 def rng_for(seed: int, stream: int, index: int) -> np.random.Generator:

@@ -24,6 +24,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
     cfg = get_preset(args.preset)
     for changes in config_changes(args):
         cfg = cfg.replace(**changes)
+    getattr(cfg.family, "check_ready", lambda: None)()  # e.g. the Omniglot presets without --data
     return cfg
 
 
@@ -40,6 +41,8 @@ def config_changes(args: argparse.Namespace) -> list[dict[str, Any]]:
         value = getattr(args, field, None)
         if value is not None:
             overrides[field] = tuple(value) if isinstance(value, list) else value
+    if getattr(args, "data_dir", None) is not None:  # --data DIR
+        overrides["data_dir"] = args.data_dir
     if overrides:
         out.append(overrides)
     out.extend(dict([parse_set(item)]) for item in getattr(args, "set_fields", None) or [])

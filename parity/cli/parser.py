@@ -108,6 +108,12 @@ def _add_config_flags(p: argparse.ArgumentParser, default_preset: str | None, fr
         else:
             g.add_argument(flag, dest=field, metavar="WORD", help=help_text)
     g.add_argument(
+        "--data",
+        dest="data_dir",
+        metavar="DIR",
+        help="sets data_dir: a classification data set's folder (omniglot: images_background/, images_evaluation/)",
+    )
+    g.add_argument(
         "--set",
         dest="set_fields",
         action="append",
