@@ -22,6 +22,7 @@ analytic in the parameters, so the outer complex step can run through the inner 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -35,7 +36,10 @@ def _patches(h: np.ndarray, stride: int) -> np.ndarray:
     out = (side - 1) // stride + 1  # ⌈s/2⌉ at stride 2, s at stride 1
     pad = np.pad(h, [(0, 0)] * (h.ndim - 2) + [(1, 1), (1, 1)])
     rows = [
-        [pad[..., di : di + stride * (out - 1) + 1 : stride, dj : dj + stride * (out - 1) + 1 : stride] for dj in range(3)]
+        [
+            pad[..., di : di + stride * (out - 1) + 1 : stride, dj : dj + stride * (out - 1) + 1 : stride]
+            for dj in range(3)
+        ]
         for di in range(3)
     ]
     return np.stack([np.stack(r, axis=-3) for r in rows], axis=-4)
@@ -144,11 +148,16 @@ def accuracy(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.mean(np.argmax(logits.real, axis=-1) == np.argmax(y, axis=-1), axis=-1)
 
 
-def loss_and_grads(params: Params, x: np.ndarray, y: np.ndarray, model: Any) -> tuple[np.ndarray, Params]:
-    """Cross-entropy [D] of one task and its gradient {name: [D, *shape]} by hand-written backprop."""
+def loss_and_grads(
+    params: Params, x: np.ndarray, y: np.ndarray, model: Any, loss: Callable[..., Any] = cross_entropy
+) -> tuple[np.ndarray, Params]:
+    """The loss [D] of one task and its gradient {name: [D, *shape]} by hand-written backprop.
+
+    ``loss(logits, y) -> (value [D], d value / d logits)``: :func:`cross_entropy` by default.
+    """
     saved: list[dict[str, Any]] = []
     logits = forward(params, x, model, saved)
-    value, g = cross_entropy(logits, y)
+    value, g = loss(logits, y)
     head = saved.pop()
     grads: Params = {
         "w_head": np.einsum("dpn,dpf->dnf", g, head["feats"]),
@@ -158,3 +167,72 @@ def loss_and_grads(params: Params, x: np.ndarray, y: np.ndarray, model: Any) -> 
     for i in reversed(range(model.depth)):
         gh = _block_back(gh, params, i, saved[i], grads, need_input=i > 0)
     return value, {k: grads[k] for k in params}
+
+
+# --- the oracle's model table (parity.oracle.MODEL_GRADS["conv"]) ----------------------------------
+
+
+def conv_forward(oracle: Any, params: Params, x: np.ndarray, cfg: Any) -> np.ndarray:
+    """``MODEL_GRADS`` entry: the conv model (``cfg.model``) on images x → logits [D, P, N]."""
+    return forward(params, x, cfg.model)
+
+
+def conv_loss_and_grads(
+    oracle: Any, params: Params, x: np.ndarray, y: np.ndarray, cfg: Any
+) -> tuple[np.ndarray, Params]:
+    """``MODEL_GRADS`` entry: the loss through ``oracle.loss_and_grad_out`` (so that a subclass that
+    plants a bug there reaches the conv model too) and its hand-written gradient."""
+    return loss_and_grads(params, x, y, cfg.model, lambda out, target: oracle.loss_and_grad_out(out, target, cfg.loss))
+
+
+# --- the outer gradient: full or along directions ------------------------------------------------
+
+H = 1e-30  # the complex step, as parity.oracle's
+# Parameter entries up to which the oracle's full complex-step outer gradient (one perturbed copy per
+# entry) is the reference; above it, the meta-gradient is checked along a few random directions.
+FULL_LIMIT = 20_000
+
+
+def outer_mode(shapes: dict[str, tuple[int, ...]]) -> str:
+    """``full`` (every entry of the meta-gradient by complex step: the check matrix's tiny conv cases,
+    a few hundred entries) or ``directional`` (above :data:`FULL_LIMIT` entries, e.g. the MAML paper's
+    4×64 Omniglot net with ~110,000: the meta-gradient along K random directions, K copies)."""
+    return "full" if sum(int(np.prod(s)) for s in shapes.values()) <= FULL_LIMIT else "directional"
+
+
+def random_directions(shapes: dict[str, tuple[int, ...]], k: int, seed: int = 0) -> Params:
+    """K random directions over every parameter, each of unit norm overall: {name: [K, *shape]}."""
+    rng = np.random.default_rng(seed)
+    raw = {name: rng.standard_normal((k, *shape)) for name, shape in shapes.items()}
+    norm = np.sqrt(sum(np.sum(v.reshape(k, -1) ** 2, axis=1) for v in raw.values()))
+    return {name: v / norm.reshape((k,) + (1,) * (v.ndim - 1)) for name, v in raw.items()}
+
+
+def directional_meta_grad(
+    oracle: Any, params: Params, alpha: Any, tasks: tuple, cfg: Any, directions: Params
+) -> np.ndarray:
+    """The meta-gradient along each direction [K]: ``Im L(θ + i·h·v_k) / h`` for the K directions
+    at once (one evaluation of ``oracle.meta_loss`` with K copies; α held fixed)."""
+    k = next(iter(directions.values())).shape[0]
+    moved = {n: np.asarray(v, dtype=np.float64)[None] + 1j * H * directions[n] for n, v in params.items()}
+    if isinstance(alpha, dict):
+        a: Any = {
+            n: np.broadcast_to(np.asarray(v, dtype=np.float64), (k, *np.shape(v))).astype(complex)
+            for n, v in alpha.items()
+        }
+    else:
+        a = np.broadcast_to(np.asarray(alpha, dtype=np.float64), (k,)).astype(complex)
+    tasks = tuple(np.asarray(t, dtype=np.float64) for t in tasks)
+    return oracle.meta_loss(moved, a, tasks, cfg)[0].imag / H
+
+
+def project(grads: dict[str, Any], directions: Params) -> np.ndarray:
+    """A full gradient (a twin's, say) along each direction: Σ_name ⟨grad, v_k⟩ → [K]."""
+    k = next(iter(directions.values())).shape[0]
+    return sum(
+        (
+            np.asarray(directions[n]).reshape(k, -1) @ np.asarray(g, dtype=np.float64).reshape(-1)
+            for n, g in grads.items()
+        ),
+        np.zeros(k),
+    )

@@ -71,7 +71,7 @@ def _reference_logits(params, x, model):
 @pytest.mark.parametrize("pool", ["max", "stride"])
 @pytest.mark.parametrize("side", [8, 7])
 def test_forward_is_the_docstring_definition(pool, side):
-    model, params, x, y, _ = _setup(pool, side=side)
+    model, params, x, _, _ = _setup(pool, side=side)
     got = oc.forward(_one(params), x, model)[0]
     want = _reference_logits(params, x, model)
     assert got.shape == want.shape == (6, 4)
@@ -107,7 +107,7 @@ def test_cross_entropy_value_and_gradient():
 @pytest.mark.parametrize("pool", ["max", "stride"])
 def test_backprop_matches_complex_step_per_parameter(pool):
     model, params, x, y, rng = _setup(pool)
-    value, grads = oc.loss_and_grads(_one(params), x, y, model)
+    _, grads = oc.loss_and_grads(_one(params), x, y, model)
     assert set(grads) == set(params)
     for k in params:
         v = {n: rng.normal(size=p.shape) if n == k else np.zeros(p.shape) for n, p in params.items()}
@@ -161,7 +161,9 @@ def test_copies_are_independent():
             np.testing.assert_allclose(grads[k][d], g1[k][0], rtol=1e-12, atol=1e-15)
 
 
-@pytest.mark.parametrize(("side", "depth", "pool"), [(8, 2, "max"), (8, 3, "stride"), (28, 4, "max"), (28, 4, "stride")])
+@pytest.mark.parametrize(
+    ("side", "depth", "pool"), [(8, 2, "max"), (8, 3, "stride"), (28, 4, "max"), (28, 4, "stride")]
+)
 def test_shapes(side, depth, pool):
     model = Conv(depth=depth, width=2, pool=pool)
     shapes = model.param_shapes((1, side, side), 5)
