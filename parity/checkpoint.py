@@ -42,7 +42,7 @@ from parity.registry import versioned_packages
 
 # The file names are parity.rundir's; importers of parity.checkpoint still find them here.
 from parity.rundir import CHECKPOINT_FILE, MANIFEST_FILE, RunDir
-from parity.safeio import file_mode
+from parity.safeio import check_not_link, file_mode
 from parity.tasks import TRAIN_STREAM
 
 CHECKPOINT_FORMAT = "maml-parity-checkpoint/2"
@@ -52,8 +52,14 @@ RESUMABLE_CHANGES = ("iterations",)
 MAX_ADAM_COUNT = 2**31 - 1  # optax's count is an int32; torch's step a float: one bound for both twins
 
 
-def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then ``os.replace``."""
+def atomic_write(path: Path, write: Any, field: str = "out") -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then ``os.replace``.
+
+    A ``path`` that is a symbolic link, a FIFO or another non-regular file is refused first (a
+    :class:`ConfigError` naming ``field`` and the file): the rename would replace a link rather
+    than write through it, but a link where a run file belongs was planted, not made by us.
+    """
+    check_not_link(path, field)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -21,27 +21,29 @@ plain instances (:data:`PRESETS`), not code paths.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 from typing import Any
 
 from parity.families import FAMILIES
 from parity.families.sinusoid import LOSSES
-from parity.inner import ALPHA_MODES, ALPHA_PARAMETRISATIONS, INNER_OPTIMIZERS, InnerLoop
+from parity.flatview import (
+    AXES,
+    PARTS,
+    _affecting,
+    _declared,
+    _field_places,
+    _flat_owners,
+    _part_dict,
+    _with_flat,
+    config_fields,
+    part_at,
+)
+from parity.inner import ALPHA_MODES, ALPHA_PARAMETRISATIONS, InnerLoop
 from parity.models import MODELS
 from parity.models.mlp import ACTIVATIONS, INIT_SCHEMES
-from parity.parts import (
-    ConfigError,
-    Part,
-    check_choice,
-    check_declared,
-    check_float,
-    check_int,
-    field,
-    lookup,
-    set_float,
-)
+from parity.outer import DTYPES, OPTIMIZERS, Numerics, OuterLoop
+from parity.parts import ConfigError, Part, lookup
 
 __all__ = [
     "ACTIVATIONS",
@@ -67,55 +69,6 @@ __all__ = [
     "get_preset",
     "lookup",
 ]
-
-OPTIMIZERS = ("sgd", "adam")
-DTYPES = ("float32", "float64")
-
-
-@check_declared
-@dataclasses.dataclass(frozen=True)
-class OuterLoop(Part):
-    """The outer loop: what learns the initial parameters (and a learned α), on how many tasks."""
-
-    outer_optimizer: str = field("sgd", "training", "for the initial parameters: sgd | adam")
-    outer_lr: float = field(1e-2, "training", "the outer learning rate")
-    alpha_optimizer: str = field("adam", "training", "for a learned α: sgd | adam")
-    alpha_lr: float = field(1e-4, "training", "α's learning rate")
-    # The same function of any number of tasks (a mean over them): not part of the compile key.
-    meta_batch: int = field(1, "training", "B: tasks per outer step (the seed uses one)")
-    iterations: int = field(5000, "training", "outer steps")
-
-    def check(self) -> None:
-        check_choice("outer_optimizer", self.outer_optimizer, OPTIMIZERS)
-        check_float("outer_lr", self.outer_lr, positive=True)
-        check_choice("alpha_optimizer", self.alpha_optimizer, OPTIMIZERS)
-        check_float("alpha_lr", self.alpha_lr, positive=True)
-        check_int("meta_batch", self.meta_batch, minimum=1)
-        check_int("iterations", self.iterations, minimum=0)
-        set_float(self, "outer_lr")
-        set_float(self, "alpha_lr")
-
-
-@check_declared
-@dataclasses.dataclass(frozen=True)
-class Numerics(Part):
-    """Precision and randomness."""
-
-    dtype: str = field("float32", "meta_gradient", "float32 | float64")
-    seed: int = field(0, "data", "drives the task sampler and the initial parameters")
-
-    def check(self) -> None:
-        check_choice("dtype", self.dtype, DTYPES)
-        check_int("seed", self.seed, minimum=0)
-
-
-PARTS = ("family", "model", "inner", "outer", "numerics")
-# axis -> (its table, the part that holds the choice)
-AXES: dict[str, tuple[dict[str, type[Part]], str]] = {
-    "family": (FAMILIES, "family"),
-    "model": (MODELS, "model"),
-    "inner_optimizer": (INNER_OPTIMIZERS, "inner.optimizer"),
-}
 
 
 @dataclasses.dataclass(frozen=True, init=False)
@@ -151,7 +104,7 @@ class Config:
             if not isinstance(getattr(self, name), part_type):
                 raise ConfigError(name, f"must be a {part_type.__name__}, got {type(getattr(self, name)).__name__}")
         for axis, (_table, where) in AXES.items():
-            if getattr(_part_at(self, where), "axis", None) != axis:
+            if getattr(part_at(self, where), "axis", None) != axis:
                 raise ConfigError(axis, f"must be a part of axis {axis}")
         check_config = getattr(self.family, "check_config", None)
         if check_config is not None:
@@ -164,7 +117,7 @@ class Config:
         if name.startswith("_") or name in PARTS:
             raise AttributeError(name)
         for where in _flat_owners(self).get(name, ()):
-            return getattr(_part_at(self, where), "name" if name in AXES else name)
+            return getattr(part_at(self, where), "name" if name in AXES else name)
         for part in (self.family, self.model, self.inner, self.outer, self.numerics):
             if hasattr(type(part), name):  # a part's derived property, e.g. alpha_learned
                 return getattr(part, name)
@@ -173,7 +126,7 @@ class Config:
     def flat(self) -> dict[str, Any]:
         """Every flat name -> value (axes by their choice), in the parts' order."""
         return {
-            name: _part_at(self, where[0]).name if name in AXES else getattr(self, name)
+            name: part_at(self, where[0]).name if name in AXES else getattr(self, name)
             for name, where in _flat_owners(self).items()
         }
 
@@ -198,7 +151,7 @@ class Config:
         """This config with every field that does not change the meta-gradient's computation reset
         to its default: the static argument under which a compiled meta-gradient is reused.
         Fixed and scalar α run the same computation (only the outer loop differs)."""
-        fresh = {name: type(_part_at(self, name))(**_affecting(_part_at(self, name))) for name in ("family", "model")}
+        fresh = {name: type(part_at(self, name))(**_affecting(part_at(self, name))) for name in ("family", "model")}
         inner = dataclasses.replace(
             InnerLoop(),
             **_affecting(self.inner),
@@ -221,7 +174,7 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         """The nested JSON-ready dict: one object per part, each chosen part with its ``name``."""
-        return {name: _part_dict(_part_at(self, name)) for name in PARTS}
+        return {name: _part_dict(part_at(self, name)) for name in PARTS}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -263,171 +216,9 @@ def computation_fields(cfg: Config | None = None) -> tuple[str, ...]:
     cfg = cfg or Config()
     out = [axis for axis in AXES]
     for name, where in _field_places(cfg):
-        if name not in AXES and _declared(_part_at(cfg, where), name) == "meta_gradient":
+        if name not in AXES and _declared(part_at(cfg, where), name) == "meta_gradient":
             out.append(name)
     return tuple(out)
-
-
-# --- helpers ------------------------------------------------------------------------------
-
-
-def _part_at(cfg: Config, where: str) -> Any:
-    part: Any = cfg
-    for step in where.split("."):
-        part = getattr(part, step)
-    return part
-
-
-def _declared(part: Part, name: str) -> str:
-    return next(f.metadata["affects"] for f in dataclasses.fields(part) if f.name == name)
-
-
-def _field_places(cfg: Config) -> tuple[tuple[str, str], ...]:
-    """(flat name, the dotted path of the part holding it), axes first."""
-    return _places(*_types(cfg))
-
-
-@functools.lru_cache(maxsize=64)
-def _places(family: Any, model: Any, optimizer: Any) -> tuple[tuple[str, str], ...]:
-    # Depends only on the parts' types: cached, since every flat read (cfg.dtype) looks here.
-    places = [(axis, where) for axis, (_t, where) in AXES.items()]
-    for part_name, part in (("family", family), ("model", model), ("inner", InnerLoop)):
-        for name in part.field_names():
-            if part_name == "inner" and name == "optimizer":
-                places += [(n, "inner.optimizer") for n in optimizer.field_names()]
-            else:
-                places.append((name, part_name))
-    places += [(name, "outer") for name in OuterLoop.field_names()]
-    places += [(name, "numerics") for name in Numerics.field_names()]
-    return tuple(places)
-
-
-def _flat_owners(cfg: Config) -> dict[str, tuple[str, ...]]:
-    return _owners(*_types(cfg))
-
-
-def _types(cfg: Config) -> tuple[Any, ...]:
-    return type(cfg.family), type(cfg.model), type(cfg.inner.optimizer)
-
-
-@functools.lru_cache(maxsize=64)
-def _owners(family: Any, model: Any, optimizer: Any) -> dict[str, tuple[str, ...]]:
-    owners: dict[str, tuple[str, ...]] = {}
-    for name, where in _places(family, model, optimizer):
-        owners[name] = (*owners.get(name, ()), where)
-    return owners
-
-
-def _affecting(part: Part) -> dict[str, Any]:
-    """The part's fields declared ``meta_gradient``, with their values."""
-    return {f.name: getattr(part, f.name) for f in dataclasses.fields(part) if f.metadata["affects"] == "meta_gradient"}
-
-
-def _part_dict(part: Part) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(part):
-        value = getattr(part, f.name)
-        if isinstance(value, Part):
-            out[f.name] = _part_dict(value)
-        else:
-            out[f.name] = list(value) if isinstance(value, tuple) else value
-    return out
-
-
-def config_fields(data: dict[str, Any]) -> dict[str, Any]:
-    """A nested (``to_dict``'s), flat (0.2's) or mixed config object -> flat field changes."""
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if key in PARTS and isinstance(value, dict):
-            inner = dict(value)
-            if key in AXES and "name" in inner:
-                flat[key] = inner.pop("name")
-            optimizer = inner.pop("optimizer", None) if key == "inner" else None
-            if isinstance(optimizer, dict):
-                optimizer = dict(optimizer)
-                if "name" in optimizer:
-                    flat["inner_optimizer"] = optimizer.pop("name")
-                inner.update(optimizer)
-            elif optimizer is not None:
-                flat["inner_optimizer"] = optimizer
-            for sub, sub_value in inner.items():
-                if sub in flat:
-                    raise ConfigError(str(sub), "given twice in the config object")
-                flat[sub] = sub_value
-        else:
-            flat[key] = value
-    return flat
-
-
-def _with_flat(cfg: Config, changes: dict[str, Any]) -> Config:
-    """``cfg`` with flat ``changes``: whole parts, then axis choices (a new choice starts from that
-    entry's defaults), then fields, each into the part that holds it."""
-    parts = {name: _part_at(cfg, name) for name in PARTS}
-    for name in PARTS:
-        if name in changes and isinstance(changes[name], Part):
-            parts[name] = changes.pop(name)
-    for axis, (table, where) in AXES.items():
-        if axis not in changes:
-            continue
-        choice = changes.pop(axis)
-        entry = _axis_entry(table, axis, choice)
-        current = _part_at(cfg, where)
-        if type(current) is entry and getattr(current, "name", None) == choice:
-            continue
-        made = _make(entry, axis, {"name": choice} if "name" in {f.name for f in dataclasses.fields(entry)} else {})
-        if where == "inner.optimizer":
-            parts["inner"] = dataclasses.replace(parts["inner"], optimizer=made)
-        else:
-            parts[where] = made
-    holders: dict[str, dict[str, Any]] = {}
-    probe = Config.__new__(Config)
-    for name, part in parts.items():
-        object.__setattr__(probe, name, part)
-    owners = _flat_owners(probe)
-    for key, value in changes.items():
-        if key not in owners:
-            raise _unknown_field(key, owners)
-        where = owners[key][0]
-        holders.setdefault(where, {})[key] = value
-    for where, values in holders.items():
-        if where == "inner.optimizer":
-            optimizer = _make(type(parts["inner"].optimizer), "inner_optimizer", values, parts["inner"].optimizer)
-            parts["inner"] = dataclasses.replace(parts["inner"], optimizer=optimizer)
-        else:
-            parts[where] = _make(type(parts[where]), where, values, parts[where])
-    out = Config.__new__(Config)
-    for name, part in parts.items():
-        object.__setattr__(out, name, part)
-    out._check()
-    return out
-
-
-def _make(entry: type[Part], axis: str, values: dict[str, Any], base: Part | None = None) -> Part:
-    try:
-        return dataclasses.replace(base, **values) if base is not None else entry(**values)
-    except TypeError as err:  # a user's part class that does not take these fields
-        raise ConfigError(axis, f"{entry.__name__} refused {sorted(values)} ({err})") from None
-
-
-def _axis_entry(table: dict[str, type[Part]], axis: str, choice: Any) -> type[Part]:
-    if isinstance(choice, str) and choice in table:
-        return table[choice]
-    if isinstance(choice, str) and ":" in choice and axis in ("family", "model"):
-        from parity.registry import load_object
-
-        entry = load_object(choice, axis)
-        if not (isinstance(entry, type) and issubclass(entry, Part) and entry.axis == axis):
-            raise ConfigError(axis, f"{choice!r} is not a parity.parts.Part subclass with axis = {axis!r}")
-        return entry
-    user = " or a module:NAME / file.py:NAME" if axis in ("family", "model") else ""
-    raise ConfigError(axis, f"must be one of {', '.join(table)}{user}; got {choice!r}")
-
-
-def _unknown_field(key: Any, owners: dict[str, Any]) -> ConfigError:
-    allowed = ", ".join(owners)
-    if isinstance(key, str) and key.isidentifier():
-        return ConfigError(key, f"unknown config field; allowed: {allowed}")
-    return ConfigError("config", f"unknown field {str(key)[:40]!r}; allowed: {allowed}")  # keep the message one line
 
 
 # --- presets ------------------------------------------------------------------------------

@@ -15,11 +15,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from parity.checkpoint import atomic_write
 from parity.compare import compare_leaf, tolerance
 from parity.golden import TEXT_ENTRIES, read_golden, signature_differences
 from parity.localise import first_divergence, points, where
@@ -162,6 +164,12 @@ def _num(value: Any) -> str:
     return f"{value:>11.2e}" if isinstance(value, float) else f"{value:>11}"
 
 
-def write_report(report: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=1, default=str) + "\n")
+def write_report(report: dict[str, Any], target: str | os.PathLike[str]) -> None:
+    """``--json``: ``"-"`` is standard output (as for ``check``), anything else a file written
+    atomically (a temporary beside it, renamed over it: a reader never sees half a report)."""
+    text = json.dumps(report, indent=1, default=str) + "\n"
+    if str(target) == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    atomic_write(Path(target), lambda f: f.write(text.encode()), field="json")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,9 @@ from parity.checkpoint import atomic_write
 from parity.compare import rule_description
 from parity.config import Config, ConfigError
 from parity.contract import describe
-from parity.safeio import NPZ_ERRORS, check_npz_entries
+from parity.safeio import read_npz_capped
 from parity.twins import meta_results, step0_inputs
+from parity.worker import WorkerError
 
 TASK_KEYS = ("x_support", "y_support", "x_query", "y_query")
 FORMAT = "maml-parity-golden/2"
@@ -96,13 +98,28 @@ def golden_arrays(impl: Any, cfg: Config, trace: bool = False) -> dict[str, np.n
     arrays.update({f"init/{k}": v for k, v in params.items()})
     arrays.update(flat("init/alpha", alpha))
     arrays.update({f"tasks/{k}": v for k, v in zip(TASK_KEYS, tasks, strict=True)})
-    arrays.update(meta_results(impl, cfg, params, alpha, tasks))
-    if traces:
-        recorded = {k: np.asarray(v) for k, v in impl.trace(params, alpha, tasks, cfg).items()}
-        arrays["task_outer_loss"] = recorded["trace/query_loss"]
-        if trace:
-            arrays.update(recorded)
+    try:
+        arrays.update(meta_results(impl, cfg, params, alpha, tasks))
+        if traces:
+            recorded = {k: np.asarray(v) for k, v in impl.trace(params, alpha, tasks, cfg).items()}
+            arrays["task_outer_loss"] = recorded["trace/query_loss"]
+            if trace:
+                arrays.update(recorded)
+    except ConfigError:
+        raise
+    except Exception as err:  # the implementation's failure (in a worker or not): one line, nothing written
+        what = str(err) if isinstance(err, WorkerError) else f"raised {type(err).__name__}: {err}"
+        raise ConfigError("framework", f"{describe(impl)} {what}; nothing written") from None
+    check_finite(arrays, describe(impl))
     return arrays
+
+
+def check_finite(arrays: dict[str, np.ndarray], who: str) -> None:
+    """A golden file holds finite numbers only: a NaN or infinity is refused, naming the entries."""
+    bad = [k for k, v in arrays.items() if v.dtype.kind == "f" and not np.isfinite(v).all()]
+    if bad:
+        shown = ", ".join(bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
+        raise ConfigError("framework", f"{who} returned results that are not all finite ({shown}); nothing written")
 
 
 def meta_signature(cfg: Config) -> dict[str, Any]:
@@ -151,25 +168,7 @@ def read_golden(path: str | os.PathLike[str]) -> dict[str, Any]:
     Every entry the config implies must be there with its shape and dtype; anything else about the
     file (missing, empty, truncated, corrupt zip entries, a foreign .npz) is a :class:`GoldenFileError`.
     """
-    try:
-        # Opened here, not by np.load, so that the file is closed whatever the reader raises.
-        with open(path, "rb") as file:
-            data = np.load(file, allow_pickle=False)
-            if not isinstance(data, np.lib.npyio.NpzFile):
-                raise GoldenFileError(f"{path}: a single .npy array, not a golden .npz file")
-            with data:
-                # Names, dtypes and declared sizes first, from the members' headers alone: an unknown
-                # entry, an object array or a 2 GB all-zero entry is refused before it is inflated.
-                check_npz_entries(path, is_golden_key, MAX_GOLDEN_BYTES, error=GoldenFileError)
-                arrays = {key: data[key] for key in data.files}
-    except FileNotFoundError:
-        raise GoldenFileError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise GoldenFileError(f"{path}: is a directory, not a golden file") from None
-    except GoldenFileError:
-        raise
-    except NPZ_ERRORS as err:
-        raise GoldenFileError(f"{path}: not a readable golden file ({type(err).__name__}: {err})") from None
+    arrays = read_golden_arrays(path)
     if "config" not in arrays:
         raise GoldenFileError(f"{path}: no 'config' entry; not a maml-parity golden file")
     version = golden_version(path, arrays)
@@ -181,6 +180,17 @@ def read_golden(path: str | os.PathLike[str]) -> dict[str, Any]:
     out: dict[str, Any] = dict(arrays)
     out["config"] = cfg
     return out
+
+
+def read_golden_arrays(
+    path: str | os.PathLike[str], allowed: Callable[[str], bool] | None = None
+) -> dict[str, np.ndarray]:
+    """A golden file's arrays, unchecked against any config: the one reader of golden files (``diff``,
+    ``check --golden``, the pytest plugin's ``maml_parity_golden``). A regular file only (a FIFO is
+    refused, not waited on), entries checked by name (``allowed``, default :func:`is_golden_key`),
+    dtype and declared size (at most :data:`MAX_GOLDEN_BYTES`) before any is inflated, nothing
+    unpickled; anything else is a :class:`GoldenFileError` naming the file."""
+    return read_npz_capped(path, allowed or is_golden_key, MAX_GOLDEN_BYTES, GoldenFileError, "golden file")
 
 
 # The largest golden file read: the seed-sized ones are kilobytes; a 1→1024→1024→1 net with a

@@ -17,11 +17,17 @@ from typing import Any
 
 import numpy as np
 
+from parity.checktable import TABLE_HEADER as TABLE_HEADER  # what check prints, kept importable from here
+from parity.checktable import Progress
+from parity.checktable import coverage_gaps as coverage_gaps
+from parity.checktable import overall_ok as overall_ok
+from parity.checktable import summary as summary
+from parity.checktable import table_lines as table_lines
 from parity.compare import StructureError, compare_trees, is_stable, stability_factor
 from parity.config import ConfigError
 from parity.contract import ContractError, describe, unsupported_reason
 from parity.devices import check_precision
-from parity.localise import locate, where
+from parity.localise import locate
 from parity.matrix import (  # noqa: F401  (the matrix, re-exported: harness.BASE, harness.all_cases, ...)
     ALPHA_MODES,
     ALPHAS,
@@ -37,8 +43,10 @@ from parity.matrix import (  # noqa: F401  (the matrix, re-exported: harness.BAS
     gradient_cases,
     trajectory_cases,
 )
-from parity.registry import TWINS, resolve
+from parity.patterns import explain
+from parity.registry import TWINS
 from parity.twins import meta_results, step0_inputs
+from parity.worker import DEFAULT_TIMEOUT, WorkerError, check_timeout, load
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,6 +162,10 @@ def run_case(case: Case, impls: list[Any], gauges: list[Any] | None = None) -> l
     """All comparisons of one case (see :func:`comparisons`); an implementation that raises or
     returns the wrong structure gives a FAIL row with its message, one that cannot run the case an
     ``unsupported`` row with its reason."""
+    for impl in {id(i): i for i in [*impls, *(gauges or [])]}.values():
+        begin = getattr(impl, "begin_case", None)  # a worker's time limit runs per case
+        if begin is not None:
+            begin()
     try:
         factor = case_stability(case, gauges if gauges is not None else impls)
     except Exception as err:  # a gauge that fails: the case is still compared, the gate unknown
@@ -215,7 +227,10 @@ def run_case(case: Case, impls: list[Any], gauges: list[Any] | None = None) -> l
             continue
         if problem is not None:
             who = ref.impl if problem is expected else actual.impl
-            rows.append(note_row("error", "FAIL", f"{describe(who)} raised {type(problem).__name__}: {problem}"))
+            happened = (
+                f": {problem}" if isinstance(problem, WorkerError) else f" raised {type(problem).__name__}: {problem}"
+            )
+            rows.append(note_row("error", "FAIL", f"{describe(who)}{happened}"))
             continue
         assert isinstance(expected, dict) and isinstance(got, dict)
         expected, got, skipped = optional_entries(case, ref, actual, expected, got)
@@ -258,6 +273,8 @@ def run_case(case: Case, impls: list[Any], gauges: list[Any] | None = None) -> l
                 )
             except Exception as err:  # localising is a diagnosis: it never hides the failure itself
                 divergence = {"found": False, "traced": False, "note": f"{type(err).__name__}: {err}"}
+            failing = {r.quantity for r in pair_rows if r.verdict == "FAIL"}
+            divergence["pattern"] = explain(case.cfg, expected, got, failing, dtype)
             pair_rows = [dataclasses.replace(r, divergence=divergence) if r.verdict == "FAIL" else r for r in pair_rows]
         rows += pair_rows
     return rows
@@ -297,18 +314,29 @@ def _in_group(key: str, group: str) -> bool:
 def _can_run(impl: Any, case: Case) -> bool:
     if case.kind == "trajectory" and getattr(impl, "train_trajectory", None) is None:
         return False
-    return unsupported_reason(impl, case.cfg) is None
+    try:
+        return unsupported_reason(impl, case.cfg) is None
+    except Exception:  # a supports() that raises: its FAIL row comes from running the case
+        return False
 
 
 DEFAULT_IMPLS = TWINS  # a plain `check`: the twins, the first the reference
 
 
-def load_impls(specs: list[str] | None = None, precision: str = "highest", device: str | None = None) -> list[Any]:
-    """Resolve SPECs (``parity.registry``); the twins (on ``device``) by default. Implementations that
-    take a precision (the twins) run under ``precision``; a device they cannot see is refused now."""
+def load_impls(
+    specs: list[str] | None = None,
+    precision: str = "highest",
+    device: str | None = None,
+    case_timeout: float = DEFAULT_TIMEOUT,
+) -> list[Any]:
+    """Resolve SPECs (``parity.registry``); the twins (on ``device``) by default. Anything but a
+    built-in runs in a worker process (``parity.worker``) with ``case_timeout`` seconds per case.
+    Implementations that take a precision (the twins) run under ``precision``; a device they cannot
+    see is refused now."""
     if specs is None:
         specs = [name if device is None else f"{name}@{device}" for name in DEFAULT_IMPLS]
-    impls = [resolve(spec) for spec in specs]
+    case_timeout = check_timeout(case_timeout)
+    impls = [load(spec, case_timeout) for spec in specs]
     if len(impls) < 2:
         raise ConfigError("impl", "give at least two implementations: a reference first, then one to check")
     names = [impl.name for impl in impls]
@@ -359,26 +387,25 @@ def run_check(
     on_case: Callable[[Case, list[Row]], None] | None = None,
     impls: list[Any] | None = None,
     groups: list[list[Any]] | None = None,
+    show_progress: bool = True,
 ) -> list[Row]:
     """Run every case in every implementation (the first of a group is its reference; default: the
-    twins); with ``groups``, each group in turn. ``on_case`` sees each case's rows as they come."""
+    twins); with ``groups``, each group in turn. ``on_case`` sees each case's rows as they come;
+    a case counter with the time left goes to standard error (``checktable.Progress``)."""
     if groups is None:
         groups = [impls if impls is not None else load_impls()]
     rows: list[Row] = []
-    for case in cases:
+    progress = Progress(len(cases)) if show_progress else None
+    for done, case in enumerate(cases, 1):
         case_rows = [row for group in groups for row in run_case(case, group)]
         rows.extend(case_rows)
+        if progress is not None:
+            progress.clear()
         if on_case is not None:
             on_case(case, case_rows)
+        if progress is not None:
+            progress.update(done)
     return rows
-
-
-def overall_ok(rows: list[Row], strict: bool = False) -> bool:
-    """No FAIL row; with ``strict``, no unsupported row either."""
-    return all(
-        row.verdict in ("ok", "unstable", "not compared") or (row.verdict == "unsupported" and not strict)
-        for row in rows
-    )
 
 
 def row_dict(row: Row) -> dict[str, Any]:
@@ -389,93 +416,3 @@ def row_dict(row: Row) -> dict[str, Any]:
         if not math.isfinite(out[key]):
             out[key] = str(out[key])  # JSON has no inf / nan; keep them visible as strings
     return out
-
-
-# --- the printed table ------------------------------------------------------------------------------
-
-TABLE_HEADER = (
-    f"{'case':<34} {'pair':<12} {'dtype':<8} {'worst quantity':<16} {'max abs err':>11} "
-    f"{'max rel err':>11} {'rtol':>7} {'gain∏':>7}  verdict"
-)
-
-
-def _badness(row: Row) -> float:
-    """How close a row is to its tolerance: 1 means exactly at it."""
-    if not math.isfinite(row.max_abs_err):
-        return math.inf
-    return row.max_rel_err / row.rtol if row.rtol else 0.0
-
-
-def _rank(row: Row) -> tuple[int, float]:
-    # a failing row first, then unsupported, then the one nearest its tolerance
-    return ({"FAIL": 3, "unsupported": 2}.get(row.verdict, 1), _badness(row) if row.verdict != "unsupported" else 0)
-
-
-def table_lines(rows: list[Row], verbose: bool = False) -> list[str]:
-    """A line per (case, pair, dtype) naming its worst quantity; every row with ``verbose``.
-
-    A FAIL or unsupported row without numbers (an exception, a wrong structure, a case the
-    implementation cannot run) prints its reason instead.
-    """
-    if verbose:
-        shown = rows
-    else:
-        groups: dict[tuple[str, str, str], list[Row]] = {}
-        for row in rows:
-            groups.setdefault((row.case, row.framework_pair, row.dtype), []).append(row)
-        shown = [max(g, key=_rank) for g in groups.values()]
-        # one line per case and reason for what an implementation cannot run, naming its pairs
-        kept: list[Row] = []
-        seen: dict[tuple[str, str], int] = {}
-        for r in shown:
-            key = (r.case, r.detail)
-            if r.verdict != "unsupported":
-                kept.append(r)
-            elif key in seen:
-                first = kept[seen[key]]
-                kept[seen[key]] = dataclasses.replace(
-                    first, framework_pair=f"{first.framework_pair},{r.framework_pair}"
-                )
-            else:
-                seen[key] = len(kept)
-                kept.append(r)
-        shown = kept
-    lines = []
-    located: set[tuple[str, str, str]] = set()
-    for r in shown:
-        head = f"{r.case:<34} {r.framework_pair:<12} {r.dtype:<8} {r.quantity:<16} "
-        if math.isnan(r.max_abs_err) and r.detail:
-            lines.append(f"{head}{'':>11} {'':>11} {'':>7} {r.stability:>7.3g}  {r.verdict}: {r.detail}")
-        else:
-            lines.append(
-                f"{head}{r.max_abs_err:>11.2e} {r.max_rel_err:>11.2e} {r.rtol:>7.0e} {r.stability:>7.3g}  {r.verdict}"
-            )
-        if r.divergence is not None and (r.case, r.framework_pair, r.dtype) not in located:
-            located.add((r.case, r.framework_pair, r.dtype))
-            lines.append(f"  first divergence: {where(r.divergence)}")
-    return lines
-
-
-def summary(rows: list[Row], strict: bool = False) -> str:
-    cases = {r.case for r in rows}
-    failed = sorted({r.case for r in rows if r.verdict == "FAIL"})
-    unsupported = sorted({r.case for r in rows if r.verdict == "unsupported"})
-    unstable = sorted({r.case for r in rows if not r.stable})
-    numbers = [r.max_rel_err for r in rows if r.dtype == "float64" and r.stable and not math.isnan(r.max_rel_err)]
-    worst64 = max(numbers, default=0.0)
-    verdict = "PASS" if overall_ok(rows, strict) else "FAIL"
-    compared = sum(1 for r in rows if r.verdict in ("ok", "unstable", "FAIL"))
-    line = (
-        f"{verdict}: {len(cases)} cases, {compared} comparisons; {len(failed)} failing, "
-        f"{len(unstable)} unstable (reported, not asserted), {len(unsupported)} with unsupported pairs"
-        f"{' (--strict: counted as failing)' if strict and unsupported else ''}; "
-        f"worst stable float64 relative error {worst64:.2e}"
-    )
-    if failed:
-        where = []
-        for case in failed:
-            bad = [r for r in rows if r.case == case and r.verdict == "FAIL"]
-            quantities = sorted({f"{r.framework_pair} {r.dtype} {r.quantity}" for r in bad})
-            where.append(f"{case} ({'; '.join(quantities[:3])}{' ...' if len(quantities) > 3 else ''})")
-        line += "\nfailing: " + ", ".join(where)
-    return line

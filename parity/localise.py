@@ -99,6 +99,8 @@ def first_divergence(
         threshold = tol.atol + tol.rtol * float(np.abs(ref).max())
         if float(diff.max()) > threshold:
             index = tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape))
+            if key == "inner_losses":  # ordered by inner step: the first step outside, not the worst
+                index = (int(np.argmax(diff > threshold)),)
             return describe_point(key, step, index, float(ref[index]), float(got[index]), tol, threshold, cfg, gains)
     return None
 
@@ -280,7 +282,10 @@ def locate(
     else:
         lacking = [describe(impl) for impl, _ in (reference, actual) if not callable(getattr(impl, "trace", None))]
         if lacking:
-            notes.append(f"no trace from {', '.join(lacking)}: located among the returned results only")
+            notes.append(
+                f"no trace from {', '.join(lacking)}: located by the largest difference among the returned "
+                "results, not the first (offer trace() for the first divergence: docs/contract.md)"
+            )
         else:
             try:
                 a.update(traced(reference[0], cfg.replace(dtype=reference[1])))

@@ -35,6 +35,7 @@ rows, never tracebacks: a failing case shows ``parity.harness.table_lines``.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +62,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--maml-parity-cases", metavar="SUBSTRING", help="only cases whose name contains this")
     group.addoption("--maml-parity-strict", action="store_true", default=None, help="unsupported cases fail")
     group.addoption("--maml-parity-regen", action="store_true", help="rewrite maml_parity_golden files")
+    group.addoption(
+        "--maml-parity-case-timeout", metavar="S", help="seconds per case for an implementation's worker (default 300)"
+    )
     parser.addini("maml_parity_impl", "maml-parity: the implementation under test (SPEC)", default="")
     parser.addini("maml_parity_reference", "maml-parity: the reference implementation (SPEC)", default=DEFAULT_TWIN)
     parser.addini("maml_parity_matrix", "maml-parity: full | quick", default="full")
     parser.addini("maml_parity_cases", "maml-parity: only cases whose name contains this", default="")
     parser.addini("maml_parity_strict", "maml-parity: unsupported cases fail", type="bool", default=False)
+    parser.addini("maml_parity_case_timeout", "maml-parity: seconds per case in a worker", default="")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -77,8 +82,57 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _setting(config: pytest.Config, name: str) -> Any:
-    value = config.getoption(f"--maml-parity-{name}")
-    return value if value is not None else config.getini(f"maml_parity_{name}")
+    value = config.getoption(f"--maml-parity-{name.replace('_', '-')}")
+    if value is not None:
+        return value
+    value = config.getini(f"maml_parity_{name}")
+    if name in ("impl", "reference") and value:
+        return _from_ini_folder(config, value)
+    return value
+
+
+def _from_ini_folder(config: pytest.Config, spec: str) -> str:
+    """A ``file.py:NAME`` SPEC of the ini file is relative to the ini file's folder (the rootdir
+    without one), not to wherever pytest was started."""
+    where, at, device = spec.rpartition("@") if "@" in spec else (spec, "", "")
+    file_name, colon, attribute = where.rpartition(":")
+    if not colon or not file_name.endswith(".py") or Path(file_name).is_absolute():
+        return spec
+    folder = config.inipath.parent if config.inipath is not None else config.rootpath
+    return f"{folder / file_name}:{attribute}{at}{device}"
+
+
+def _case_timeout(config: pytest.Config) -> float:
+    from parity.config import ConfigError
+    from parity.worker import DEFAULT_TIMEOUT, check_timeout
+
+    value = _setting(config, "case_timeout")
+    try:
+        return check_timeout(value) if value not in (None, "") else DEFAULT_TIMEOUT
+    except ConfigError as err:
+        raise pytest.UsageError(f"maml_parity_case_timeout: {str(err).partition(': ')[2]}") from None
+
+
+_LOADED = pytest.StashKey[dict[str, Any]]()
+_LOAD_ERROR = pytest.StashKey[str]()
+
+
+def pytest_collection_modifyitems(config: pytest.Config) -> None:
+    """An implementation under test that cannot be loaded: one usage error (exit 4), no test run."""
+    error = config.stash.get(_LOAD_ERROR, None)
+    if error is not None:
+        raise pytest.UsageError(error)
+
+
+def load_spec(config: pytest.Config, spec: str) -> Any:
+    """An implementation from a SPEC, once per session (a user's in a worker, ``parity.worker``);
+    raises ConfigError when it cannot be loaded."""
+    from parity.worker import load
+
+    loaded = config.stash.setdefault(_LOADED, {})
+    if spec not in loaded:
+        loaded[spec] = load(spec, _case_timeout(config))
+    return loaded[spec]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -99,6 +153,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             raise pytest.UsageError(f"maml_parity_cases: no case of the {matrix} matrix contains {where!r}")
     if options.get("cases"):  # the marker narrows further; none left: pytest reports an empty parameter set
         cases = [c for c in cases if options["cases"] in c.name]
+    spec = _setting(metafunc.config, "impl")
+    if spec:  # one clear error for an implementation that cannot be loaded, not one per case
+        from parity.config import ConfigError
+
+        try:
+            load_spec(metafunc.config, spec)
+        except ConfigError as err:  # raised once collection is done (pytest_collection_modifyitems)
+            metafunc.config.stash[_LOAD_ERROR] = f"maml-parity: {err}"
     params = [pytest.param(case, id=case.name, marks=pytest.mark.maml_parity) for case in cases]
     metafunc.parametrize("maml_parity_case", params, indirect=True)
 
@@ -111,7 +173,6 @@ class ParityChecker:
 
     def __init__(self, config: pytest.Config):
         self.config = config
-        self._resolved: dict[str, Any] = {}
 
     @property
     def impl_spec(self) -> str | None:
@@ -129,15 +190,12 @@ class ParityChecker:
         """An implementation from an object or a SPEC (resolved once per session)."""
         if not isinstance(impl, str):
             return impl
-        if impl not in self._resolved:
-            from parity.config import ConfigError
-            from parity.registry import resolve
+        from parity.config import ConfigError
 
-            try:
-                self._resolved[impl] = resolve(impl)
-            except ConfigError as err:
-                pytest.fail(f"maml-parity: {err}", pytrace=False)
-        return self._resolved[impl]
+        try:
+            return load_spec(self.config, impl)
+        except ConfigError as err:
+            pytest.fail(f"maml-parity: {err}", pytrace=False)
 
     def under_test(self) -> Any:
         if self.impl_spec is None:
@@ -194,6 +252,8 @@ class ParityChecker:
             pytest.fail(f"maml-parity: the implementation differs from the reference\n{table}", pytrace=False)
         if not any(row.verdict in ("ok", "unstable") and row.framework_pair.endswith(f"~{mine.name}") for row in rows):
             pytest.fail(f"maml-parity: nothing of {mine.name} was compared on {case.name}\n{table}", pytrace=False)
+        for who, what, why in harness.coverage_gaps(rows):  # a dtype compared nothing: said, never silent
+            warnings.warn(f"maml-parity: {case.name}: nothing of {who} compared in {what} ({why})", stacklevel=2)
         return rows
 
     @staticmethod
@@ -261,6 +321,7 @@ class GoldenChecker:
 
         from parity.checkpoint import atomic_write
         from parity.compare import StructureError, compare_leaf, tolerance
+        from parity.golden import GoldenFileError, read_golden_arrays
 
         if not name or os.sep in name or name.startswith("."):
             raise ValueError(f"maml_parity_golden: {name!r} is not a file name")
@@ -273,8 +334,10 @@ class GoldenChecker:
             atomic_write(path, lambda f: np.savez(f, **arrays))
             why = "regenerated (--maml-parity-regen)" if self.regen else "did not exist"
             pytest.fail(f"maml-parity golden file {path} {why}: written; check it and rerun", pytrace=False)
-        with np.load(path, allow_pickle=False) as data:
-            golden = {k: data[k] for k in data.files}
+        try:  # the one golden-file reader: capped, a zip bomb or a FIFO refused before reading
+            golden = read_golden_arrays(path, allowed=lambda key: True)
+        except GoldenFileError as err:
+            pytest.fail(f"maml-parity: {err}", pytrace=False)
         notes: list[str] = []  # what the table cannot show: entries, dtypes, shapes
         lines, failed = [], False
         missing, extra = sorted(set(golden) - set(arrays)), sorted(set(arrays) - set(golden))

@@ -8,8 +8,11 @@ is wrong, one line; strings taken from a file are escaped before they are shown
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -84,12 +87,30 @@ def metrics_row_problem(row: Any) -> str | None:
     return None
 
 
+def metrics_lines(path: Path, field: str = "dir", max_bytes: int | None = None) -> Iterator[tuple[int, bytes]]:
+    """``(line number, bytes)`` of each line of a ``metrics.jsonl``: the one reader of metrics
+    files (``report``, ``train --resume``). A regular file only (a FIFO is refused, not waited on),
+    read a line at a time, never more than ``max_bytes`` (default :data:`JSON_MAX_BYTES`) in all:
+    a larger file is one line naming it, not a MemoryError."""
+    where = repr(str(path))
+    max_bytes = JSON_MAX_BYTES if max_bytes is None else max_bytes
+    with os.fdopen(safeio.open_regular(path, field), "rb") as f:
+        total = 0
+        for number in itertools.count(1):
+            raw = f.readline(max_bytes - total + 1)
+            if not raw:
+                return
+            total += len(raw)
+            if total > max_bytes:
+                raise ConfigError(field, f"{where} is larger than {max_bytes} bytes; not a maml-parity run file")
+            yield number, raw
+
+
 def read_metrics(path: Path, field: str = "dir") -> list[dict[str, Any]]:
     """Every row of a ``metrics.jsonl``, each checked; steps must be 0, 1, 2, ... in order."""
-    data = read_bytes_capped(path, field)
     rows: list[dict[str, Any]] = []
     where = repr(str(path))
-    for number, raw in enumerate(data.split(b"\n"), start=1):
+    for number, raw in metrics_lines(path, field):
         if not raw.strip():
             continue
         try:

@@ -169,4 +169,6 @@ def _get(module: Any, attribute: str, spec: str, field: str = "impl") -> Any:
     try:
         return getattr(module, attribute)
     except AttributeError:
-        raise ConfigError(field, f"{spec!r}: {module.__name__} has no attribute {attribute!r}") from None
+        # a file's private module name means nothing to its author: name the file
+        where = module.__file__ if module.__name__.startswith("_maml_parity_user_") else module.__name__
+        raise ConfigError(field, f"{spec!r}: {where} has no attribute {attribute!r}") from None

@@ -187,26 +187,30 @@ class RunDir:
         A last line cut short by a killed process is dropped; a gap before ``step`` is an error.
         """
         from parity.checkpoint import atomic_write
+        from parity.readers import metrics_lines
 
         path, rows = self.metrics, []
-        if path.exists():
-            with open(path, "rb") as f:
-                for number, raw in enumerate(f, start=1):
-                    try:
-                        row = json.loads(raw.decode("utf-8"))
-                    except (UnicodeDecodeError, ValueError, RecursionError):
-                        break  # a write interrupted mid-line: nothing after it was written either
-                    step_of_row = row.get("step") if isinstance(row, dict) else None
-                    if isinstance(step_of_row, bool) or not isinstance(step_of_row, int):
-                        raise ConfigError(
-                            "resume", f"{str(path)!r} line {number} is not a metrics row (no integer 'step')"
-                        )
-                    if step_of_row >= step:
-                        break
-                    rows.append(row)
+        # One reader of metrics files (a regular file, a line at a time, under one cap: never whole).
+        if os.path.lexists(path):
+            for number, raw in metrics_lines(path, "resume"):
+                try:
+                    row = json.loads(raw.decode("utf-8"))
+                except (UnicodeDecodeError, ValueError, RecursionError):
+                    break  # a write interrupted mid-line: nothing after it was written either
+                step_of_row = row.get("step") if isinstance(row, dict) else None
+                if isinstance(step_of_row, bool) or not isinstance(step_of_row, int):
+                    raise ConfigError("resume", f"{str(path)!r} line {number} is not a metrics row (no integer 'step')")
+                if step_of_row >= step:
+                    break
+                rows.append(row)
         if [row["step"] for row in rows] != list(range(step)):
             raise ConfigError("resume", f"{path} does not hold steps 0..{step - 1} before the checkpoint's step {step}")
-        atomic_write(path, lambda f: f.write("".join(json.dumps(row) + "\n" for row in rows).encode()))
+
+        def write(f: Any) -> None:  # a row at a time, not one string of the whole file
+            for row in rows:
+                f.write((json.dumps(row) + "\n").encode())
+
+        atomic_write(path, write)
         return rows
 
     # --- writing --------------------------------------------------------------------------------
@@ -217,8 +221,11 @@ class RunDir:
         atomic_write(self.config, lambda f: f.write((cfg.to_json() + "\n").encode()))
 
     def open_metrics(self, append: bool) -> IO[str]:
-        """``metrics.jsonl`` for writing rows: appended to after a resume, else started anew."""
-        return open(self.metrics, "a" if append else "w")
+        """``metrics.jsonl`` for writing rows: appended to after a resume, else started anew; never
+        through a link or into a FIFO planted where the log belongs (``parity.safeio.open_regular``)."""
+        from parity.safeio import open_regular
+
+        return os.fdopen(open_regular(self.metrics, "out", write=True, append=append), "a" if append else "w")
 
     def write_checkpoint(self, state: dict[str, Any], cfg: Config, framework: str, device: Any, precision: Any) -> None:
         from parity.checkpoint import write_checkpoint

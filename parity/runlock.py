@@ -7,6 +7,12 @@ them (``RunLocked``, a :class:`ConfigError`: exit 2) instead of interleaving its
 first's. The kernel drops a flock when its process dies, however it dies: a lock left by a killed
 process never blocks anyone, and there is no stale-lock guessing by PID.
 
+The lock and the run's files are never followed through a link nor waited on: ``.lock`` is opened
+with ``O_NOFOLLOW | O_NONBLOCK`` and must be a regular file, and once the lock is held every file
+the commands write in the directory (:func:`check_run_files`) must be absent or a regular file
+that is not a link. A planted link or FIFO is refused with one line naming it (exit 2), before
+anything is written: a link to a file outside the run is never overwritten through it.
+
 The holder unlinks ``.lock`` before it lets go, so a finished run leaves no lock file behind. A
 process that opened the file just before it was unlinked finds, once it holds the flock, that
 the path no longer names its file, and tries again.
@@ -15,16 +21,19 @@ the path no longer names its file, and tries again.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
 import shlex
+import stat
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from parity.config import ConfigError
+from parity.safeio import check_not_link, file_kind
 
 LOCK_FILE = ".lock"
 _HOLDER_BYTES = 4096  # what is read of a holder's record: a lock file is never large
@@ -37,7 +46,8 @@ class RunLocked(ConfigError):
 def _holder(path: Path) -> str:
     """The holder's record in words, escaped (the file is read, not trusted)."""
     try:
-        with open(path, "rb") as f:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
             text = f.read(_HOLDER_BYTES).decode("utf-8", errors="replace")
         info = json.loads(text)
         if not isinstance(info, dict):
@@ -70,7 +80,7 @@ def acquire(directory: Path, field: str = "out", command: str | None = None) -> 
     """
     path = directory / LOCK_FILE
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        fd = _open_lock(path, field)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -100,6 +110,42 @@ def acquire(directory: Path, field: str = "out", command: str | None = None) -> 
     return fd
 
 
+def _open_lock(path: Path, field: str) -> int:
+    """``.lock`` opened for reading and writing, created if absent: never through a link, never
+    waiting on a FIFO, and only a regular file; else one line naming it."""
+    where = repr(str(path))
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise ConfigError(
+                field, f"{where} is a symbolic link, not a lock file; remove it (nothing was written)"
+            ) from None
+        raise ConfigError(field, f"cannot open {where} ({err.strerror or err})") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:  # the holder's record would land in another file
+        os.close(fd)
+        what = file_kind(info.st_mode) if not stat.S_ISREG(info.st_mode) else f"a file with {info.st_nlink} hard links"
+        raise ConfigError(field, f"{where} is {what}, not a lock file; remove it (nothing was written)")
+    return fd
+
+
+# What the commands write in a run directory: checked once the lock is held, before any work.
+RUN_FILE_SUFFIXES = (".json", ".jsonl", ".npz", ".safetensors", ".md", ".png", ".pdf", ".svg")
+
+
+def check_run_files(directory: Path, field: str = "out") -> None:
+    """Every file in ``directory`` a command may write (a name ending in one of
+    :data:`RUN_FILE_SUFFIXES`) is a regular file and not a symbolic link; else one line naming it."""
+    try:
+        entries = list(os.scandir(directory))
+    except OSError as err:
+        raise ConfigError(field, f"cannot read {str(directory)!r} ({err.strerror or err})") from None
+    for entry in sorted(entries, key=lambda e: e.name):
+        if entry.name.endswith(RUN_FILE_SUFFIXES) and not entry.name.startswith("."):
+            check_not_link(entry.path, field)
+
+
 def release(directory: Path, fd: int) -> None:
     """Unlink ``directory/.lock`` (while still holding it), then let go."""
     with contextlib.suppress(FileNotFoundError):
@@ -121,6 +167,7 @@ def run_lock(directory: Path, field: str = "out", command: str | None = None) ->
         _remove_empty(created)
         raise
     try:
+        check_run_files(directory, field)
         yield directory
     except BaseException:
         release(directory, fd)

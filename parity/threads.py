@@ -18,17 +18,60 @@ What each framework allows:
   An exact cap for both frameworks is the process's CPU affinity (``taskset -c 0-1 maml-parity …``,
   or ``bench``'s pinning).
 
+``--threads N`` (every command, ``bench`` included) must lie in ``1 .. max_threads()``: four times
+the machine's cores, at most 1024. More is refused with one line naming ``--threads`` and the
+range rather than clamped: a pool of 100 000 threads, or 64 pinned to 2 cores, measures nothing
+the user meant, and a silent clamp would report a thread count that was never run.
+
 Nothing here imports a framework at import time.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 from typing import Any
 
 # Multiply-adds per hidden layer per outer step below which one thread is used: the seed's
 # seed-alpha is ~5e4 (1 task x 8 points x 32·32 x 5 steps), maml-paper ~4e5.
 SMALL_WORK = 1_000_000
+
+
+OVERSUBSCRIPTION = 4  # threads per core past which --threads is refused
+MAX_THREADS = 1024
+
+
+def max_threads() -> int:
+    """The largest ``--threads`` accepted: :data:`OVERSUBSCRIPTION` per core of the machine, at most
+    :data:`MAX_THREADS`."""
+    return min(MAX_THREADS, OVERSUBSCRIPTION * max(1, os.cpu_count() or 1))
+
+
+def check_requested(threads: int) -> int:
+    """``threads`` if it lies in ``1 .. max_threads()``; else a :class:`ConfigError` naming --threads."""
+    from parity.config import ConfigError
+
+    cores, top = max(1, os.cpu_count() or 1), max_threads()
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ConfigError("threads", f"must be an integer >= 1, got {threads}")  # the wording of every count flag
+    if threads > top:
+        raise ConfigError(
+            "threads",
+            f"must be an integer from 1 to {top} ({OVERSUBSCRIPTION} per core, {cores} cores here), got {threads}",
+        )
+    return threads
+
+
+def parse_flag(text: str) -> int:
+    """An argparse type for ``--threads``: an integer in ``1 .. max_threads()``."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"threads: must be an integer, got {text!r}") from None
+    try:
+        return check_requested(value)
+    except ValueError as err:  # a ConfigError: argparse shows its message as it is
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def available_cores() -> int:
@@ -50,7 +93,7 @@ def choose(requested: int | None, cfg: Any = None) -> tuple[int, str]:
     is already busy (a load average at or above the usable cores: extra threads would wait for a
     core at every operation), else every usable core."""
     if requested is not None:
-        return requested, "--threads"
+        return check_requested(requested), "--threads"
     if cfg is None or work_size(cfg) < SMALL_WORK:
         return 1, "auto: small model, one thread is fastest"
     cores = available_cores()

@@ -88,3 +88,47 @@ def test_importing_the_command_line_imports_no_framework():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def _module_imports(path: Path, modules: set[str]) -> set[str]:
+    """The parity modules a module imports when it is imported (not inside functions or TYPE_CHECKING)."""
+    import ast
+
+    out: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            continue
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            continue
+        for item in ast.walk(node):
+            if isinstance(item, ast.ImportFrom) and item.module and item.level == 0:
+                submodules = {f"{item.module}.{a.name}" for a in item.names} & modules
+                # `from package import submodule` imports the submodule; anything else, the module
+                out |= submodules if submodules else {item.module} & modules
+            elif isinstance(item, ast.Import):
+                out |= {a.name for a in item.names} & modules
+    return out
+
+
+def test_parity_has_no_import_cycle():
+    files = {}
+    for path in ROOT.glob("parity/**/*.py"):
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        files[name.removesuffix(".__init__")] = path
+    graph = {name: _module_imports(path, set(files)) for name, path in files.items()}
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for other in sorted(graph[name]):
+            if state.get(other) == 1:
+                cycle = [*path[path.index(other) :], other]
+                raise AssertionError(f"import cycle: {' -> '.join(cycle)}")
+            if other not in state:
+                visit(other, [*path, other])
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert len(graph) > 40  # every module was read

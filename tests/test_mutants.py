@@ -227,7 +227,9 @@ def test_strict_turns_unsupported_into_exit_1(capsys, tmp_path):
     assert code == 0, out
     verdicts = {(r["dtype"], r["framework_pair"]): r["verdict"] for r in document["rows"]}
     assert verdicts[("float32", "jax~float64-only")] == "unsupported"
-    assert "\nPASS: 1 cases" in out and "1 with unsupported pairs" in out
+    # float32 of the implementation under test compared nothing: not a PASS (issue 20), exit 0 without --strict
+    assert "\nINCOMPLETE: 1 cases" in out and "1 with unsupported pairs" in out
+    assert "not compared: float64-only in float32 (float64-only (float32): computes in float64 only)" in out
     code, out, document = check(capsys, tmp_path, "jax", spec("FLOAT64_ONLY"), case=case, strict=True)
     assert code == 1 and "(--strict: counted as failing)" in out and not document["ok"]
 
@@ -235,7 +237,8 @@ def test_strict_turns_unsupported_into_exit_1(capsys, tmp_path):
 def test_unsupported_never_counts_as_passing(capsys, tmp_path):
     case = "T0-a0.001-l1-fixed-second"
     code, out, document = check(capsys, tmp_path, "jax", spec("SUPPORTS_NOTHING"), case=case)
-    assert code == 0  # unsupported leaves the exit status alone without --strict ...
+    assert code == 1  # nothing of it compared at all: a failure even without --strict (issue 20) ...
+    assert "not compared: supports-nothing in any case (" in out and "fails the check" in out
     mine = [r for r in document["rows"] if "supports-nothing" in r["framework_pair"]]
     assert mine and all(r["verdict"] == "unsupported" and not r["ok"] for r in mine)  # ... but never passes
     assert "supports no case" in out

@@ -136,9 +136,10 @@ def test_no_implementation_named_fails_with_one_line(tmp_path):
 
 
 def test_a_bad_spec_fails_naming_it(tmp_path):
+    # one usage error at collection (exit 4), not a failure per case (issue 20)
     code, out = run_pytest(project(tmp_path, impl="mine.py:NOPE"), "-k", "test_case")
-    assert code == 1 and "impl: 'mine.py:NOPE': " in out and "has no attribute 'NOPE'" in out
-    assert "Traceback" not in out
+    assert code == 4 and "impl: '" in out and "mine.py:NOPE': " in out and "has no attribute 'NOPE'" in out
+    assert out.count("has no attribute 'NOPE'") == 1 and "Traceback" not in out
 
 
 def test_unsupported_is_skipped_never_passed_and_fails_under_strict(tmp_path):

@@ -37,7 +37,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.impl:
         if args.device is not None:
             raise ConfigError("device", "give devices inside --impl SPECs (e.g. --impl NAME@gpu), not with --impl")
-        groups = [harness.load_impls(args.impl, precision)]
+        groups = [harness.load_impls(args.impl, precision, case_timeout=args.case_timeout)]
     elif args.device is not None:
         groups = [harness.load_impls(None, precision, device)]
     else:
@@ -84,15 +84,17 @@ def _changed(changes: list[dict[str, Any]]) -> str:
 def cmd_dump(args: argparse.Namespace) -> int:
     from parity import limits
     from parity.golden import golden_arrays, write_golden
-    from parity.registry import resolve
+    from parity.worker import load
 
     cfg = resolve_config(args)
     out = _output_file(args.out, "out", suffix=".npz")
     limits.check_train(cfg.replace(iterations=1), args.max_memory)  # one meta-gradient, one batch
     thread_line = _set_threads(args, cfg, (args.framework,) if args.framework in TWINS else ())
     device, precision = _device_args(args)
-    spec = args.framework if args.device is None or "@" in args.framework else f"{args.framework}@{device}"
-    impl = resolve(spec)
+    spec = args.framework
+    if "@" not in spec and (device is not None or spec in TWINS):  # a twin computes on the CPU unless asked
+        spec = f"{spec}@{device or 'cpu'}"  # a device only where the user typed one or the twin takes it
+    impl = load(spec, args.case_timeout)
     prepare = getattr(impl, "prepare", None)
     if prepare is not None:
         prepare(cfg.dtype)
@@ -140,17 +142,32 @@ def register_check(sub: Any) -> None:
         f"is checked against it (default: {' '.join('--impl ' + name for name in TWINS)})",
     )
     p.add_argument("--strict", action="store_true", help="unsupported cases fail the check (exit 1)")
+    _add_case_timeout_flag(p)
     _add_config_flags(p, None, framework=False)
     _add_device_flags(p, "highest", None)
     _add_threads_flag(p)
     p.set_defaults(func=cmd_check)
 
 
+def _add_case_timeout_flag(p: argparse.ArgumentParser) -> None:
+    from parity.worker import DEFAULT_TIMEOUT
+
+    p.add_argument(
+        "--case-timeout",
+        type=_float_flag("case_timeout", 0),
+        default=DEFAULT_TIMEOUT,
+        metavar="S",
+        help=f"seconds an implementation other than the built-ins may take per case, in its worker process "
+        f"(default {DEFAULT_TIMEOUT:g}); past it the case is a FAIL row",
+    )
+
+
 def register_dump(sub: Any) -> None:
     """The ``dump`` subcommand and its flags."""
     p = sub.add_parser("dump", help="write a golden .npz file any implementation can check itself against")
     _add_config_flags(p, "seed-alpha")
-    _add_device_flags(p, "highest")
+    _add_device_flags(p, "highest", None)
+    _add_case_timeout_flag(p)
     p.add_argument("--out", required=True, metavar="FILE.npz")
     _add_threads_flag(p)
     _add_memory_flag(p)
