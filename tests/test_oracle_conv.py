@@ -177,3 +177,19 @@ def test_shapes(side, depth, pool):
     assert value.shape == (3,)
     assert {k: g.shape[1:] for k, g in grads.items()} == shapes
     assert all(g.shape[0] == 3 for g in grads.values())
+
+
+def test_outer_mode_and_directions():
+    """Tiny check-matrix nets get the full complex-step gradient, the paper's Omniglot net the
+    directional one; directions have unit norm and project a gradient entry by entry."""
+    tiny = Conv(depth=2, width=2).param_shapes((1, 8, 8), 3)
+    omniglot = Conv(depth=4, width=64, pool="stride").param_shapes((1, 28, 28), 20)
+    assert oc.outer_mode(tiny) == "full"
+    assert oc.outer_mode(omniglot) == "directional"
+    directions = oc.random_directions(tiny, 3, seed=0)
+    norms = np.sqrt(sum(np.sum(v.reshape(3, -1) ** 2, axis=1) for v in directions.values()))
+    np.testing.assert_allclose(norms, 1.0, rtol=1e-14)
+    rng = np.random.default_rng(1)
+    grads = {k: rng.normal(size=s) for k, s in tiny.items()}
+    want = [sum(np.sum(grads[k] * directions[k][i]) for k in tiny) for i in range(3)]
+    np.testing.assert_allclose(oc.project(grads, directions), want, rtol=1e-13)
