@@ -8,8 +8,10 @@ complex-step-safe: ``|z|`` is ``z·sign(Re z)`` and ``relu(z)`` is ``z·[Re z > 
 (FOMAML) holds each inner gradient constant by computing it from the real parts alone, so the
 perturbation flows only through ``w − α·g``.
 
-The pieces (activation, its derivative, backpropagation, the inner gradient, the update) are
-methods of :class:`NumpyOracle`, so that a test can plant a bug in exactly one of them by
+Parameters are dicts ``{name: [D, *shape]}`` (complex) whose leading D axis holds the perturbed
+copies. A model is an entry of :data:`MODEL_GRADS`, ``(forward, loss_and_grads)`` written by hand;
+the pieces (activation, its derivative, the loss and its gradient, the inner gradient, the update)
+are methods of :class:`NumpyOracle`, so that a test can plant a bug in exactly one of them by
 subclassing, and the optional ``trace`` capability records the same loop the gradient runs.
 
 Float64 only (complex128 inside): it is the reference that both twins' float64 results, and
@@ -18,6 +20,7 @@ their float32 results, are held to. It does not train (no trajectories).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -41,12 +44,50 @@ def _l1(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 # Per-point loss of the residual r and its derivative with respect to r.
 POINT_LOSSES = {"l1": _l1, "mse": lambda r: (r * r, 2.0 * r)}
-# The axes this oracle implements (the model's hand-written backpropagation; the inner update).
-MODELS = ("mlp",)
-INNER_OPTIMIZERS = ("sgd",)
 
-# One task's inner loop, as lists of layers: W[i] [D, out, in], b[i] [D, out] (D: perturbed copies).
-Layers = tuple[list[np.ndarray], list[np.ndarray]]
+# Every array below carries a leading D axis (perturbed copies): parameters are ``{name: [D, *shape]}``
+# complex, inputs ``x`` [P, ...] shared by every copy or [D, P, ...] one set per copy.
+Params = dict[str, np.ndarray]
+
+
+def mlp_forward(oracle: NumpyOracle, params: Params, x: np.ndarray, cfg: Config) -> np.ndarray:
+    """The MLP on points ``x`` [P, n_in] or [D, P, n_in] → out [D, P, n_out]."""
+    return _mlp_layers(oracle, params, x, cfg)[0]
+
+
+def mlp_loss_and_grads(
+    oracle: NumpyOracle, params: Params, x: np.ndarray, y: np.ndarray, cfg: Config
+) -> tuple[np.ndarray, Params]:
+    """The loss [D] on ``x``, ``y`` and its gradient ``{name: [D, *shape]}`` by hand-written backprop."""
+    out, inputs, pre = _mlp_layers(oracle, params, x, cfg)
+    value, g = oracle.loss_and_grad_out(out, y, cfg.loss)
+    grads: Params = {}
+    for i in reversed(range(len(inputs))):
+        grads[f"w{i}"] = np.einsum("dpo,dpi->doi", g, inputs[i])
+        grads[f"b{i}"] = g.sum(axis=1)
+        if i > 0:
+            g = np.einsum("dpo,doi->dpi", g, params[f"w{i}"]) * oracle.act_grad(pre[i - 1], cfg.activation)
+    return value, {name: grads[name] for name in params}
+
+
+def _mlp_layers(oracle: NumpyOracle, params: Params, x: np.ndarray, cfg: Config) -> tuple[np.ndarray, list, list]:
+    # (out, each layer's input, each layer's pre-activation): what the backward pass reuses
+    n = len(params) // 2
+    h = np.broadcast_to(x, (params["w0"].shape[0], *x.shape[-2:])).astype(complex)
+    inputs, pre = [], []
+    for i in range(n):
+        inputs.append(h)
+        z = np.einsum("dpi,doi->dpo", h, params[f"w{i}"]) + params[f"b{i}"][:, None, :]
+        pre.append(z)
+        h = oracle.act(z, cfg.activation) if i < n - 1 else z
+    return h, inputs, pre
+
+
+# The models this oracle implements: name → (forward, loss_and_grads), both taking the oracle first
+# (so that a subclass's act / act_grad / loss_and_grad_out reach them). Another module adds an entry.
+ModelGrads = tuple[Callable[..., np.ndarray], Callable[..., tuple[np.ndarray, Params]]]
+MODEL_GRADS: dict[str, ModelGrads] = {"mlp": (mlp_forward, mlp_loss_and_grads)}
+INNER_OPTIMIZERS = ("sgd",)
 
 
 class NumpyOracle:
@@ -57,8 +98,9 @@ class NumpyOracle:
     def supports(self, cfg: Config) -> str | None:
         if cfg.dtype != "float64":
             return "the NumPy oracle computes in float64 only (it is the float64 reference)"
-        if cfg.model.name not in MODELS:
-            return f"the NumPy oracle has no model {cfg.model.name!r} (it has {', '.join(MODELS)})"
+        if cfg.model.name not in MODEL_GRADS:
+            has = ", ".join(MODEL_GRADS)
+            return f"the NumPy oracle has no model {cfg.model.name!r} (it has {has})"
         if cfg.inner_optimizer not in INNER_OPTIMIZERS:
             has = ", ".join(INNER_OPTIMIZERS)
             return f"the NumPy oracle has no inner optimiser {cfg.inner_optimizer!r} (it has {has})"
@@ -72,50 +114,27 @@ class NumpyOracle:
     def act_grad(self, z: np.ndarray, kind: str) -> np.ndarray:
         return lookup(ACTIVATIONS, "activation", kind)[1](z)
 
-    def forward(
-        self, W: list[np.ndarray], b: list[np.ndarray], x: np.ndarray, act: str
-    ) -> tuple[np.ndarray, list, list]:
-        """W[i] [D, out, in], b[i] [D, out], x [P, 1] → (out [D, P, 1], layer inputs, pre-activations)."""
-        h = np.broadcast_to(x, (W[0].shape[0], *x.shape)).astype(complex)
-        inputs, pre = [], []
-        for i in range(len(W)):
-            inputs.append(h)
-            z = np.einsum("dpi,doi->dpo", h, W[i]) + b[i][:, None, :]
-            pre.append(z)
-            h = self.act(z, act) if i < len(W) - 1 else z
-        return h, inputs, pre
+    def forward(self, params: Params, x: np.ndarray, cfg: Config) -> np.ndarray:
+        """The model (``cfg.model``) on ``x`` → out [D, P, n_out]."""
+        return lookup(MODEL_GRADS, "model", cfg.model.name)[0](self, params, x, cfg)
 
     def loss_and_grad_out(self, out: np.ndarray, y: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
-        """Mean loss over P points [D] and its gradient with respect to ``out`` [D, P, 1]."""
+        """Mean loss over P points [D] and its gradient with respect to ``out`` [D, P, n_out]."""
         r = out - y
         value, grad = lookup(POINT_LOSSES, "loss", kind)(r)
         P = r.shape[1]
-        return np.sum(value, axis=(1, 2)) / P, grad / P
+        return np.sum(value, axis=tuple(range(1, r.ndim))) / P, grad / P
 
-    def loss_grads(
-        self, W: list, b: list, x: np.ndarray, y: np.ndarray, act: str, loss: str
-    ) -> tuple[np.ndarray, list, list]:
-        """Support loss [D] and its gradient by hand-written backpropagation: (value, dW, db)."""
-        out, inputs, pre = self.forward(W, b, x, act)
-        value, g = self.loss_and_grad_out(out, y, loss)
-        gW: list[Any] = [None] * len(W)
-        gb: list[Any] = [None] * len(W)
-        for i in reversed(range(len(W))):
-            gW[i] = np.einsum("dpo,dpi->doi", g, inputs[i])
-            gb[i] = g.sum(axis=1)
-            if i > 0:
-                g = np.einsum("dpo,doi->dpi", g, W[i]) * self.act_grad(pre[i - 1], act)
-        return value, gW, gb
+    def loss_and_grads(self, params: Params, x: np.ndarray, y: np.ndarray, cfg: Config) -> tuple[np.ndarray, Params]:
+        """The loss [D] and its gradient ``{name: [D, *shape]}`` (the model's hand-written backprop)."""
+        return lookup(MODEL_GRADS, "model", cfg.model.name)[1](self, params, x, y, cfg)
 
-    def inner_gradient(
-        self, W: list, b: list, x: np.ndarray, y: np.ndarray, cfg: Config
-    ) -> tuple[np.ndarray, list, list]:
+    def inner_gradient(self, params: Params, x: np.ndarray, y: np.ndarray, cfg: Config) -> tuple[np.ndarray, Params]:
         """The support loss [D] and the inner gradient; first order: the gradient is a constant."""
         if cfg.first_order:  # computed from the real parts: no perturbation flows through it
-            _, gW, gb = self.loss_grads([w.real for w in W], [c.real for c in b], x, y, cfg.activation, cfg.loss)
-            value = self.loss_grads(W, b, x, y, cfg.activation, cfg.loss)[0]
-            return value, gW, gb
-        return self.loss_grads(W, b, x, y, cfg.activation, cfg.loss)
+            _, grads = self.loss_and_grads({k: v.real for k, v in params.items()}, x, y, cfg)
+            return self.loss_and_grads(params, x, y, cfg)[0], grads
+        return self.loss_and_grads(params, x, y, cfg)
 
     def inner_update(self, w: np.ndarray, a: np.ndarray, g: np.ndarray) -> np.ndarray:
         """One inner SGD step of one parameter: ``w − α·g``."""
@@ -123,39 +142,46 @@ class NumpyOracle:
 
     # --- the objective --------------------------------------------------------------------------
 
+    def inner_loop(
+        self, params: Params, alpha: Any, x: np.ndarray, y: np.ndarray, cfg: Config, record: dict | None = None
+    ) -> tuple[Params, np.ndarray]:
+        """T inner steps of one task: (adapted parameters, support losses [D, T]). Only
+        ``cfg.model.adapted(names)`` move; the others keep their value. ``record`` receives the
+        per-step lists ``support_loss``, ``inner_grad`` and ``adapted`` (dicts) of the trace."""
+        adapted = set(cfg.model.adapted(tuple(params)))
+        losses: list[np.ndarray] = []
+        for _ in range(cfg.inner_steps):
+            value, grads = self.inner_gradient(params, x, y, cfg)
+            params = {
+                k: self.inner_update(v, _step_size(alpha, k, v), grads[k]) if k in adapted else v
+                for k, v in params.items()
+            }
+            losses.append(value)
+            if record is not None:
+                record["support_loss"].append(value)
+                record["inner_grad"].append(grads)
+                record["adapted"].append(params)
+        D = next(iter(params.values())).shape[0]
+        return params, np.stack(losses, axis=-1) if losses else np.zeros((D, 0))
+
     def meta_loss(
-        self, params: dict[str, np.ndarray], alpha: Any, tasks: tuple, cfg: Config, record: list | None = None
+        self, params: Params, alpha: Any, tasks: tuple, cfg: Config, record: list | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Mean outer loss [D] and mean support losses [D, T]; every leaf carries a leading D axis.
 
         ``record``: a list that receives, per task, ``{"support_loss": [T × D], "inner_grad":
-        [T × Layers], "adapted": [T × Layers], "query_loss": D}`` (the trace).
+        [T × Params], "adapted": [T × Params], "query_loss": D}`` (the trace).
         """
-        n = len(params) // 2
         x_s, y_s, x_q, y_q = tasks
         outer, inner = [], []
         for task in range(x_s.shape[0]):
-            W = [params[f"w{i}"] for i in range(n)]
-            b = [params[f"b{i}"] for i in range(n)]
-            losses, grads, adapted = [], [], []
-            for _ in range(cfg.inner_steps):
-                value, gW, gb = self.inner_gradient(W, b, x_s[task], y_s[task], cfg)
-                losses.append(value)
-                if isinstance(alpha, dict):
-                    W = [self.inner_update(W[i], alpha[f"w{i}"], gW[i]) for i in range(n)]
-                    b = [self.inner_update(b[i], alpha[f"b{i}"], gb[i]) for i in range(n)]
-                else:
-                    a = alpha.reshape(-1, 1, 1)
-                    W = [self.inner_update(W[i], a, gW[i]) for i in range(n)]
-                    b = [self.inner_update(b[i], a[:, :, 0], gb[i]) for i in range(n)]
-                grads.append((gW, gb))
-                adapted.append((W, b))
-            out, _, _ = self.forward(W, b, x_q[task], cfg.activation)
-            query = self.loss_and_grad_out(out, y_q[task], cfg.loss)[0]
+            steps: dict[str, list] = {"support_loss": [], "inner_grad": [], "adapted": []}
+            adapted, losses = self.inner_loop(params, alpha, x_s[task], y_s[task], cfg, steps)
+            query = self.loss_and_grad_out(self.forward(adapted, x_q[task], cfg), y_q[task], cfg.loss)[0]
             outer.append(query)
-            inner.append(np.stack(losses, axis=-1) if losses else np.zeros((W[0].shape[0], 0)))
+            inner.append(losses)
             if record is not None:
-                record.append({"support_loss": losses, "inner_grad": grads, "adapted": adapted, "query_loss": query})
+                record.append({**steps, "query_loss": query})
         return np.mean(outer, axis=0), np.mean(inner, axis=0)
 
     # --- the contract ---------------------------------------------------------------------------
@@ -211,17 +237,15 @@ class NumpyOracle:
         params, alpha, tasks = _float64(params, alpha, tasks)
         record: list[dict[str, Any]] = []
         self.meta_loss(_one(params), _one(alpha), tasks, cfg, record)
-        B, T, n = tasks[0].shape[0], cfg.inner_steps, len(params) // 2
+        B, T = tasks[0].shape[0], cfg.inner_steps
         out: dict[str, np.ndarray] = {
             "trace/support_loss": np.array([[v[0].real for v in r["support_loss"]] for r in record]).reshape(B, T),
             "trace/query_loss": np.array([r["query_loss"][0].real for r in record]),
         }
         for group in ("inner_grad", "adapted"):
-            for i in range(n):
-                for j, kind in enumerate("wb"):
-                    shape = params[f"{kind}{i}"].shape
-                    steps = [[layers[j][i][0].real for layers in r[group]] for r in record]
-                    out[f"trace/{group}/{kind}{i}"] = np.array(steps, dtype=np.float64).reshape(B, T, *shape)
+            for k, v in params.items():
+                steps = [[step[k][0].real for step in r[group]] for r in record]
+                out[f"trace/{group}/{k}"] = np.array(steps, dtype=np.float64).reshape(B, T, *v.shape)
         return out
 
     def softplus_variable_grad(self, params: dict[str, np.ndarray], rho: Any, tasks: tuple, cfg: Config) -> Any:
@@ -285,6 +309,13 @@ def _one(tree: Any) -> Any:
     if isinstance(tree, dict):
         return {k: v[None].astype(complex) for k, v in tree.items()}
     return tree.reshape(1).astype(complex)
+
+
+def _step_size(alpha: Any, name: str, w: np.ndarray) -> np.ndarray:
+    """α for parameter ``name`` [D, ...], broadcastable against its copies ``w`` [D, *shape]."""
+    if isinstance(alpha, dict):
+        return alpha[name]
+    return alpha.reshape((-1,) + (1,) * (w.ndim - 1))
 
 
 def _basis(shape: tuple[int, ...]) -> np.ndarray:

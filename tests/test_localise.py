@@ -34,9 +34,9 @@ class WrongActivationDerivative(NumpyOracle):
 class MissingSecondOrder(NumpyOracle):
     name = "no-second-order"
 
-    def inner_gradient(self, W: list, b: list, x: np.ndarray, y: np.ndarray, cfg: Config) -> Any:
+    def inner_gradient(self, params: dict, x: np.ndarray, y: np.ndarray, cfg: Config) -> Any:
         # the inner gradient held constant although cfg asks for second order
-        return super().inner_gradient(W, b, x, y, cfg.replace(first_order=True))
+        return super().inner_gradient(params, x, y, cfg.replace(first_order=True))
 
 
 class WrongLearningRateSign(NumpyOracle):

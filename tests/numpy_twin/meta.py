@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from numpy_twin.model import ORACLE, Params, layers
+from numpy_twin.model import ORACLE, Params
 from parity.config import Config
 from parity.oracle import H
 
@@ -32,10 +32,10 @@ def broadcast_to_tasks(params: Params, x: np.ndarray) -> Params:
 def inner_step(params: Params, alpha: Alpha, x: np.ndarray, y: np.ndarray, cfg: Config) -> tuple[Params, np.ndarray]:
     """One SGD step of each task on its own support points; ``params`` leaves [N, ...], ``x`` [N, K, 1].
     Returns (new params, support loss before the step [N])."""
-    W, b = layers(params)
-    value, gW, gb = ORACLE.loss_grads(W, b, x, y, cfg.activation, cfg.loss)
-    grads = {**{f"w{i}": g.real for i, g in enumerate(gW)}, **{f"b{i}": g.real for i, g in enumerate(gb)}}
-    return {name: p - alpha_for(alpha, name) * grads[name] for name, p in params.items()}, value.real
+    value, grads = ORACLE.loss_and_grads(params, x, y, cfg)
+    adapted = set(cfg.model.adapted(tuple(params)))
+    new = {name: p - alpha_for(alpha, name) * grads[name].real if name in adapted else p for name, p in params.items()}
+    return new, value.real
 
 
 def meta_value_and_grad(
@@ -66,9 +66,7 @@ def inner_step_gains(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config, it
 
 
 def _gradient(params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, cfg: Config) -> dict[str, np.ndarray]:
-    W, b = layers(params)
-    _, gW, gb = ORACLE.loss_grads(W, b, x, y, cfg.activation, cfg.loss)
-    return {**{f"w{i}": g for i, g in enumerate(gW)}, **{f"b{i}": g for i, g in enumerate(gb)}}
+    return ORACLE.loss_and_grads(params, x, y, cfg)[1]
 
 
 def _step_gain(p: Params, alpha: Alpha, x: np.ndarray, y: np.ndarray, cfg: Config, iterations: int) -> float:

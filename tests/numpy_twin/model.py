@@ -2,8 +2,7 @@
 device checks, and the NumPy boundary, which here is a float64 copy.
 
 The arithmetic is the oracle's (``parity.oracle.NumpyOracle``): its activation, losses and
-hand-written backpropagation; only the forward pass is taught to take one input set per copy
-(``x`` [D, P, 1]), so that every task of a meta-batch adapts on its own points.
+hand-written backpropagation, on parameter dicts with a leading copy axis.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from parity.config import ConfigError
+from parity.config import Config, ConfigError
 from parity.devices import check_precision, not_visible, parse_device
 from parity.oracle import NumpyOracle
 
@@ -22,35 +21,14 @@ Params = dict[str, np.ndarray]
 DTYPE = "float64"  # complex-step differentiation needs complex128: float32 is refused, never downcast
 
 
-class BatchedOracle(NumpyOracle):
-    """The oracle, with inputs ``x`` either shared by every copy ([P, 1]) or one per copy ([D, P, 1])."""
-
-    def forward(
-        self, W: list[np.ndarray], b: list[np.ndarray], x: np.ndarray, act: str
-    ) -> tuple[np.ndarray, list, list]:
-        h = np.broadcast_to(x, (W[0].shape[0], *x.shape[-2:])).astype(complex)
-        inputs, pre = [], []
-        for i in range(len(W)):
-            inputs.append(h)
-            z = np.einsum("dpi,doi->dpo", h, W[i]) + b[i][:, None, :]
-            pre.append(z)
-            h = self.act(z, act) if i < len(W) - 1 else z
-        return h, inputs, pre
+# The oracle's forward pass takes inputs shared by every copy ([P, 1]) or one set per copy
+# ([D, P, 1]), so every task of a meta-batch adapts on its own points.
+ORACLE = NumpyOracle()
 
 
-ORACLE = BatchedOracle()
-
-
-def layers(params: Params) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """``{w0, b0, …}`` with a leading copy axis -> the oracle's lists of weights and biases."""
-    n = len(params) // 2
-    return [params[f"w{i}"] for i in range(n)], [params[f"b{i}"] for i in range(n)]
-
-
-def forward(params: Params, x: np.ndarray, activation: str) -> np.ndarray:
-    """MLP on points ``x`` [N, P, 1] with per-task parameters (leading [N]) -> [N, P, 1], real."""
-    W, b = layers(params)
-    return ORACLE.forward(W, b, x, activation)[0].real
+def forward(params: Params, x: np.ndarray, cfg: Config) -> np.ndarray:
+    """The model on points ``x`` [N, P, 1] with per-task parameters (leading [N]) -> [N, P, 1], real."""
+    return ORACLE.forward(params, x, cfg).real
 
 
 def check_dtype(dtype: str) -> None:
