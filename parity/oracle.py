@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from parity import oracle_conv
 from parity.config import Config, lookup
 from parity.contract import MetaResult
 
@@ -86,7 +87,12 @@ def _mlp_layers(oracle: NumpyOracle, params: Params, x: np.ndarray, cfg: Config)
 # The models this oracle implements: name → (forward, loss_and_grads), both taking the oracle first
 # (so that a subclass's act / act_grad / loss_and_grad_out reach them). Another module adds an entry.
 ModelGrads = tuple[Callable[..., np.ndarray], Callable[..., tuple[np.ndarray, Params]]]
-MODEL_GRADS: dict[str, ModelGrads] = {"mlp": (mlp_forward, mlp_loss_and_grads)}
+MODEL_GRADS: dict[str, ModelGrads] = {
+    "mlp": (mlp_forward, mlp_loss_and_grads),
+    "conv": (oracle_conv.conv_forward, oracle_conv.conv_loss_and_grads),
+}
+# Losses of the whole output rather than of a residual: (out, y) -> (value [D], gradient wrt out).
+OUTPUT_LOSSES = {"cross_entropy": oracle_conv.cross_entropy}
 
 # The inner optimisers, as the twins' tables: init(params) -> state {slot: {name: [D, *shape]}};
 # update(grads, state, t, opt) -> (direction u, new state), t = 1, 2, …; the step is w − α ⊙ u.
@@ -160,6 +166,8 @@ class NumpyOracle:
 
     def loss_and_grad_out(self, out: np.ndarray, y: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
         """Mean loss over P points [D] and its gradient with respect to ``out`` [D, P, n_out]."""
+        if kind in OUTPUT_LOSSES:
+            return OUTPUT_LOSSES[kind](out, y)
         r = out - y
         value, grad = lookup(POINT_LOSSES, "loss", kind)(r)
         P = r.shape[1]
