@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any, TextIO
 
 from parity import training
 from parity.config import Config, ConfigError
@@ -132,7 +132,7 @@ class _Metrics:
     """Where a chunk of metric rows goes: ``metrics.jsonl``, the seed's printout, the progress bar."""
 
     def __init__(
-        self, log: TextIO, rows: list[dict[str, Any]], start_time: float, print_every: int, stream: TextIO, bar: Any
+        self, log: IO[str], rows: list[dict[str, Any]], start_time: float, print_every: int, stream: TextIO, bar: Any
     ):
         self.log, self.rows, self.start_time = log, rows, start_time
         self.print_every, self.stream, self.bar = print_every, stream, bar
