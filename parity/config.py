@@ -210,6 +210,16 @@ def field_names(cfg: Config | None = None) -> tuple[str, ...]:
     return tuple(_flat_owners(cfg or Config()))
 
 
+def every_field_name() -> tuple[str, ...]:
+    """Every flat name any built-in family, model and inner optimiser offers (``--set`` takes these;
+    whether the config being changed has the field is checked when it is changed)."""
+    names = dict.fromkeys(field_names())
+    for table, _where in AXES.values():
+        for entry in table.values():
+            names.update(dict.fromkeys(entry.field_names()))
+    return tuple(names)
+
+
 def computation_fields(cfg: Config | None = None) -> tuple[str, ...]:
     """The flat names declared to change the meta-gradient's computation (``affects`` ==
     ``meta_gradient``), axes included: what the check matrix must vary."""

@@ -34,7 +34,7 @@ import numpy as np
 
 from parity.checkpoint import atomic_write
 from parity.compare import rule_description
-from parity.config import Config, ConfigError
+from parity.config import Config, ConfigError, computation_fields
 from parity.contract import describe
 from parity.safeio import read_npz_capped
 from parity.twins import meta_results, step0_inputs
@@ -122,18 +122,34 @@ def check_finite(arrays: dict[str, np.ndarray], who: str) -> None:
         raise ConfigError("framework", f"{who} returned results that are not all finite ({shown}); nothing written")
 
 
+def signature_fields(cfg: Config) -> tuple[str, ...]:
+    """The fields of ``cfg`` that change the numbers: those of :data:`SIGNATURE_FIELDS` it has, then
+    every other computation field (``parity.config.computation_fields``, remat aside) that the
+    default config lacks or holds at another value: a 0.2 file's signature reads unchanged, and a
+    conv or Adam config's names its model and optimiser fields."""
+    values, default = cfg.flat(), Config().flat()
+    kept = [f for f in SIGNATURE_FIELDS if f in values]
+    extra = [
+        f
+        for f in computation_fields(cfg)
+        if f not in SIGNATURE_FIELDS and f != "remat" and (f not in default or default[f] != values[f])
+    ]
+    return (*kept, *extra)
+
+
 def meta_signature(cfg: Config) -> dict[str, Any]:
-    """The config's values of the fields that change the numbers (:data:`SIGNATURE_FIELDS`)."""
+    """The config's values of the fields that change the numbers (:func:`signature_fields`)."""
     values = cfg.flat()
-    return {field: values[field] for field in SIGNATURE_FIELDS}
+    return {field: values[field] for field in signature_fields(cfg)}
 
 
 def signature_differences(a: Config, b: Config) -> list[tuple[str, Any, Any]]:
     """``(field, a's value, b's value)`` for each field that changes the numbers and differs
-    (fixed and scalar α count as the same: they compute the same numbers)."""
+    (fixed and scalar α count as the same: they compute the same numbers); a field one lacks: None."""
     sig_a, sig_b = a.meta_signature().flat(), b.meta_signature().flat()
     values_a, values_b = a.flat(), b.flat()
-    return [(f, values_a[f], values_b[f]) for f in SIGNATURE_FIELDS if sig_a[f] != sig_b[f]]
+    fields = dict.fromkeys([*signature_fields(a), *signature_fields(b)])
+    return [(f, values_a.get(f), values_b.get(f)) for f in fields if sig_a.get(f) != sig_b.get(f)]
 
 
 def comparison_rule() -> dict[str, Any]:
@@ -218,7 +234,9 @@ def golden_version(path: Any, arrays: dict[str, np.ndarray]) -> int:
 
 def golden_layout(cfg: Config) -> dict[str, tuple[tuple[int, ...], str | None]]:
     """Every array a golden file of ``cfg`` must hold: name → (shape, dtype; None for text entries)."""
-    B, K, Q, T = cfg.meta_batch, cfg.k_support, cfg.k_query, cfg.inner_steps
+    B, T = cfg.meta_batch, cfg.inner_steps
+    K, Q = cfg.family.task_points()
+    x_shape, y_shape = tuple(cfg.family.input_shape), (cfg.family.n_outputs,)
     layout: dict[str, tuple[tuple[int, ...], str | None]] = {"config": ((), None), "framework": ((), None)}
     layout["dtype"] = ((), None)
     alpha_shapes = cfg.param_shapes if cfg.alpha_mode == "per_parameter" else None
@@ -228,8 +246,8 @@ def golden_layout(cfg: Config) -> dict[str, tuple[tuple[int, ...], str | None]]:
             layout[f"{group}/alpha"] = ((), cfg.dtype)
         else:
             layout.update({f"{group}/alpha/{k}": (s, cfg.dtype) for k, s in alpha_shapes.items()})
-    for key, P in zip(TASK_KEYS, (K, K, Q, Q), strict=True):
-        layout[f"tasks/{key}"] = ((B, P, 1), cfg.dtype)
+    for key, P, shape in zip(TASK_KEYS, (K, K, Q, Q), (x_shape, y_shape) * 2, strict=True):
+        layout[f"tasks/{key}"] = ((B, P, *shape), cfg.dtype)
     layout["inner_losses"] = ((T,), cfg.dtype)
     layout["outer_loss"] = ((), cfg.dtype)
     return layout

@@ -21,7 +21,6 @@ allocator's slack, and it is the host's memory (a GPU's own memory is not looked
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 import re
@@ -210,9 +209,13 @@ def _cap(field: str, value: int, cap_name: str | None = None, shown: str | None 
 
 def check_caps(cfg: Config) -> None:
     """Refuse a config whose size fields are past :data:`CAPS`, naming the field."""
-    _cap("hidden", len(cfg.hidden), "hidden_layers", f"{len(cfg.hidden)} layers")
-    for width in cfg.hidden:
-        _cap("hidden", width, "hidden_width", f"a width of {width}")
+    for field, value in cfg.model.values().items():  # the model's sizes: layer widths, depth, filters
+        if isinstance(value, tuple) and all(isinstance(v, int) for v in value):
+            _cap(field, len(value), "hidden_layers", f"{len(value)} layers")
+            for width in value:
+                _cap(field, width, "hidden_width", f"a width of {width}")
+        elif isinstance(value, int) and not isinstance(value, bool):
+            _cap(field, value, "hidden_width")
     for field in ("inner_steps", "k_support", "k_query", "meta_batch", "iterations"):
         _cap(field, getattr(cfg, field))
 
@@ -229,25 +232,25 @@ def check_eval_caps(tasks: int, shots: int | None, max_steps: int, pretrain_step
 # --- estimates -------------------------------------------------------------------------------------
 
 
-def _param_count(hidden: tuple[int, ...]) -> int:
-    sizes = (1, *hidden, 1)
-    return sum(n_out * n_in + n_out for n_in, n_out in itertools.pairwise(sizes))
-
-
-def _width(hidden: tuple[int, ...]) -> int:
-    return sum(hidden) + 2
+def _sizes(cfg: Config) -> tuple[int, int, int, int, int]:
+    """Of one task: (parameters P, activations kept per point H, support points K, query points Q,
+    numbers per point in the data D)."""
+    P = sum(math.prod(shape) for shape in cfg.param_shapes.values())
+    H = cfg.model.activations_per_point(cfg.family.input_shape)
+    K, Q = cfg.family.task_points()
+    return P, H, K, Q, math.prod(cfg.family.input_shape) + cfg.family.n_outputs
 
 
 def estimate_train(cfg: Config) -> int:
     """Bytes of host memory one outer step of ``cfg`` needs, chunk of sampled tasks included."""
     b = 8 if cfg.dtype == "float64" else 4
-    B, K, Q, T = cfg.meta_batch, cfg.k_support, cfg.k_query, cfg.inner_steps
-    P, H = _param_count(cfg.hidden), _width(cfg.hidden)
+    B, T = cfg.meta_batch, cfg.inner_steps
+    P, H, K, Q, D = _sizes(cfg)
     # Per task and inner step, kept for the backward pass: the adapted parameters, their gradient
     # and a second-order temporary; the support activations (and their tangents), the query's once.
     residuals = B * ((T + 1) * (3 * P + 4 * K * H) + 4 * Q * H) * b
     # The sampler: a chunk of outer steps drawn in float64, stacked, cast, then on the device.
-    points = B * (2 * K + 2 * Q)
+    points = B * (K + Q) * D
     chunk = max(1, min(CHUNK, cfg.iterations))
     sampler = chunk * points * (8 + 8 + b) + chunk * points * b
     state = 6 * P * b * (2 if cfg.alpha_mode == "per_parameter" else 1)
@@ -259,7 +262,7 @@ def estimate_eval(cfg: Config, tasks: int, shots: int, max_steps: int, phase_shi
     [S+1, N, P] and their float64 errors, the pretrained baseline's steps, the fits kept for
     eval.json (Python floats)."""
     b = 8 if cfg.dtype == "float64" else 4
-    P, H = _param_count(cfg.hidden), _width(cfg.hidden)
+    P, H, _, _, _ = _sizes(cfg)
     adapt = tasks * (4 * P + 4 * (shots + QUERY_POINTS) * H) * b
     preds = (max_steps + 1) * tasks * QUERY_POINTS * (b + 4 * 8)
     fits = phase_shifts * 3 * (max_steps + 1) * QUERY_POINTS * 32
@@ -296,15 +299,27 @@ def _refuse(field: str, value: Any, need: int, where: str, explicit: bool) -> No
     )
 
 
+def _size_fields(cfg: Config) -> tuple[str, ...]:
+    """The model's fields that set its size (widths, depth, filters): the int and int-tuple ones."""
+    return tuple(
+        f
+        for f, v in cfg.model.values().items()
+        if (isinstance(v, int) and not isinstance(v, bool))
+        or (isinstance(v, tuple) and all(isinstance(x, int) for x in v))
+    )
+
+
 def check_train(cfg: Config, max_memory: int | None = None) -> int:
     """Caps, then the memory estimate of training ``cfg`` against the budget; returns the estimate."""
     check_caps(cfg)
     need = estimate_train(cfg)
     budget, where = _budget(max_memory)
     if need > budget:
-        fields = ("meta_batch", "inner_steps", "hidden", "k_support", "k_query")
-        values = {f: getattr(cfg, f) for f in fields}
-        field = _driver(lambda v: estimate_train(cfg.replace(**v)), values, {f: getattr(SEED_ALPHA, f) for f in fields})
+        sizes = _size_fields(cfg)
+        values = {f: getattr(cfg, f) for f in ("meta_batch", "inner_steps", "k_support", "k_query", *sizes)}
+        baseline = {f: getattr(SEED_ALPHA, f) for f in ("meta_batch", "inner_steps", "k_support", "k_query")}
+        baseline.update({f: getattr(type(cfg.model)(), f) for f in sizes})
+        field = _driver(lambda v: estimate_train(cfg.replace(**v)), values, baseline)
         _refuse(field, values[field], need, where, max_memory is not None)
     return need
 
@@ -324,11 +339,14 @@ def check_eval(
     need = estimate_eval(cfg, tasks, k, max_steps, phase_shifts)
     budget, where = _budget(max_memory)
     if need > budget:
-        values = {"tasks": tasks, "shots": k, "max_steps": max_steps, "hidden": cfg.hidden}
-        baseline = {"tasks": 600, "shots": SEED_ALPHA.k_support, "max_steps": 10, "hidden": SEED_ALPHA.hidden}
+        sizes = _size_fields(cfg)
+        values = {"tasks": tasks, "shots": k, "max_steps": max_steps, **{f: getattr(cfg, f) for f in sizes}}
+        baseline = {"tasks": 600, "shots": SEED_ALPHA.k_support, "max_steps": 10}
+        baseline.update({f: getattr(type(cfg.model)(), f) for f in sizes})
 
         def size(v: dict[str, Any]) -> int:
-            return estimate_eval(cfg.replace(hidden=v["hidden"]), v["tasks"], v["shots"], v["max_steps"], phase_shifts)
+            changed = cfg.replace(**{f: v[f] for f in sizes})
+            return estimate_eval(changed, v["tasks"], v["shots"], v["max_steps"], phase_shifts)
 
         field = _driver(size, values, baseline)
         _refuse(field, values[field], need, where, max_memory is not None)

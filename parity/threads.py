@@ -29,6 +29,7 @@ Nothing here imports a framework at import time.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from typing import Any
 
@@ -82,10 +83,13 @@ def available_cores() -> int:
 
 
 def work_size(cfg: Any) -> int:
-    """A rough count of multiply-adds in one outer step's widest layer (inner steps included)."""
-    widest = max(cfg.hidden)
-    points = cfg.meta_batch * (cfg.k_support + cfg.k_query)
-    return points * widest * widest * max(1, cfg.inner_steps)
+    """A rough count of the numbers one outer step computes: points × numbers kept per point ×
+    the widest layer's fan-in (inner steps included); the MLP's widest layer squared, as before."""
+    support, query = cfg.family.task_points()
+    points = cfg.meta_batch * (support + query)
+    fan_in = max(math.prod(shape[1:]) for shape in cfg.param_shapes.values() if len(shape) > 1)
+    per_point = cfg.model.activations_per_point(cfg.family.input_shape)
+    return points * max(per_point * fan_in // 2, fan_in * fan_in) * max(1, cfg.inner_steps)
 
 
 def choose(requested: int | None, cfg: Any = None) -> tuple[int, str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from parity.cli.parser import CONFIG_FLAGS
-from parity.config import DTYPES, Config, ConfigError, config_fields, field_names, get_preset
+from parity.config import DTYPES, Config, ConfigError, config_fields, every_field_name, get_preset
 
 EXIT_MISMATCH = 1
 
@@ -66,15 +66,14 @@ def parse_set(item: str) -> tuple[str, Any]:
     key = key.strip().replace("-", "_")
     if not sep or not key:
         raise ConfigError("set", f"must be KEY=VALUE (a config field and its value), got {item!r}")
-    if key not in field_names():
-        raise ConfigError(key, f"unknown config field (in --set {item!r}); allowed: {', '.join(field_names())}")
+    if key not in every_field_name():
+        allowed = ", ".join(every_field_name())
+        raise ConfigError(key, f"unknown config field (in --set {item!r}); allowed: {allowed}")
     try:
         value = json.loads(text)
     except (ValueError, RecursionError):
         value = text
-    if isinstance(value, list) and key == "hidden":
-        value = tuple(value)
-    return key, value
+    return key, value  # lists become tuples in the part that takes them
 
 
 def _output_file(path: str, field: str, suffix: str | tuple[str, ...] | None = None) -> Path:

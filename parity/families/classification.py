@@ -67,6 +67,10 @@ class Classification(Part):
         """(channels, height, width) of one image."""
         return (1, self.image_size, self.image_size)
 
+    def task_points(self) -> tuple[int, int]:
+        """(support images, query images) of one episode: K and Q per class."""
+        return self.n_way * self.k_support, self.n_way * self.k_query
+
     @property
     def n_outputs(self) -> int:
         """One logit per class of an episode."""

@@ -68,6 +68,10 @@ class Sinusoid(Part):
         check_int("k_query", self.k_query, minimum=1)
         check_choice("loss", self.loss, LOSSES)
 
+    def task_points(self) -> tuple[int, int]:
+        """(support points, query points) of one task."""
+        return self.k_support, self.k_query
+
     def check_config(self, cfg: Config) -> None:
         """Finite fields whose arithmetic is not finite in ``cfg.dtype``: refused by name.
 

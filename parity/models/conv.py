@@ -79,6 +79,16 @@ class Conv(Part):
         shapes["b_head"] = (n_outputs,)
         return shapes
 
+    def activations_per_point(self, input_shape: tuple[int, ...]) -> int:
+        """Numbers a forward pass keeps per image for the backward pass: the input, then per block
+        the convolution's, batch norm's and ReLU's outputs (3 feature maps), then the logits."""
+        channels, side, _ = input_shape
+        kept = channels * side * side
+        for _ in range(self.depth):
+            kept += 3 * self.width * side * side if self.pool == "max" else 3 * self.width * math.ceil(side / 2) ** 2
+            side = math.ceil(side / 2) if self.pool == "stride" else side // 2
+        return kept + self.width * side * side
+
     def adapted(self, names: tuple[str, ...]) -> tuple[str, ...]:
         """The parameters the inner loop updates (``adapt``)."""
         if self.adapt == "head":

@@ -54,6 +54,10 @@ class MLP(Part):
             shapes[f"b{i}"] = (n_out,)
         return shapes
 
+    def activations_per_point(self, input_shape: tuple[int, ...]) -> int:
+        """Numbers a forward pass keeps per input point for the backward pass (every layer's output)."""
+        return sum(self.hidden) + 2
+
     def adapted(self, names: tuple[str, ...]) -> tuple[str, ...]:
         """The parameters the inner loop updates: all of them."""
         return names
