@@ -68,6 +68,7 @@ __all__ = [
     "field_names",
     "get_preset",
     "lookup",
+    "parse_set",
 ]
 
 
@@ -208,6 +209,23 @@ class Config:
 def field_names(cfg: Config | None = None) -> tuple[str, ...]:
     """The flat names of ``cfg`` (default: the default config): axes first, then every part's fields."""
     return tuple(_flat_owners(cfg or Config()))
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` -> (field, value): VALUE as JSON when it parses (numbers, true, lists), else the
+    string itself (``--set activation=relu``). An unknown field is named with the allowed ones."""
+    key, sep, text = item.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep or not key:
+        raise ConfigError("set", f"must be KEY=VALUE (a config field and its value), got {item!r}")
+    if key not in every_field_name():
+        allowed = ", ".join(every_field_name())
+        raise ConfigError(key, f"unknown config field (in --set {item!r}); allowed: {allowed}")
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        value = text
+    return key, value  # lists become tuples in the part that takes them
 
 
 def every_field_name() -> tuple[str, ...]:

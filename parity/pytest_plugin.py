@@ -65,6 +65,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--maml-parity-case-timeout", metavar="S", help="seconds per case for an implementation's worker (default 300)"
     )
+    group.addoption(
+        "--maml-parity-set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="change a config field in every case (repeatable), as `maml-parity check --set`",
+    )
+    parser.addini("maml_parity_set", "maml-parity: KEY=VALUE config changes applied to every case", type="linelist")
     parser.addini("maml_parity_impl", "maml-parity: the implementation under test (SPEC)", default="")
     parser.addini("maml_parity_reference", "maml-parity: the reference implementation (SPEC)", default=DEFAULT_TWIN)
     parser.addini("maml_parity_matrix", "maml-parity: full | quick", default="full")
@@ -135,6 +142,19 @@ def load_spec(config: pytest.Config, spec: str) -> Any:
     return loaded[spec]
 
 
+def _changed(cases: list[Any], config: pytest.Config) -> list[Any]:
+    """The cases with ``--maml-parity-set`` / ``maml_parity_set`` applied (ini lines first, then options)."""
+    from parity import harness
+    from parity.config import ConfigError, parse_set
+
+    items = [*(config.getini("maml_parity_set") or []), *(config.getoption("--maml-parity-set") or [])]
+    try:
+        return harness.with_changes(cases, [dict([parse_set(item)]) for item in items])
+    except ConfigError as err:  # one usage error for the session (pytest_collection_modifyitems), no test run
+        config.stash[_LOAD_ERROR] = f"maml_parity_set: {err}"
+        return []
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "maml_parity_case" not in metafunc.fixturenames:
         return
@@ -145,7 +165,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     matrix = options.get("matrix") or _setting(metafunc.config, "matrix")
     if matrix not in MATRICES:
         raise pytest.UsageError(f"maml_parity_matrix: must be one of {', '.join(MATRICES)}, got {matrix!r}")
-    cases = harness.all_cases(quick=matrix == "quick")
+    cases = _changed(harness.all_cases(quick=matrix == "quick"), metafunc.config)
     where = _setting(metafunc.config, "cases")
     if where:
         cases = [c for c in cases if where in c.name]
@@ -209,7 +229,7 @@ class ParityChecker:
     def case(self, name: str) -> Any:
         from parity import harness
 
-        for case in harness.all_cases():
+        for case in _changed(harness.all_cases(), self.config):
             if case.name == name:
                 return case
         pytest.fail(

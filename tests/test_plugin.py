@@ -51,8 +51,21 @@ class Wrong(NumpyOracle):
         return out
 
 
+class Narrow(NumpyOracle):
+    """Built for one hidden layer of 8: wrong for any other net (a user's own configuration)."""
+
+    name = "narrow"
+
+    def meta_value_and_grad(self, params, alpha, tasks, cfg):
+        out = super().meta_value_and_grad(params, alpha, tasks, cfg)
+        if params["w0"].shape != (8, 1):
+            out["outer_loss"] = np.asarray(2 * out["outer_loss"])
+        return out
+
+
 MINE = Mine()
 WRONG = Wrong()
+NARROW = Narrow()
 '''
 
 TESTS = """\
@@ -198,3 +211,14 @@ def test_downstream_project_fails_with_a_table_for_a_mutant():
     rows = [line for line in out.splitlines() if line.startswith("T2-a0.05-l1-per_parameter-second")]
     assert any("jax~alpha-wrong-sign" in line and line.rstrip().endswith("FAIL") for line in rows), out
     assert "4 failed" in out.splitlines()[-1], out
+
+
+def test_set_changes_every_generated_case_like_check_set(tmp_path):
+    where = project(tmp_path, impl="mine.py:NARROW")
+    code, out = run_pytest(where, "-k", "test_case", "--maml-parity-set", "hidden=[8]", "-v")
+    assert code == 0 and "PASSED" in out, out
+    code, out = run_pytest(where, "-k", "test_case")  # the matrix's own nets: the planted bug shows
+    assert code == 1 and "numpy~narrow" in out, out
+    code, out = run_pytest(where, "-k", "test_case", "--maml-parity-set", "hiden=[8]")
+    assert code == 4 and "maml_parity_set: hiden: unknown config field" in out, out
+

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from parity.cli.parser import CONFIG_FLAGS
-from parity.config import DTYPES, Config, ConfigError, config_fields, every_field_name, get_preset
+from parity.config import DTYPES, Config, ConfigError, config_fields, get_preset, parse_set
 
 EXIT_MISMATCH = 1
 
@@ -57,23 +57,6 @@ def _config_text(value: str) -> str:
     if value.lstrip().startswith("{"):
         return value
     return read_text_capped(value, "config")
-
-
-def parse_set(item: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` -> (field, value): VALUE as JSON when it parses (numbers, true, lists), else the
-    string itself (``--set activation=relu``). An unknown field is named with the allowed ones."""
-    key, sep, text = item.partition("=")
-    key = key.strip().replace("-", "_")
-    if not sep or not key:
-        raise ConfigError("set", f"must be KEY=VALUE (a config field and its value), got {item!r}")
-    if key not in every_field_name():
-        allowed = ", ".join(every_field_name())
-        raise ConfigError(key, f"unknown config field (in --set {item!r}); allowed: {allowed}")
-    try:
-        value = json.loads(text)
-    except (ValueError, RecursionError):
-        value = text
-    return key, value  # lists become tuples in the part that takes them
 
 
 def _output_file(path: str, field: str, suffix: str | tuple[str, ...] | None = None) -> Path:
