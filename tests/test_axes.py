@@ -162,3 +162,31 @@ def test_a_users_family_that_is_not_a_part_is_refused_by_name(tmp_path):
     with pytest.raises(ConfigError, match="no such file") as err:
         Config().replace(model="nowhere.py:Net")
     assert err.value.field == "model"
+
+
+def test_a_0_2_checkpoint_with_a_flat_config_reads_and_resumes(tmp_path):
+    """A checkpoint as 0.2 wrote it (its manifest's config one flat object) reads, and the run resumes."""
+    from safetensors.numpy import load_file, save
+
+    from parity.checkpoint import checksum, read_checkpoint
+    from parity.run import train_run
+    from parity.twins import load
+
+    cfg = Config.from_dict(CONFIG_0_2).replace(iterations=2, meta_batch=2)
+    twin = load("jax", cfg.dtype)
+    train_run(twin, cfg, tmp_path, chunk=2, progress=False)
+    file = tmp_path / "checkpoint.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="numpy") as f:
+        manifest = json.loads(f.metadata()["manifest"])
+    arrays = load_file(str(file))
+    flat = {k: v for k, v in json.loads(json.dumps(cfg.flat())).items() if k not in AXES}
+    assert set(flat) == set(CONFIG_0_2)
+    manifest["config"] = flat  # the 0.2 form
+    text = json.dumps(manifest, sort_keys=True)
+    file.write_bytes(save(arrays, metadata={"manifest": text, "checksum": checksum(text, arrays)}))
+    (tmp_path / "config.json").write_text(json.dumps(flat))
+    assert read_checkpoint(tmp_path).config == cfg
+    _state, rows = train_run(twin, cfg.replace(iterations=4), tmp_path, chunk=2, progress=False, resume=True)
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
