@@ -105,7 +105,7 @@ def first_divergence(
         if float(diff.max()) > threshold:
             index = tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape))
             if key == "inner_losses":  # ordered by inner step: the first step outside, not the worst
-                index = (int(np.argmax(diff > threshold)),)
+                index = tuple(int(i) for i in np.unravel_index(int(np.argmax(diff > threshold)), diff.shape))
             return describe_point(key, step, index, float(ref[index]), float(got[index]), tol, threshold, cfg, gains)
     return None
 
