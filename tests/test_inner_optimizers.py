@@ -125,3 +125,34 @@ def test_an_adam_port_mistake_fails_check_at_the_first_inner_step(bad: NumpyOrac
     assert {"grad/w0", "outer_loss"} <= {r.quantity for r in failed}
     d = failed[0].divergence
     assert d is not None and d["found"] and (d["inner_step"], d["quantity"], d["parameter"]) == (0, "adapted", "w0")
+
+
+# --- one quick check case per inner optimiser: the test scripts/mutants points its port mistakes at --
+
+
+def _where(rows: list) -> str:
+    """The first failing row and where check places the first divergence (the mutant's report)."""
+    failed = [r for r in rows if r.verdict != "ok"]
+    if not failed:
+        return "all ok"
+    d = failed[0].divergence or {}
+    place = (d.get("inner_step"), d.get("quantity"), d.get("parameter"))
+    return f"{failed[0].framework_pair} {failed[0].dtype} {failed[0].quantity}: first divergence {place}"
+
+
+# Adam's ε at 1e-3 so that ε inside or outside the root differs far beyond float64's tolerance;
+# T = 3 so that a buffer's order and a bias-correction step show after the first step too.
+INNER_CASES = {
+    "adam": SMALL.replace(inner_optimizer="adam", eps=1e-3, alpha_init=0.01),
+    "momentum": SMALL.replace(inner_optimizer="momentum", momentum=0.5),
+}
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("name", sorted(INNER_CASES))
+def test_check_passes_between_the_twins_on_one_case_per_inner_optimizer(name: str) -> None:
+    from parity.harness import Case, load_impls, run_case
+
+    rows = run_case(Case(name, INNER_CASES[name]), load_impls(["jax", "torch"]))
+    assert rows and all(r.verdict == "ok" for r in rows), _where(rows)
+    assert max(r.max_rel_err for r in rows if r.dtype == "float64") <= 1e-10
