@@ -3,8 +3,9 @@
 A fixed held-out task set (stream ``EVAL_STREAM``, disjoint from training): ``tasks`` sinusoids
 from the run's task family, each with ``shots`` support points drawn from the config's x range and
 ``QUERY_POINTS`` evenly spaced query points over that range. Three starting points are adapted the
-same way on the same tasks — ``S`` steps of the twin's ``inner_step`` on the support points, with
-the run's learned α — and scored on the query points after every step (MSE and L1, mean and 95%
+same way on the same tasks — ``S`` steps of the run's inner optimiser (the twin's
+``optimizer_step``: SGD, momentum or Adam with its state) on the support points, with the run's
+learned α — and scored on the query points after every step (MSE and L1, mean and 95%
 confidence interval over tasks):
 
 - ``meta``: the checkpoint's parameters;
@@ -127,9 +128,11 @@ def eval_tasks(cfg: Config, n: int, shots: int, phase_shift: float = 0.0, step: 
 def adaptation_curves(
     twin: Twin, params: dict[str, np.ndarray], alpha: Any, tasks: EvalTasks, cfg: Config, max_steps: int
 ) -> np.ndarray:
-    """Predictions on the query points after 0..S steps of the twin's ``inner_step``: [S+1, N, P].
+    """Predictions on the query points after 0..S steps of the run's inner optimiser: [S+1, N, P].
 
-    ``params`` and ``alpha`` are NumPy; each task adapts its own copy on its support points.
+    ``params`` and ``alpha`` are NumPy; each task adapts its own copy on its support points. The
+    steps are the twin's ``optimizer_step`` from its ``INNER_OPTIMIZERS[cfg.inner_optimizer]``
+    state, the loop the meta-objective runs (SGD, momentum's buffer, Adam's m, v and step count).
     """
     model, meta = twin.model, twin.meta
     # Evaluation never differentiates through the steps: first order spares torch the
@@ -141,10 +144,14 @@ def adaptation_curves(
         alpha = {k: np.array(np.broadcast_to(v, (n, *np.shape(v)))) for k, v in alpha.items()}
     alpha_t = twin.to_arrays(alpha, cfg.dtype)
     adapted = meta.broadcast_to_tasks(twin.to_arrays(params, cfg.dtype), x_s)  # leaves [N, ...]
+    state = meta.INNER_OPTIMIZERS[cfg.inner_optimizer][0](adapted)
     preds = []
     for step in range(max_steps + 1):
         if step > 0:
-            adapted, _ = meta.inner_step(twin.differentiable(adapted), alpha_t, x_s, y_s, step_cfg)
+            # t = step as the twin's own loop passes it (Adam's bias correction counts from 1)
+            t = twin.to_arrays(np.asarray(step, dtype=cfg.dtype), cfg.dtype)
+            carry = (twin.differentiable(adapted), state)
+            (adapted, state), _ = meta.optimizer_step(carry, t, alpha_t, x_s, y_s, step_cfg)
         preds.append(twin.to_numpy(model.forward(adapted, x_q, cfg))[..., 0])  # [N, P]
     return np.stack(preds)  # [S+1, N, P]
 

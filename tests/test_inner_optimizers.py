@@ -125,3 +125,74 @@ def test_an_adam_port_mistake_fails_check_at_the_first_inner_step(bad: NumpyOrac
     assert {"grad/w0", "outer_loss"} <= {r.quantity for r in failed}
     d = failed[0].divergence
     assert d is not None and d["found"] and (d["inner_step"], d["quantity"], d["parameter"]) == (0, "adapted", "w0")
+
+
+# --- one quick check case per inner optimiser: the test scripts/mutants points its port mistakes at --
+
+
+def _where(rows: list) -> str:
+    """The first failing row and where check places the first divergence (the mutant's report)."""
+    failed = [r for r in rows if r.verdict != "ok"]
+    if not failed:
+        return "all ok"
+    d = failed[0].divergence or {}
+    place = (d.get("inner_step"), d.get("quantity"), d.get("parameter"))
+    return f"{failed[0].framework_pair} {failed[0].dtype} {failed[0].quantity}: first divergence {place}"
+
+
+# Adam's ε at 1e-3 so that ε inside or outside the root differs far beyond float64's tolerance;
+# T = 3 so that a buffer's order and a bias-correction step show after the first step too.
+INNER_CASES = {
+    "adam": SMALL.replace(inner_optimizer="adam", eps=1e-3, alpha_init=0.01),
+    "momentum": SMALL.replace(inner_optimizer="momentum", momentum=0.5),
+}
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("name", sorted(INNER_CASES))
+def test_check_passes_between_the_twins_on_one_case_per_inner_optimizer(name: str) -> None:
+    from parity.harness import Case, load_impls, run_case
+
+    rows = run_case(Case(name, INNER_CASES[name]), load_impls(["jax", "torch"]))
+    assert rows and all(r.verdict == "ok" for r in rows), _where(rows)
+    assert max(r.max_rel_err for r in rows if r.dtype == "float64") <= 1e-10
+
+
+# --- evaluation adapts with the run's inner optimiser ---------------------------------------------
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "momentum"])
+def test_eval_adapts_with_the_inner_optimiser_as_the_meta_code_does(twin_name: str, optimizer: str) -> None:
+    """Step k of ``eval``'s adaptation equals the twin's own ``adapt`` (the meta-objective's loop) with
+    T = k, Adam's m, v and bias correction or momentum's buffer included; and it is not SGD's."""
+    from parity.eval import adaptation_curves, eval_tasks
+    from parity.init import init_params
+
+    cfg = SMALL.replace(inner_optimizer=optimizer, hidden=(8, 8), alpha_mode="fixed", alpha_init=0.02)
+    twin = load(twin_name, "float64")
+    tasks = eval_tasks(cfg, 5, 4, 0.0)
+    params, alpha = init_params(cfg), np.asarray(cfg.alpha_init)
+    preds = adaptation_curves(twin, params, alpha, tasks, cfg, 3)  # [4, 5, P]
+    model = twin.model
+    p, a, (xs, ys, xq) = (model.to_arrays(v, "float64") for v in (params, alpha, tasks[:3]))
+    for k in (1, 3):
+        adapted, _ = twin.meta.adapt(p, a, xs, ys, cfg.replace(inner_steps=k))
+        expected = model.to_numpy(model.forward(adapted, xq, cfg))[..., 0]
+        np.testing.assert_allclose(preds[k], expected, rtol=1e-12, atol=1e-12)
+    sgd = adaptation_curves(twin, params, alpha, tasks, cfg.replace(inner_optimizer="sgd"), 3)
+    if optimizer == "momentum":  # v starts at 0: the first step is SGD's, bit for bit
+        np.testing.assert_array_equal(sgd[1], preds[1])
+    assert np.abs(sgd[3] - preds[3]).max() > 1e-3  # the optimiser, not SGD, moved the fit
+
+
+def test_the_numpy_twin_evaluates_adam_as_the_jax_twin_does(third_twin: str) -> None:
+    from parity.eval import adaptation_curves, eval_tasks
+    from parity.init import init_params
+
+    cfg = SMALL.replace(inner_optimizer="adam", hidden=(8, 8), alpha_mode="fixed", alpha_init=0.02)
+    tasks = eval_tasks(cfg, 5, 4, 0.0)
+    params, alpha = init_params(cfg), np.asarray(cfg.alpha_init)
+    ours = adaptation_curves(load(third_twin, "float64"), params, alpha, tasks, cfg, 3)
+    jax = adaptation_curves(load("jax", "float64"), params, alpha, tasks, cfg, 3)
+    np.testing.assert_allclose(ours, jax, rtol=1e-11, atol=1e-12)
+    assert np.abs(ours[3] - ours[0]).max() > 1e-3

@@ -1,5 +1,5 @@
 """The meta-objective of the oracle twin (mirrors jax_impl/meta.py's roles): the oracle's
-complex-step meta-gradient, its trace, the batched inner step evaluation adapts with, and the
+complex-step meta-gradient, its trace, the batched inner optimiser step evaluation adapts with, and the
 stability gate's per-step gains.
 
 Everything is the oracle's arithmetic (``parity.oracle``); what is new here is only the shape of
@@ -14,7 +14,7 @@ import numpy as np
 
 from numpy_twin.model import ORACLE, Params
 from parity.config import Config
-from parity.oracle import H
+from parity.oracle import INNER_OPTIMIZERS, H, OptState  # noqa: F401 (eval reads meta.INNER_OPTIMIZERS, as in the twins)
 
 Alpha = Any  # a 0-d array, or one array per parameter (per_parameter mode)
 Tasks = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
@@ -36,6 +36,19 @@ def inner_step(params: Params, alpha: Alpha, x: np.ndarray, y: np.ndarray, cfg: 
     adapted = set(cfg.model.adapted(tuple(params)))
     new = {name: p - alpha_for(alpha, name) * grads[name].real if name in adapted else p for name, p in params.items()}
     return new, value.real
+
+
+def optimizer_step(
+    carry: tuple[Params, OptState], t: Any, alpha: Alpha, x: np.ndarray, y: np.ndarray, cfg: Config
+) -> tuple[tuple[Params, OptState], np.ndarray]:
+    """Step t (1, 2, …) of the inner optimiser (the oracle's table) on each task's own support points:
+    ((new params, new state), support loss before the step [N]); ``params`` leaves [N, ...]."""
+    params, state = carry
+    value, grads = ORACLE.loss_and_grads(params, x, y, cfg)
+    direction, state = ORACLE.inner_direction({k: g.real for k, g in grads.items()}, state, t, cfg)
+    adapted = set(cfg.model.adapted(tuple(params)))
+    new = {k: p - alpha_for(alpha, k) * direction[k] if k in adapted else p for k, p in params.items()}
+    return (new, state), value.real
 
 
 def meta_value_and_grad(
