@@ -189,15 +189,30 @@ def all_cases(quick: bool = False) -> list[Case]:
 
 def with_changes(cases: list[Case], changes: list[dict[str, Any]]) -> list[Case]:
     """Every case with ``changes`` applied in order (``check --set``, the field flags); cases that
-    become the same computation run once. The dtype stays the case's: check runs both."""
+    become the same computation run once. The dtype stays the case's: check runs both.
+
+    A family or model some cases already have selects those cases (``--family classification``: the
+    matrix's classification cases; a sinusoid case cannot be swapped onto images); one no case has
+    (a user's ``file.py:NAME``) is applied to every case. Every other field, ``inner_optimizer``
+    included, is applied to every case that has it (``--set inner_optimizer=adam``: the matrix with
+    Adam inner loops)."""
     if any("dtype" in change for change in changes):
         raise ConfigError("dtype", "check runs every case in float64 and float32; it takes no dtype")
+    for axis in ("family", "model"):
+        chosen = [change[axis] for change in changes if axis in change]
+        if chosen and any(case.cfg.flat()[axis] == chosen[-1] for case in cases):
+            cases = [case for case in cases if case.cfg.flat()[axis] == chosen[-1]]
+            changes = [{k: v for k, v in change.items() if k != axis} for change in changes]
+    fields = {key for change in changes for key in change}
+    held = {key for case in cases for key in case.cfg.flat()} | {"family", "model", "inner_optimizer"}
+    if fields - held:  # a field no case has: refused by name, with what is allowed
+        cases[0].cfg.replace(**{sorted(fields - held)[0]: None})
     out: list[Case] = []
     seen: set[tuple[str, Any, int]] = set()
     for case in cases:
         cfg = case.cfg
         for change in changes:
-            cfg = cfg.replace(**change)
+            cfg = cfg.replace(**{k: v for k, v in change.items() if k in cfg.flat() or k in ("family", "model")})
         key = (case.kind, cfg, case.steps)
         if key not in seen:
             seen.add(key)
