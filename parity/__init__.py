@@ -6,6 +6,6 @@ checkpoints, comparison and the harness). Importing it imports neither JAX nor P
 
 from parity.config import PRESETS, Config, ConfigError, get_preset
 
-__version__ = "0.2.0"  # the one place the version is written (pyproject.toml reads it)
+__version__ = "0.3.0"  # the one place the version is written (pyproject.toml reads it)
 
 __all__ = ["PRESETS", "Config", "ConfigError", "__version__", "get_preset"]
