@@ -320,25 +320,8 @@ DIGITS_5W5S = DIGITS_5W1S.replace(k_support=5, meta_batch=16)
 # command); Adam 1e-3, 60,000 iterations; the query set holds K images per class, as the reference
 # code samples 2K per class. They carry no data_dir: a run refuses to start until --data DIR names
 # the Omniglot folder (Classification.check_ready).
-OMNIGLOT_5W1S = Config(
-    family="classification",
-    dataset="omniglot",
-    n_way=5,
-    k_support=1,
-    k_query=1,
-    image_size=28,
-    rotations=True,
-    model="conv",
-    depth=4,
-    width=64,
-    pool="stride",
-    inner_steps=1,
-    alpha_mode="fixed",
-    alpha_init=0.4,
-    outer_optimizer="adam",
-    outer_lr=1e-3,
-    meta_batch=32,
-    iterations=60_000,
+OMNIGLOT_5W1S = DIGITS_5W1S.replace(
+    dataset="omniglot", k_query=1, image_size=28, depth=4, width=64, pool="stride", iterations=60_000
 )
 OMNIGLOT_20W1S = OMNIGLOT_5W1S.replace(n_way=20, inner_steps=5, alpha_init=0.1, meta_batch=16)
 
