@@ -221,4 +221,3 @@ def test_set_changes_every_generated_case_like_check_set(tmp_path):
     assert code == 1 and "numpy~narrow" in out, out
     code, out = run_pytest(where, "-k", "test_case", "--maml-parity-set", "hiden=[8]")
     assert code == 4 and "maml_parity_set: hiden: unknown config field" in out, out
-
