@@ -50,6 +50,15 @@ def alpha_for(alpha: Alpha, name: str) -> jax.Array:
     return alpha[name] if isinstance(alpha, dict) else alpha
 
 
+def alpha_at(alpha: Alpha, t: jax.Array, cfg: Config) -> Alpha:
+    """α for inner step t (1, 2, …): α itself, except in per_layer_step mode (LSLR), whose α[name]
+    [T] holds one step size per step: entry t − 1 (evaluation's steps past T reuse entry T − 1)."""
+    if cfg.alpha_mode != "per_layer_step" or not isinstance(alpha, dict):
+        return alpha
+    i = jnp.minimum(t, cfg.inner_steps).astype(jnp.int32) - 1
+    return {name: a[i] for name, a in alpha.items()}
+
+
 def broadcast_to_tasks(params: Params, x: jax.Array) -> Params:
     """Give every task its own copy of the parameters: leading axes of ``x`` [..., P, 1]."""
     tasks_shape = x.shape[:-2]
@@ -135,7 +144,7 @@ def optimizer_step(
     params, state = carry
     grads, losses = inner_gradient(params, x, y, cfg)
     direction, state = INNER_OPTIMIZERS[cfg.inner_optimizer][1](grads, state, t, cfg.inner.optimizer)
-    return (apply_step(params, alpha, direction, cfg), state), losses
+    return (apply_step(params, alpha_at(alpha, t, cfg), direction, cfg), state), losses
 
 
 def adapt(
@@ -240,8 +249,6 @@ def _trace(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config) -> dict[str,
     p = broadcast_to_tasks(params, x_support)  # [B, ...]
     init, update = INNER_OPTIMIZERS[cfg.inner_optimizer]
     state = init(p)
-    # α (per parameter: shaped like one task's parameter) broadcast over the task axis
-    alpha_b = {name: jnp.broadcast_to(alpha_for(alpha, name), v.shape) for name, v in p.items()}
     losses: list[jax.Array] = []
     grads: list[Params] = []
     states: list[OptState] = []
@@ -249,6 +256,9 @@ def _trace(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config) -> dict[str,
     for t in range(1, cfg.inner_steps + 1):
         g, loss = inner_gradient(p, x_support, y_support, cfg)
         direction, state = update(g, state, jnp.asarray(t, x_support.dtype), cfg.inner.optimizer)
+        # step t's α (per parameter: shaped like one task's parameter) broadcast over the task axis
+        alpha_t = alpha_at(alpha, jnp.asarray(t), cfg)
+        alpha_b = {name: jnp.broadcast_to(alpha_for(alpha_t, name), v.shape) for name, v in p.items()}
         p = apply_step(p, alpha_b, direction, cfg)
         losses.append(loss)
         grads.append(g)
@@ -289,12 +299,14 @@ def _inner_step_gains(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config, i
     def one_task(task: Tasks) -> jax.Array:
         x, y = task[0], task[1]
 
-        def step(p: Params, _: None) -> tuple[Params, jax.Array]:
-            gain = _step_gain(p, alpha, x, y, cfg, iterations)
-            p, _losses = inner_step(p, alpha, x, y, cfg)
+        def step(p: Params, t: jax.Array) -> tuple[Params, jax.Array]:
+            alpha_t = alpha_at(alpha, t, cfg)
+            gain = _step_gain(p, alpha_t, x, y, cfg, iterations)
+            p, _losses = inner_step(p, alpha_t, x, y, cfg)
             return p, gain
 
-        _, gains = jax.lax.scan(step, broadcast_to_tasks(params, x), None, length=cfg.inner_steps)
+        steps = jnp.arange(1, cfg.inner_steps + 1)
+        _, gains = jax.lax.scan(step, broadcast_to_tasks(params, x), steps)
         return gains
 
     return jax.vmap(one_task)(tasks)

@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from parity.config import Config, ConfigError
+from parity.inner import alpha_shapes as inner_alpha_shapes
 from parity.registry import versioned_packages
 
 # The file names are parity.rundir's; importers of parity.checkpoint still find them here.
@@ -143,8 +144,9 @@ def flatten_state(state: dict[str, Any]) -> dict[str, np.ndarray]:
 def expected_layout(cfg: Config) -> dict[str, tuple[tuple[int, ...], str]]:
     """Every array a checkpoint of ``cfg`` holds: name → (shape, dtype)."""
     shapes = cfg.param_shapes
+    per_name = inner_alpha_shapes(cfg)
     alpha_shapes: dict[str, tuple[int, ...]] = (
-        {f"alpha/{k}": s for k, s in shapes.items()} if cfg.alpha_mode == "per_parameter" else {"alpha": ()}
+        {f"alpha/{k}": s for k, s in per_name.items()} if per_name is not None else {"alpha": ()}
     )
     layout: dict[str, tuple[tuple[int, ...], str]] = {"step": ((), "int64")}
     layout.update({f"params/{k}": (s, cfg.dtype) for k, s in shapes.items()})

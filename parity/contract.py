@@ -16,8 +16,9 @@ Arguments (all NumPy, in ``cfg.dtype``):
   ``torch.nn.Linear``, biases ``(out,)``; the MLP is ``1 → cfg.hidden … → 1`` with
   ``cfg.activation`` between layers and none after the last.
 - ``alpha``: a 0-d ndarray (the inner learning rate α itself, also under the softplus
-  parametrisation), or ``{name: ndarray}`` shaped like ``params`` when ``cfg.alpha_mode`` is
-  ``per_parameter``.
+  parametrisation), or ``{name: ndarray}``: shaped like ``params`` when ``cfg.alpha_mode`` is
+  ``per_parameter``, ``[T]`` each when it is ``per_layer_step`` (LSLR: α[name][t − 1] steps
+  parameter ``name`` at inner step t).
 - ``tasks``: ``(x_support [B, K, 1], y_support [B, K, 1], x_query [B, Q, 1], y_query [B, Q, 1])``.
 - ``cfg``: :class:`parity.config.Config` (read ``inner_steps``, ``loss``, ``activation``,
   ``first_order``; the rest describes how the data were made).
@@ -67,6 +68,7 @@ from typing import Any, Protocol, TypedDict, runtime_checkable
 import numpy as np
 
 from parity.config import Config
+from parity.inner import alpha_shapes
 
 
 class MetaResult(TypedDict):
@@ -131,10 +133,12 @@ def flatten_result(result: Any, cfg: Config, who: str) -> dict[str, np.ndarray]:
             raise ContractError(
                 f"{who}: alpha_grad is None, allowed only for alpha_mode 'fixed' (got {cfg.alpha_mode!r})"
             )
-    elif cfg.alpha_mode == "per_parameter":
-        if not isinstance(alpha_grad, dict) or set(alpha_grad) != set(shapes):
-            raise ContractError(f"{who}: alpha_grad must be a dict with keys {sorted(shapes)} in per_parameter mode")
-        for name, shape in shapes.items():
+    elif (a_shapes := alpha_shapes(cfg)) is not None:
+        if not isinstance(alpha_grad, dict) or set(alpha_grad) != set(a_shapes):
+            raise ContractError(
+                f"{who}: alpha_grad must be a dict with keys {sorted(a_shapes)} in {cfg.alpha_mode} mode"
+            )
+        for name, shape in a_shapes.items():
             flat[f"grad/alpha/{name}"] = alpha_grad[name]
             expected[f"grad/alpha/{name}"] = shape
     else:

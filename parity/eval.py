@@ -140,7 +140,7 @@ def adaptation_curves(
     step_cfg = cfg.replace(first_order=True)
     x_s, y_s, x_q = twin.to_arrays((tasks.x_support, tasks.y_support, tasks.x_query), cfg.dtype)
     n = tasks.x_support.shape[0]
-    if isinstance(alpha, dict):  # per-parameter α gets the task axis too (no implicit rank promotion)
+    if cfg.alpha_mode == "per_parameter":  # α gets the task axis too (no implicit rank promotion)
         alpha = {k: np.array(np.broadcast_to(v, (n, *np.shape(v)))) for k, v in alpha.items()}
     alpha_t = twin.to_arrays(alpha, cfg.dtype)
     adapted = meta.broadcast_to_tasks(twin.to_arrays(params, cfg.dtype), x_s)  # leaves [N, ...]

@@ -36,6 +36,7 @@ from parity.checkpoint import atomic_write
 from parity.compare import rule_description
 from parity.config import Config, ConfigError, computation_fields
 from parity.contract import describe
+from parity.inner import alpha_shapes as inner_alpha_shapes
 from parity.safeio import read_npz_capped
 from parity.twins import meta_results, step0_inputs
 from parity.worker import WorkerError
@@ -239,7 +240,7 @@ def golden_layout(cfg: Config) -> dict[str, tuple[tuple[int, ...], str | None]]:
     x_shape, y_shape = tuple(cfg.family.input_shape), (cfg.family.n_outputs,)
     layout: dict[str, tuple[tuple[int, ...], str | None]] = {"config": ((), None), "framework": ((), None)}
     layout["dtype"] = ((), None)
-    alpha_shapes = cfg.param_shapes if cfg.alpha_mode == "per_parameter" else None
+    alpha_shapes = inner_alpha_shapes(cfg)
     for group in ("init", "grad"):
         layout.update({f"{group}/{k}": (s, cfg.dtype) for k, s in cfg.param_shapes.items()})
         if alpha_shapes is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from parity.config import Config
+from parity.inner import alpha_shapes
 from parity.tasks import INIT_STREAM, rng_for
 
 Params = dict[str, np.ndarray]
@@ -33,9 +34,11 @@ def truncated_normal(rng: np.random.Generator, shape: tuple[int, ...]) -> np.nda
 
 
 def init_alpha(cfg: Config) -> np.ndarray | Params:
-    """α's initial value: a 0-d array, or one array per parameter in ``per_parameter`` mode."""
-    if cfg.alpha_mode == "per_parameter":
-        return {name: np.full(shape, cfg.alpha_init, dtype=cfg.dtype) for name, shape in cfg.param_shapes.items()}
+    """α's initial value: a 0-d array, or one array per parameter (``parity.inner.alpha_shapes``:
+    shaped like it in ``per_parameter`` mode, [T] in ``per_layer_step``), every entry alpha_init."""
+    shapes = alpha_shapes(cfg)
+    if shapes is not None:
+        return {name: np.full(shape, cfg.alpha_init, dtype=cfg.dtype) for name, shape in shapes.items()}
     return np.asarray(cfg.alpha_init, dtype=cfg.dtype)
 
 

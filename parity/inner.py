@@ -12,7 +12,7 @@ from typing import Any
 
 from parity.parts import ConfigError, Part, check_bool, check_choice, check_declared, check_float, check_int, field
 
-ALPHA_MODES = ("fixed", "scalar", "per_parameter")
+ALPHA_MODES = ("fixed", "scalar", "per_parameter", "per_layer_step")
 ALPHA_PARAMETRISATIONS = ("identity", "softplus")
 
 
@@ -84,7 +84,13 @@ class InnerLoop(Part):
     # A frozen part: one shared default instance is safe.
     optimizer: Any = field(SGD(), "meta_gradient", "the inner optimiser (axis inner_optimizer)")  # noqa: RUF009
     inner_steps: int = field(3, "meta_gradient", "T; 0 means no adaptation")
-    alpha_mode: str = field("fixed", "meta_gradient", "fixed | scalar (seed part 4) | per_parameter (Meta-SGD)")
+    # per_layer_step is MAML++'s LSLR (Antoniou et al. 2019): α[name] [T], the step size of the
+    # parameter tensor `name` at inner step t is α[name][t − 1]; evaluation's steps past T reuse α[name][T − 1].
+    alpha_mode: str = field(
+        "fixed",
+        "meta_gradient",
+        "fixed | scalar (seed part 4) | per_parameter (Meta-SGD) | per_layer_step (LSLR: one per tensor per step)",
+    )
     alpha_init: float = field(0.03, "data", "α, or the initial value of every entry of a learned α")
     # A negative alpha_init climbs the inner loss; refused unless asked for with this set true.
     allow_negative_alpha: bool = field(False, "data", "allow a negative alpha_init")
@@ -102,6 +108,8 @@ class InnerLoop(Part):
             raise ConfigError("inner_optimizer", f"must be one of {', '.join(INNER_OPTIMIZERS)}")
         check_int("inner_steps", self.inner_steps, minimum=0)
         check_choice("alpha_mode", self.alpha_mode, ALPHA_MODES)
+        if self.alpha_mode == "per_layer_step" and self.inner_steps == 0:
+            raise ConfigError("alpha_mode", "per_layer_step needs inner_steps >= 1 (one alpha per step)")
         check_float("alpha_init", self.alpha_init)
         check_bool("allow_negative_alpha", self.allow_negative_alpha)
         check_choice("alpha_parametrisation", self.alpha_parametrisation, ALPHA_PARAMETRISATIONS)
@@ -109,7 +117,8 @@ class InnerLoop(Part):
             if self.alpha_mode == "fixed":
                 raise ConfigError(
                     "alpha_parametrisation",
-                    "softplus applies to a learned alpha (alpha_mode scalar or per_parameter); alpha_mode is fixed",
+                    "softplus applies to a learned alpha (alpha_mode scalar, per_parameter or per_layer_step); "
+                    "alpha_mode is fixed",
                 )
             check_float("alpha_init", self.alpha_init, positive=True, why=" (alpha_parametrisation softplus)")
         if self.alpha_init < 0 and not self.allow_negative_alpha:
@@ -126,3 +135,13 @@ class InnerLoop(Part):
     def alpha_learned(self) -> bool:
         """Whether the outer loop updates α."""
         return self.alpha_mode != "fixed"
+
+
+def alpha_shapes(cfg: Any) -> dict[str, tuple[int, ...]] | None:
+    """α's shapes for a config: None for one 0-d α (fixed, scalar); else per parameter name the
+    parameter's shape (per_parameter) or (T,) (per_layer_step: one α per tensor per inner step)."""
+    if cfg.alpha_mode == "per_parameter":
+        return dict(cfg.param_shapes)
+    if cfg.alpha_mode == "per_layer_step":
+        return {name: (cfg.inner_steps,) for name in cfg.param_shapes}
+    return None

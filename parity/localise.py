@@ -37,7 +37,7 @@ def points(cfg: Config, keys: set[str], outer_steps: int = 0) -> list[tuple[str,
     (axis 1 of a ``trace/`` entry) or, for a trajectory of ``outer_steps`` steps, the outer step
     (axis 0 of ``outer_loss`` and the ``trajectory/`` entries); None: the whole entry."""
     names = list(cfg.param_names)
-    alphas = ["alpha"] if cfg.alpha_mode != "per_parameter" else [f"alpha/{n}" for n in names]
+    alphas = ["alpha"] if cfg.alpha_mode in ("fixed", "scalar") else [f"alpha/{n}" for n in names]
     order: list[tuple[str, int | None]] = []
     for k in range(outer_steps):
         order.append(("outer_loss", k))

@@ -99,9 +99,12 @@ def case_name(
 
 def allowed(row: dict[int, Any]) -> bool:
     """Whether a (partial) row is a config worth a case: T = 0 has no inner gradient to hold
-    constant (first order = second order), and softplus applies to a learned α only."""
+    constant (first order = second order), per_layer_step needs a step, and softplus applies to a
+    learned α only."""
     values = {_NAMES[i]: v for i, v in row.items()}
     if values.get("inner_steps") == 0 and values.get("order") == "first":
+        return False
+    if values.get("inner_steps") == 0 and values.get("alpha_mode") == "per_layer_step":
         return False
     return not (values.get("alpha_mode") == "fixed" and values.get("alpha_parametrisation") == "softplus")
 
@@ -145,9 +148,27 @@ def case_for(row: tuple[Any, ...]) -> Case:
     return Case(case_name(*row), cfg)
 
 
+# Issue 19's LSLR α (alpha_mode per_layer_step), in rows of its own after the design: as a value
+# of the designed alpha_mode axis it would reshuffle every all-pairs row (and the cases the tests
+# and scripts/mutants name). Quick: second order with Adam, first order with momentum and remat.
+LSLR_QUICK = (
+    (3, 0.05, "l1", "per_layer_step", "second", "relu", HIDDEN[1], SIZES[1], "identity", False, "adam"),
+    (2, 0.01, "mse", "per_layer_step", "first", "tanh", HIDDEN[2], SIZES[2], "identity", True, "momentum"),
+)
+
+
+def lslr_rows(quick: bool) -> list[tuple[Any, ...]]:
+    """The per_layer_step rows: the two quick ones, or T x order x inner optimiser (the rest defaults)."""
+    if quick:
+        return list(LSLR_QUICK)
+    rows = itertools.product((1, 3, 10), ORDERS, INNER_OPTIMIZERS)
+    return [_defaults((T, 0.05, "l1", "per_layer_step", order))[:-1] + (opt,) for T, order, opt in rows]
+
+
 def gradient_cases(quick: bool = False) -> list[Case]:
-    """The full matrix, or (``quick``) the all-pairs subset (see the module's docstring)."""
-    return [case_for(row) for row in design(quick)]
+    """The full matrix, or (``quick``) the all-pairs subset (see the module's docstring), then the
+    per_layer_step rows (:func:`lslr_rows`)."""
+    return [case_for(row) for row in [*design(quick), *lslr_rows(quick)]]
 
 
 def trajectory_cases() -> list[Case]:

@@ -207,7 +207,7 @@ class NumpyOracle:
             value, grads = self.inner_gradient(params, x, y, cfg)
             direction, state = self.inner_direction(grads, state, t, cfg)
             params = {
-                k: self.inner_update(v, _step_size(alpha, k, v), direction[k]) if k in adapted else v
+                k: self.inner_update(v, _step_size(alpha, k, v, t, cfg), direction[k]) if k in adapted else v
                 for k, v in params.items()
             }
             losses.append(value)
@@ -369,8 +369,12 @@ def _one(tree: Any) -> Any:
     return tree.reshape(1).astype(complex)
 
 
-def _step_size(alpha: Any, name: str, w: np.ndarray) -> np.ndarray:
-    """α for parameter ``name`` [D, ...], broadcastable against its copies ``w`` [D, *shape]."""
+def _step_size(alpha: Any, name: str, w: np.ndarray, t: int, cfg: Config) -> np.ndarray:
+    """α for parameter ``name`` at inner step t (1, 2, …) [D, ...], broadcastable against its copies
+    ``w`` [D, *shape]. per_layer_step (LSLR): α[name] is [D, T], step t takes column t − 1."""
+    if cfg.alpha_mode == "per_layer_step":
+        column = alpha[name][:, min(t, cfg.inner_steps) - 1]
+        return column.reshape((-1,) + (1,) * (w.ndim - 1))
     if isinstance(alpha, dict):
         return alpha[name]
     return alpha.reshape((-1,) + (1,) * (w.ndim - 1))

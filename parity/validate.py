@@ -129,7 +129,22 @@ def _check_params(function: str, argument: str, specs: Any, cfg: Config, leading
 
 
 def _check_alpha(function: str, spec: Any, cfg: Config) -> None:
-    """α: a 0-d array, or (per_parameter mode) a dict shaped like the parameters."""
+    """α: a 0-d array, or a dict: shaped like the parameters (per_parameter), [T] each (per_layer_step)."""
+    if cfg.alpha_mode == "per_layer_step":
+        if not isinstance(spec, Mapping) or set(spec) != set(cfg.param_names):
+            raise ArrayShapeError(
+                f"{function}: alpha must be a dict with keys {sorted(cfg.param_names)} of arrays "
+                f"{cfg.dtype} [{cfg.inner_steps}] (alpha_mode per_layer_step); got a {_kind(spec)}"
+            )
+        for name, value in spec.items():
+            want = f"{cfg.dtype} [{cfg.inner_steps}] (alpha_mode per_layer_step)"
+            if not isinstance(value, Spec):
+                raise ArrayShapeError(f"{function}: alpha[{name!r}] must be one array {want}; got a {_kind(value)}")
+            if value.dtype != cfg.dtype:
+                raise ArrayTypeError(f"{function}: alpha[{name!r}] must be {want}; got {value}")
+            if value.shape != (cfg.inner_steps,):
+                raise ArrayShapeError(f"{function}: alpha[{name!r}] must be {want}; got {value}")
+        return
     if cfg.alpha_mode == "per_parameter":
         if not isinstance(spec, Mapping):
             raise ArrayShapeError(

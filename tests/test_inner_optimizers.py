@@ -145,6 +145,8 @@ def _where(rows: list) -> str:
 INNER_CASES = {
     "adam": SMALL.replace(inner_optimizer="adam", eps=1e-3, alpha_init=0.01),
     "momentum": SMALL.replace(inner_optimizer="momentum", momentum=0.5),
+    # LSLR (alpha_mode per_layer_step): a step read from the wrong column moves dL/dα to another step
+    "lslr": SMALL.replace(alpha_mode="per_layer_step"),
 }
 
 

@@ -45,6 +45,15 @@ def alpha_for(alpha: Alpha, name: str) -> torch.Tensor:
     return alpha[name] if isinstance(alpha, dict) else alpha
 
 
+def alpha_at(alpha: Alpha, t: Any, cfg: Config) -> Alpha:
+    """α for inner step t (1, 2, …): α itself, except in per_layer_step mode (LSLR), whose α[name]
+    [T] holds one step size per step: entry t − 1 (evaluation's steps past T reuse entry T − 1)."""
+    if cfg.alpha_mode != "per_layer_step" or not isinstance(alpha, dict):
+        return alpha
+    i = min(int(t), cfg.inner_steps) - 1
+    return {name: a[i] for name, a in alpha.items()}
+
+
 def broadcast_to_tasks(params: Params, x: torch.Tensor) -> Params:
     """Give every task its own copy of the parameters: leading axes of ``x`` [..., P, 1]."""
     tasks_shape = x.shape[:-2]
@@ -134,7 +143,7 @@ def optimizer_step(
     params, state = carry
     grads, losses = inner_gradient(params, x, y, cfg)
     direction, state = INNER_OPTIMIZERS[cfg.inner_optimizer][1](grads, state, t, cfg.inner.optimizer)
-    return (apply_step(params, alpha, direction, cfg), state), losses
+    return (apply_step(params, alpha_at(alpha, t, cfg), direction, cfg), state), losses
 
 
 def adapt(
@@ -278,8 +287,6 @@ def _trace(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config) -> dict[str,
     alpha = _detached_leaf(alpha)
     init, update = INNER_OPTIMIZERS[cfg.inner_optimizer]
     state = init(p)
-    # α (per parameter: shaped like one task's parameter) broadcast over the task axis
-    alpha_b = {name: torch.broadcast_to(alpha_for(alpha, name), v.shape) for name, v in p.items()}
     losses: list[torch.Tensor] = []
     grads: list[Params] = []
     states: list[OptState] = []
@@ -290,6 +297,9 @@ def _trace(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config) -> dict[str,
             loss = _inner_loss(p, x_support, y_support, cfg)
             g = dict(zip(p, torch.autograd.grad(loss.sum(), list(p.values()))))
             direction, state = update(g, state, float(t), cfg.inner.optimizer)
+            # step t's α (per parameter: shaped like one task's parameter) broadcast over the task axis
+            alpha_t = alpha_at(alpha, t, cfg)
+            alpha_b = {name: torch.broadcast_to(alpha_for(alpha_t, name), v.shape) for name, v in p.items()}
             p = {name: v.detach() for name, v in apply_step(p, alpha_b, direction, cfg).items()}
             losses.append(loss.detach())
             grads.append(g)
@@ -328,9 +338,10 @@ def inner_step_gains(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config, it
         x, y = task[0], task[1]
         p = broadcast_to_tasks({name: v.detach() for name, v in params.items()}, x)
         gains = []
-        for _ in range(cfg.inner_steps):
-            gains.append(_step_gain(p, alpha, x, y, cfg, iterations))
-            p, _ = inner_step({name: v.detach().requires_grad_() for name, v in p.items()}, alpha, x, y, cfg)
+        for t in range(1, cfg.inner_steps + 1):
+            alpha_t = alpha_at(alpha, t, cfg)
+            gains.append(_step_gain(p, alpha_t, x, y, cfg, iterations))
+            p, _ = inner_step({name: v.detach().requires_grad_() for name, v in p.items()}, alpha_t, x, y, cfg)
         return torch.stack(gains) if gains else x.new_zeros((0,))
 
     return torch.stack([one_task(tuple(t[b] for t in tasks)) for b in range(tasks[0].shape[0])])  # type: ignore[arg-type]

@@ -24,6 +24,13 @@ def alpha_for(alpha: Alpha, name: str) -> np.ndarray:
     return alpha[name] if isinstance(alpha, dict) else alpha
 
 
+def alpha_at(alpha: Alpha, t: int, cfg: Config) -> Alpha:
+    """α for inner step t (1, 2, …): per_layer_step's entry t − 1 (past T: T − 1), else α itself."""
+    if cfg.alpha_mode != "per_layer_step" or not isinstance(alpha, dict):
+        return alpha
+    return {name: a[min(t, cfg.inner_steps) - 1] for name, a in alpha.items()}
+
+
 def broadcast_to_tasks(params: Params, x: np.ndarray) -> Params:
     """Every task its own copy of the parameters: the leading axes of ``x`` [..., P, 1]."""
     return {name: np.array(np.broadcast_to(p, x.shape[:-2] + p.shape)) for name, p in params.items()}
@@ -47,7 +54,8 @@ def optimizer_step(
     value, grads = ORACLE.loss_and_grads(params, x, y, cfg)
     direction, state = ORACLE.inner_direction({k: g.real for k, g in grads.items()}, state, t, cfg)
     adapted = set(cfg.model.adapted(tuple(params)))
-    new = {k: p - alpha_for(alpha, k) * direction[k] if k in adapted else p for k, p in params.items()}
+    step_alpha = alpha_at(alpha, int(t), cfg)
+    new = {k: p - alpha_for(step_alpha, k) * direction[k] if k in adapted else p for k, p in params.items()}
     return (new, state), value.real
 
 
@@ -73,8 +81,9 @@ def inner_step_gains(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config, it
     for task in range(x_s.shape[0]):
         p = {name: v[None] for name, v in params.items()}  # one copy: D = 1
         for t in range(cfg.inner_steps):
-            gains[task, t] = _step_gain(p, alpha, x_s[task], y_s[task], cfg, iterations)
-            p = inner_step(p, alpha, x_s[task][None], y_s[task][None], cfg)[0]
+            alpha_t = alpha_at(alpha, t + 1, cfg)
+            gains[task, t] = _step_gain(p, alpha_t, x_s[task], y_s[task], cfg, iterations)
+            p = inner_step(p, alpha_t, x_s[task][None], y_s[task][None], cfg)[0]
     return gains
 
 
