@@ -68,8 +68,16 @@ def inner_step(params: Params, alpha: Alpha, x: jax.Array, y: jax.Array, cfg: Co
     (_, losses), grads = jax.value_and_grad(summed, has_aux=True)(params)
     if cfg.first_order:
         grads = jax.lax.stop_gradient(grads)  # FOMAML: the inner gradient is a constant
-    new_params = {name: p - alpha_for(alpha, name) * grads[name] for name, p in params.items()}
+    kept = _kept(params, cfg)  # cls-conv: the parameters the inner loop leaves alone (inner's rewrite replaces this)
+    new_params = {
+        name: p - alpha_for(alpha, name) * grads[name] if name not in kept else p for name, p in params.items()
+    }
     return new_params, losses
+
+
+def _kept(params: Params, cfg: Config) -> frozenset[str]:
+    # cls-conv: what the model's ``adapted`` leaves out (conv adapt head / no_bn) keeps its value.
+    return frozenset(params) - frozenset(cfg.model.adapted(tuple(params)))
 
 
 def adapt(
@@ -174,6 +182,7 @@ def trace(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config) -> dict[str, 
 def _trace(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config) -> dict[str, jax.Array]:
     x_support, y_support, x_query, y_query = tasks
     p = broadcast_to_tasks(params, y_support)  # [B, ...]
+    kept = _kept(params, cfg)
 
     def summed(q: Params) -> tuple[jax.Array, jax.Array]:
         losses = _inner_loss(q, x_support, y_support, cfg)
@@ -185,7 +194,10 @@ def _trace(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config) -> dict[str,
     for _ in range(cfg.inner_steps):
         (_, loss), g = jax.value_and_grad(summed, has_aux=True)(p)
         # α (per parameter: shaped like one task's parameter) broadcast over the task axis
-        p = {name: v - jnp.broadcast_to(alpha_for(alpha, name), v.shape) * g[name] for name, v in p.items()}
+        p = {
+            name: v - jnp.broadcast_to(alpha_for(alpha, name), v.shape) * g[name] if name not in kept else v
+            for name, v in p.items()
+        }
         losses.append(loss)
         grads.append(g)
         adapted.append(p)

@@ -66,13 +66,13 @@ def conv(params: Params, x: jax.Array, model: Any) -> jax.Array:
     for i in range(model.depth):
         w = jnp.transpose(params[f"w{i}"], (2, 3, 1, 0))  # OIHW -> HWIO
         h = jax.lax.conv_general_dilated(h, w, (stride, stride), ((1, 1), (1, 1)), dimension_numbers=_NHWC)
-        h = h + params[f"b{i}"]
+        h = h + params[f"b{i}"][None, None, None, :]
         h = batch_norm(h, params[f"gamma{i}"], params[f"beta{i}"], model.bn_eps)
         h = jax.nn.relu(h)
         if model.pool == "max":
             h = max_pool(h)
     features = jnp.transpose(h, (0, 3, 1, 2)).reshape(h.shape[0], -1)  # flattened in (C, H, W) order
-    return features @ params["w_head"].T + params["b_head"]
+    return features @ params["w_head"].T + params["b_head"][None, :]
 
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
@@ -85,9 +85,9 @@ def _conv_rank(name: str) -> int:
 
 def batch_norm(h: jax.Array, gamma: jax.Array, beta: jax.Array, eps: float) -> jax.Array:
     """Per channel, with the statistics of these images (over images, rows, columns; biased variance)."""
-    mean = jnp.mean(h, axis=(0, 1, 2))
-    var = jnp.mean(jnp.square(h - mean), axis=(0, 1, 2))
-    return (h - mean) / jnp.sqrt(var + eps) * gamma + beta
+    mean = jnp.mean(h, axis=(0, 1, 2), keepdims=True)
+    var = jnp.mean(jnp.square(h - mean), axis=(0, 1, 2), keepdims=True)
+    return (h - mean) / jnp.sqrt(var + eps) * gamma[None, None, None, :] + beta[None, None, None, :]
 
 
 def max_pool(h: jax.Array) -> jax.Array:

@@ -67,8 +67,16 @@ def inner_step(
             torch.autograd.grad(total, list(params.values()), create_graph=not cfg.first_order, retain_graph=True),
         )
     )
-    new_params = {name: p - alpha_for(alpha, name) * grads[name] for name, p in params.items()}
+    kept = _kept(params, cfg)  # cls-conv: the parameters the inner loop leaves alone (inner's rewrite replaces this)
+    new_params = {
+        name: p - alpha_for(alpha, name) * grads[name] if name not in kept else p for name, p in params.items()
+    }
     return new_params, losses
+
+
+def _kept(params: Params, cfg: Config) -> frozenset[str]:
+    # cls-conv: what the model's ``adapted`` leaves out (conv adapt head / no_bn) keeps its value.
+    return frozenset(params) - frozenset(cfg.model.adapted(tuple(params)))
 
 
 def adapt(
@@ -193,6 +201,7 @@ def trace(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config) -> dict[str, 
 def _trace(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config) -> dict[str, torch.Tensor]:
     x_support, y_support, x_query, y_query = tasks
     p = broadcast_to_tasks({name: v.detach() for name, v in params.items()}, y_support)  # [B, ...]
+    kept = _kept(params, cfg)
     alpha = _detached_leaf(alpha)
     losses: list[torch.Tensor] = []
     grads: list[Params] = []
@@ -204,7 +213,9 @@ def _trace(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config) -> dict[str,
             g = dict(zip(p, torch.autograd.grad(loss.sum(), list(p.values()))))
             # α (per parameter: shaped like one task's parameter) broadcast over the task axis
             p = {
-                name: (v - torch.broadcast_to(alpha_for(alpha, name), v.shape) * g[name]).detach()
+                name: (
+                    v - torch.broadcast_to(alpha_for(alpha, name), v.shape) * g[name] if name not in kept else v
+                ).detach()
                 for name, v in p.items()
             }
             losses.append(loss.detach())
