@@ -84,7 +84,9 @@ def run_forward(framework: str, params: dict[str, np.ndarray], x: np.ndarray, cf
 
 
 @pytest.mark.parametrize("framework", ["jax", "torch"])
-@pytest.mark.parametrize(("pool", "side", "eps"), [("max", 8, 1e-3), ("max", 7, 1e-5), ("stride", 7, 1e-3)])
+@pytest.mark.parametrize(
+    ("pool", "side", "eps"), [("max", 8, 1e-3), ("max", 7, 1e-5), ("stride", 7, 1e-3), ("stride", 8, 1e-3)]
+)
 def test_conv_forward_matches_the_definition(framework, pool, side, eps):
     """Per-task parameters [B, ...] and images [B, P, C, H, W] (odd sides: floor for the pool, ceil
     for stride 2), each task against the loop reference; batch norm with each task's own statistics."""
