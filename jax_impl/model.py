@@ -64,9 +64,7 @@ def conv(params: Params, x: jax.Array, model: Any) -> jax.Array:
     h = jnp.transpose(x, (0, 2, 3, 1))  # NHWC inside: XLA's CPU convolutions prefer it
     stride = 2 if model.pool == "stride" else 1
     for i in range(model.depth):
-        w = jnp.transpose(params[f"w{i}"], (2, 3, 1, 0))  # OIHW -> HWIO
-        h = jax.lax.conv_general_dilated(h, w, (stride, stride), ((1, 1), (1, 1)), dimension_numbers=_NHWC)
-        h = h + params[f"b{i}"][None, None, None, :]
+        h = conv3x3(h, params[f"w{i}"], stride) + params[f"b{i}"][None, None, None, :]
         h = batch_norm(h, params[f"gamma{i}"], params[f"beta{i}"], model.bn_eps)
         h = jax.nn.relu(h)
         if model.pool == "max":
@@ -75,7 +73,26 @@ def conv(params: Params, x: jax.Array, model: Any) -> jax.Array:
     return features @ params["w_head"].T + params["b_head"][None, :]
 
 
-_NHWC = ("NHWC", "HWIO", "NHWC")
+def conv3x3(h: jax.Array, w: jax.Array, stride: int) -> jax.Array:
+    """3×3 convolution, padding 1, of NHWC images ``h`` with OIHW weights ``w``, as one matrix product
+    of the nine shifted (strided) views of the padded images (im2col).
+
+    Why not ``lax.conv_general_dilated``: mapped over tasks with per-task weights (the inner loop's
+    adapted parameters), it becomes a grouped convolution that XLA's CPU backend runs far slower than
+    this batched matrix product (measured, one core, meta-batch 32, 1 inner step, 4×64 filters on
+    8×8 images: 4.2 s against 0.15 s per outer step).
+    """
+    _, H, W, C = h.shape
+    Ho, Wo = (H - 1) // stride + 1, (W - 1) // stride + 1
+    padded = jnp.pad(h, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    views = [
+        padded[:, dy : dy + stride * (Ho - 1) + 1 : stride, dx : dx + stride * (Wo - 1) + 1 : stride, :]
+        for dy in range(3)
+        for dx in range(3)
+    ]
+    patches = jnp.concatenate(views, axis=-1)  # [P, Ho, Wo, 9·C], (dy, dx, c) order
+    kernel = jnp.transpose(w, (2, 3, 1, 0)).reshape(9 * C, w.shape[0])  # OIHW -> (dy, dx, c) × O
+    return patches @ kernel
 
 
 def _conv_rank(name: str) -> int:
