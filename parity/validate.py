@@ -125,8 +125,7 @@ def _check_params(function: str, argument: str, specs: Any, cfg: Config, leading
         )
     if set(specs) != set(expected):
         raise ArrayShapeError(
-            f"{function}: {argument} must have the keys {sorted(expected)} (hidden = {list(cfg.hidden)}); "
-            f"got {sorted(specs)}"
+            f"{function}: {argument} must have the keys {sorted(expected)} ({_model_text(cfg)}); got {sorted(specs)}"
         )
     for name, shape in expected.items():
         spec = specs[name]
@@ -139,6 +138,14 @@ def _check_params(function: str, argument: str, specs: Any, cfg: Config, leading
             raise ArrayTypeError(f"{function}: {argument}[{name!r}] must be one array {want}; got a {_kind(spec)}")
         error = ArrayTypeError if spec.dtype != cfg.dtype else ArrayShapeError
         raise error(f"{function}: {argument}[{name!r}] must be {want}; got {spec}")
+
+
+def _model_text(cfg: Config) -> str:
+    """What decides the parameter names: the MLP's hidden widths, or the model's name and depth."""
+    fields = cfg.flat()
+    if "hidden" in fields:
+        return f"hidden = {list(fields['hidden'])}"
+    return f"model {cfg.model.name}" + (f", depth = {fields['depth']}" if "depth" in fields else "")
 
 
 def _check_alpha(function: str, spec: Any, cfg: Config) -> None:

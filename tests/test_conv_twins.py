@@ -185,3 +185,52 @@ def test_head_only_adaptation_keeps_the_body(framework):
         if not np.array_equal(np.asarray(model.to_numpy(v)).reshape(params[k].shape), params[k])
     }
     assert moved == {"w_head", "b_head"}
+
+
+@pytest.mark.parametrize("framework", ["jax", "torch"])
+def test_classification_inputs_are_checked_against_the_family_shapes(framework):
+    """The contract's shapes come from the family: images [B, N·K, C, H, W], one-hot y [B, N·K, N];
+    a wrong one is refused in one message naming the argument, the pattern and what came."""
+    from parity.validate import ArrayShapeError
+
+    cfg = tiny(inner_steps=1)
+    rng = np.random.default_rng(4)
+    params = cfg.model.init_params(cfg.param_shapes, rng, "float64")
+    xs, ys, xq, yq = episodes(cfg, rng)
+    model, meta = (jax_model, jax_meta) if framework == "jax" else (torch_model, torch_meta)
+    to = model.to_arrays
+    alpha = to(np.float64(0.1), "float64")
+    cases = {
+        "meta_loss: tasks[0] (x_support) must be float64 [B, N·K, 1, 8, 8]; got float64 [2, 6, 8, 8]": (
+            xs[:, :, 0],
+            ys,
+            xq,
+            yq,
+        ),
+        "meta_loss: tasks[3] (y_query) must be float64 [B, N·Q, 3]; got float64 [2, 6, 1]": (xs, ys, xq, yq[..., :1]),
+        "meta_loss: tasks[0] (x_support) and tasks[1] (y_support) must have the same leading axes [B, P]; "
+        "got [2, 6, 1, 8, 8] and [2, 3, 3]": (xs, ys[:, :3], xq, yq),
+    }
+    for message, tasks in cases.items():
+        with pytest.raises(ArrayShapeError) as caught:
+            meta.meta_loss(to(params, "float64"), alpha, to(tasks, "float64"), cfg)
+        assert str(caught.value) == message
+    with pytest.raises(ArrayShapeError, match=r"forward: x must be float64 \[\.\.\., P, 1, H, W\]; got float64"):
+        model.forward(to(params, "float64"), to(xs[:, :, :, :, :4].transpose(0, 1, 4, 2, 3), "float64"), cfg)
+
+
+def test_a_missing_conv_parameter_is_named_with_the_model():
+    from parity.validate import ArrayShapeError
+
+    cfg = tiny(inner_steps=1)
+    rng = np.random.default_rng(5)
+    params = cfg.model.init_params(cfg.param_shapes, rng, "float64")
+    del params["gamma1"]
+    tasks = episodes(cfg, rng)
+    with pytest.raises(ArrayShapeError, match=r"params must have the keys \[.*'gamma1'.*\] \(model conv, depth = 2\)"):
+        torch_meta.meta_loss(
+            torch_model.to_arrays(params, "float64"),
+            torch_model.to_arrays(np.float64(0.1), "float64"),
+            torch_model.to_arrays(tasks, "float64"),
+            cfg,
+        )

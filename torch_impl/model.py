@@ -58,7 +58,9 @@ def conv(params: Params, x: torch.Tensor, model: Any) -> torch.Tensor:
     Weights are OIHW; a parameter may carry the leading task axes of ``x`` or none. The G tasks run
     as one grouped convolution (``groups=G``: task g's images meet only task g's filters), the
     activations laid out [P, G, C, H, W] so that every block's input is a view: one kernel per layer
-    for the whole meta-batch, where torch.func.vmap would add its batching rules' reshapes around each.
+    for the whole meta-batch. torch.func.vmap over a per-task forward gives the same numbers and lowers
+    to the same grouped kernel with reshapes around it: measured on one core (meta-batch 32, 1 inner
+    step, 4×64 stride-2 blocks), 155 against 171 ms per outer step on 8×8 images, 1218 against 1255 on 28×28.
     """
     lead = x.shape[:-4]
     G = math.prod(lead)
