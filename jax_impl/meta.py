@@ -68,10 +68,9 @@ def inner_step(params: Params, alpha: Alpha, x: jax.Array, y: jax.Array, cfg: Co
     (_, losses), grads = jax.value_and_grad(summed, has_aux=True)(params)
     if cfg.first_order:
         grads = jax.lax.stop_gradient(grads)  # FOMAML: the inner gradient is a constant
-    kept = _kept(params, cfg)  # cls-conv: the parameters the inner loop leaves alone (inner's rewrite replaces this)
-    new_params = {
-        name: p - alpha_for(alpha, name) * grads[name] if name not in kept else p for name, p in params.items()
-    }
+    new_params = {name: p - alpha_for(alpha, name) * grads[name] for name, p in params.items()}
+    # cls-conv: what the model's ``adapted`` leaves out keeps its value (inner's rewrite replaces this)
+    new_params.update({name: params[name] for name in _kept(params, cfg)})
     return new_params, losses
 
 

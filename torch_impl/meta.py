@@ -67,10 +67,9 @@ def inner_step(
             torch.autograd.grad(total, list(params.values()), create_graph=not cfg.first_order, retain_graph=True),
         )
     )
-    kept = _kept(params, cfg)  # cls-conv: the parameters the inner loop leaves alone (inner's rewrite replaces this)
-    new_params = {
-        name: p - alpha_for(alpha, name) * grads[name] if name not in kept else p for name, p in params.items()
-    }
+    new_params = {name: p - alpha_for(alpha, name) * grads[name] for name, p in params.items()}
+    # cls-conv: what the model's ``adapted`` leaves out keeps its value (inner's rewrite replaces this)
+    new_params.update({name: params[name] for name in _kept(params, cfg)})
     return new_params, losses
 
 
