@@ -145,7 +145,7 @@ def disagreement(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str
     return {k: float(np.abs(a[k] - b[k]).max()) / scale for k in a}
 
 
-TWIN_CASES = {
+TWIN_CASES: dict[str, dict[str, object]] = {
     "max-all-T1": dict(inner_steps=1),
     "stride-no_bn-eps1e-5-T2": dict(pool="stride", adapt="no_bn", bn_eps=1e-5, inner_steps=2),
     "max-head-T2-first-per_parameter": dict(adapt="head", inner_steps=2, first_order=True, alpha_mode="per_parameter"),
