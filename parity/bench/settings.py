@@ -7,7 +7,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from parity.config import Config, get_preset
+from parity.config import PRESETS, Config, get_preset
 
 # The rows (which implementations, with which limits) are the twins' adapters' (parity.bench.rows);
 # the settings and the sweeps are here.
@@ -46,6 +46,10 @@ class Setting:
 
     def cfg(self) -> Config:
         base = get_preset(self.config)
+        if base.model.name == "conv":  # cls-conv: width = filters per block, synthetic images of the preset's size
+            return base.replace(
+                inner_steps=self.T, meta_batch=self.B, width=self.width, remat=self.remat, dataset="synthetic"
+            )
         return base.replace(
             inner_steps=self.T, meta_batch=self.B, hidden=(self.width,) * len(base.hidden), remat=self.remat
         )
@@ -58,6 +62,9 @@ class Setting:
 SEED_ALPHA_POINT = Setting("seed-alpha", T=5, B=1, width=32)
 BATCH_POINT = Setting("seed-alpha", T=5, B=25, width=32)
 QUICK_SETTINGS = (SEED_ALPHA_POINT, BATCH_POINT)
+# cls-conv (issue 18): a digits-5w1s step (meta-batch 32, 1 inner step, 64 filters per block) and an
+# Omniglot-sized one (28×28, 4 blocks of 64), both on synthetic images of the preset's size.
+CONV_POINTS = (Setting("digits-5w1s", T=1, B=32, width=64), Setting("omniglot-5w1s", T=1, B=32, width=64))
 # The GPU goals' settings (issue 10): B = 1, T = 100 at B = 4,096, and B = 65,536.
 LONG_POINT = Setting("seed-alpha", T=100, B=4096, width=32)
 BIG_BATCH_POINT = Setting("seed-alpha", T=5, B=65_536, width=32)
@@ -80,7 +87,7 @@ def full_settings(device: str = "cpu") -> list[Setting]:
     # remat first: the host allocator may reuse memory an earlier, larger row freed, which hides
     # growth from the resident-set measurement (the PyTorch rows); the smaller peak goes first.
     settings += [Setting("seed-alpha", REMAT_T, REMAT_B, 32, remat=r) for r in (True, False)]
-    return settings
+    return settings + [s for s in CONV_POINTS if s.config in PRESETS]  # cls-conv: the conv steps (issue 18)
 
 
 def plan(quick: bool, device: str, impls: Sequence[str] | None = None) -> list[tuple[Setting, list[str]]]:
