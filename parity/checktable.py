@@ -31,11 +31,25 @@ LEGEND = (
 COMPARED = ("ok", "unstable", "FAIL")
 
 
+def _scale(row: Any) -> float:
+    """max|reference| of a row, from its absolute and relative errors (0: the reference is 0)."""
+    if math.isinf(row.max_rel_err):
+        return 0.0
+    return row.max_abs_err / row.max_rel_err if row.max_rel_err > 0 else math.inf
+
+
 def _badness(row: Any) -> float:
-    """How close a row is to its tolerance: 1 means exactly at it."""
+    """How much of its allowance ``atol + rtol·max|ref|`` a row uses: 1 means exactly at it."""
     if not math.isfinite(row.max_abs_err):
         return math.inf
-    return row.max_rel_err / row.rtol if row.rtol else 0.0
+    allowance = row.atol + row.rtol * _scale(row)
+    return row.max_abs_err / allowance if allowance > 0 else (math.inf if row.max_abs_err else 0.0)
+
+
+def relative_is_meaningful(row: Any) -> bool:
+    """Whether the relative error decides the row: values above what atol covers (not a gradient that
+    is 0 in exact arithmetic, such as a bias before batch norm, whose rounding is all that differs)."""
+    return row.rtol * _scale(row) >= row.atol
 
 
 def _rank(row: Any) -> tuple[int, float]:
@@ -58,7 +72,10 @@ def case_line(rows: list[Any]) -> str:
     parts = []
     if compared:
         w = max(compared, key=_badness)
-        parts.append(f"{w.max_rel_err:.1e} / {w.rtol:.0e} {w.quantity} ({w.framework_pair} {w.dtype})")
+        if relative_is_meaningful(w):
+            parts.append(f"{w.max_rel_err:.1e} / {w.rtol:.0e} {w.quantity} ({w.framework_pair} {w.dtype})")
+        else:  # values within atol of 0: the absolute error is what is judged
+            parts.append(f"abs {w.max_abs_err:.1e} / {w.atol:.0e} {w.quantity} ({w.framework_pair} {w.dtype})")
     unsupported = len({(r.framework_pair, r.dtype) for r in rows if r.verdict == "unsupported"})
     if unsupported:
         parts.append(f"{unsupported} unsupported")
@@ -179,7 +196,11 @@ def summary(rows: list[Any], strict: bool = False) -> str:
     failed = sorted({r.case for r in rows if r.verdict == "FAIL"})
     unsupported = sorted({r.case for r in rows if r.verdict == "unsupported"})
     unstable = sorted({r.case for r in rows if not r.stable})
-    numbers = [r.max_rel_err for r in rows if r.dtype == "float64" and r.stable and not math.isnan(r.max_rel_err)]
+    numbers = [
+        r.max_rel_err
+        for r in rows
+        if r.dtype == "float64" and r.stable and not math.isnan(r.max_rel_err) and relative_is_meaningful(r)
+    ]
     worst64 = max(numbers, default=0.0)
     gaps = coverage_gaps(rows)
     ok = overall_ok(rows, strict)
@@ -190,7 +211,7 @@ def summary(rows: list[Any], strict: bool = False) -> str:
         f"{len(unstable)} unstable (reported, not asserted), {len(unsupported)} with unsupported pairs"
     )
     extra = [
-        f"worst stable float64 relative error {worst64:.2e}"
+        f"worst stable float64 relative error {worst64:.2e} (where values exceed atol)"
         + ("; unsupported pairs (--strict: counted as failing)" if strict and unsupported else "")
     ]
     extra += _unsupported_lines(rows)
