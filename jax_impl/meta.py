@@ -50,9 +50,10 @@ def alpha_for(alpha: Alpha, name: str) -> jax.Array:
     return alpha[name] if isinstance(alpha, dict) else alpha
 
 
-def broadcast_to_tasks(params: Params, x: jax.Array) -> Params:
-    """Give every task its own copy of the parameters: leading axes of ``x`` [..., P, 1]."""
-    tasks_shape = x.shape[:-2]
+def broadcast_to_tasks(params: Params, y: jax.Array) -> Params:
+    """Give every task its own copy of the parameters: leading axes of the targets ``y`` [..., P, n_outputs]
+    (``y``, not ``x``: images carry three axes per point, targets always one)."""
+    tasks_shape = y.shape[:-2]
     return {name: jnp.broadcast_to(p, tasks_shape + p.shape) for name, p in params.items()}
 
 
@@ -146,7 +147,7 @@ def adapt(
     ``unroll``: loops of up to that many steps become straight-line code (0: a rolled scan).
     """
     check_inputs("adapt", cfg, params=params, alpha=alpha, x=x, y=y)
-    params = broadcast_to_tasks(params, x)
+    params = broadcast_to_tasks(params, y)
     T = cfg.inner_steps
     carry = (params, INNER_OPTIMIZERS[cfg.inner_optimizer][0](params))
     steps = jnp.arange(1, T + 1, dtype=x.dtype)  # t, for Adam's bias correction
@@ -237,7 +238,7 @@ def trace(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config) -> dict[str, 
 @functools.partial(jax.jit, static_argnames="cfg")
 def _trace(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config) -> dict[str, jax.Array]:
     x_support, y_support, x_query, y_query = tasks
-    p = broadcast_to_tasks(params, x_support)  # [B, ...]
+    p = broadcast_to_tasks(params, y_support)  # [B, ...]
     init, update = INNER_OPTIMIZERS[cfg.inner_optimizer]
     state = init(p)
     # α (per parameter: shaped like one task's parameter) broadcast over the task axis
@@ -294,7 +295,7 @@ def _inner_step_gains(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config, i
             p, _losses = inner_step(p, alpha, x, y, cfg)
             return p, gain
 
-        _, gains = jax.lax.scan(step, broadcast_to_tasks(params, x), None, length=cfg.inner_steps)
+        _, gains = jax.lax.scan(step, broadcast_to_tasks(params, y), None, length=cfg.inner_steps)
         return gains
 
     return jax.vmap(one_task)(tasks)

@@ -1,9 +1,10 @@
-"""The MLP as a function of explicit parameters, its losses, and NumPy conversion (JAX)."""
+"""The models (MLP, the MAML paper's conv net) as functions of explicit parameters, their losses,
+and NumPy conversion (JAX)."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -18,7 +19,6 @@ Params = dict[str, jax.Array]
 
 # Option choices as tables (an unknown name is refused by parity.config.lookup, never an `else`).
 ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
-POINT_LOSSES = {"l1": jnp.abs, "mse": jnp.square}
 
 
 def forward(params: Params, x: jax.Array, cfg: Config) -> jax.Array:
@@ -50,15 +50,100 @@ def mlp(params: Params, x: jax.Array, model: Any) -> jax.Array:
     return h
 
 
+def conv(params: Params, x: jax.Array, model: Any) -> jax.Array:
+    """The MAML paper's conv net (parity/models/conv.py's definition) on images ``x``
+    [..., P, C, H, W] → logits [..., P, n_way] (``model``: the Conv part).
+
+    Weights arrive OIHW (the exchange layout); a parameter may carry the leading task axes of ``x``
+    or none. Each task is mapped on its own (``jax.vmap``): batch norm's statistics are per task.
+    """
+    if x.ndim > 4:
+        lead = x.ndim - 4  # task axes still to map; a parameter that has them is mapped along
+        axes = {name: 0 if p.ndim - _conv_rank(name) == lead else None for name, p in params.items()}
+        return jax.vmap(lambda q, images: conv(q, images, model), in_axes=(axes, 0))(params, x)
+    h = jnp.transpose(x, (0, 2, 3, 1))  # NHWC inside: XLA's CPU convolutions prefer it
+    stride = 2 if model.pool == "stride" else 1
+    for i in range(model.depth):
+        h = conv3x3(h, params[f"w{i}"], stride) + params[f"b{i}"][None, None, None, :]
+        h = batch_norm(h, params[f"gamma{i}"], params[f"beta{i}"], model.bn_eps)
+        h = jax.nn.relu(h)
+        if model.pool == "max":
+            h = max_pool(h)
+    features = jnp.transpose(h, (0, 3, 1, 2)).reshape(h.shape[0], -1)  # flattened in (C, H, W) order
+    return features @ params["w_head"].T + params["b_head"][None, :]
+
+
+def conv3x3(h: jax.Array, w: jax.Array, stride: int) -> jax.Array:
+    """3×3 convolution, padding 1, of NHWC images ``h`` with OIHW weights ``w``, as one matrix product
+    of the nine shifted (strided) views of the padded images (im2col).
+
+    Why not ``lax.conv_general_dilated``: mapped over tasks with per-task weights (the inner loop's
+    adapted parameters), it becomes a grouped convolution that XLA's CPU backend runs far slower than
+    this batched matrix product (measured, one core, meta-batch 32, 1 inner step, 4×64 filters on
+    8×8 images: 4.2 s against 0.15 s per outer step).
+    """
+    _, H, W, C = h.shape
+    Ho, Wo = (H - 1) // stride + 1, (W - 1) // stride + 1
+    padded = jnp.pad(h, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    views = [
+        padded[:, dy : dy + stride * (Ho - 1) + 1 : stride, dx : dx + stride * (Wo - 1) + 1 : stride, :]
+        for dy in range(3)
+        for dx in range(3)
+    ]
+    patches = jnp.concatenate(views, axis=-1)  # [P, Ho, Wo, 9·C], (dy, dx, c) order
+    kernel = jnp.transpose(w, (2, 3, 1, 0)).reshape(9 * C, w.shape[0])  # OIHW -> (dy, dx, c) × O
+    return patches @ kernel
+
+
+def _conv_rank(name: str) -> int:
+    """A conv parameter's own rank: w{i} (O, I, 3, 3), w_head (N, F), the rest (O,) or (N,)."""
+    return 2 if name == "w_head" else 4 if name.startswith("w") else 1
+
+
+def batch_norm(h: jax.Array, gamma: jax.Array, beta: jax.Array, eps: float) -> jax.Array:
+    """Per channel, with the statistics of these images (over images, rows, columns; biased variance)."""
+    mean = jnp.mean(h, axis=(0, 1, 2), keepdims=True)
+    var = jnp.mean(jnp.square(h - mean), axis=(0, 1, 2), keepdims=True)
+    return (h - mean) / jnp.sqrt(var + eps) * gamma[None, None, None, :] + beta[None, None, None, :]
+
+
+def max_pool(h: jax.Array) -> jax.Array:
+    """2×2 max-pool, stride 2, an odd last row/column dropped: [P, H, W, C] → [P, H//2, W//2, C]."""
+    return jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+
+
+def _pointwise(error: Callable[[jax.Array], jax.Array]) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    def loss(pred: jax.Array, y: jax.Array) -> jax.Array:
+        per_point = error(pred - y)
+        return jnp.mean(per_point, axis=(-2, -1))
+
+    return loss
+
+
+def cross_entropy(pred: jax.Array, y: jax.Array) -> jax.Array:
+    """Softmax cross-entropy of logits [..., P, N] against one-hot ``y``: the mean over the P points
+    of −Σ_n y·log_softmax (the max subtracted before the exponent) → [...]."""
+    nll = -jnp.sum(y * jax.nn.log_softmax(pred, axis=-1), axis=-1)
+    return jnp.mean(nll, axis=-1)
+
+
+# (pred, y) -> the loss of each task [...], by the name the family's ``loss`` field gives.
+POINT_LOSSES = {"l1": _pointwise(jnp.abs), "mse": _pointwise(jnp.square), "cross_entropy": cross_entropy}
+
+
 def point_loss(pred: jax.Array, y: jax.Array, kind: str) -> jax.Array:
-    """Mean over the points of one task: [..., P, 1] → [...]."""
-    err = pred - y
-    per_point = lookup(POINT_LOSSES, "loss", kind)(err)
-    return jnp.mean(per_point, axis=(-2, -1))
+    """The loss of each task, a mean over its points: [..., P, n_outputs] → [...]."""
+    return lookup(POINT_LOSSES, "loss", kind)(pred, y)  # type: ignore[no-any-return]
+
+
+def accuracy(pred: jax.Array, y: jax.Array) -> jax.Array:
+    """Fraction of points whose largest logit is the one-hot label's class: [..., P, N] → [...]."""
+    hits = jnp.argmax(pred, axis=-1) == jnp.argmax(y, axis=-1)
+    return jnp.mean(hits.astype(pred.dtype), axis=-1)
 
 
 # The model axis (parity.models.MODELS): each entry's forward pass, by name.
-MODELS = {"mlp": mlp}
+MODELS = {"mlp": mlp, "conv": conv}
 
 
 def check_dtype(dtype: str) -> None:

@@ -183,8 +183,50 @@ def trajectory_cases() -> list[Case]:
     ]
 
 
+# Few-shot classification with the conv net (issue 18), sized for CI: 8×8 synthetic images, 3-way,
+# 2 blocks of 2-3 filters, B = 2. Each row changes what a port gets wrong: the pool, which parameters
+# the inner loop adapts, batch norm's ε; with α modes, orders and step counts from the axes above.
+CLASSIFICATION_BASE = BASE.replace(
+    family="classification",
+    model="conv",
+    dataset="synthetic",
+    n_way=3,
+    k_support=1,
+    k_query=2,
+    image_size=8,
+    depth=2,
+    width=3,
+    meta_batch=2,
+    alpha_init=0.1,
+)
+# (name, changes, quick?)
+CLASSIFICATION_ROWS: tuple[tuple[str, dict[str, Any], bool], ...] = (
+    ("cls-T1-max-all-eps1e-3", dict(inner_steps=1), True),
+    (
+        "cls-T2-stride-no_bn-eps1e-5-scalar-k2",
+        dict(inner_steps=2, pool="stride", adapt="no_bn", bn_eps=1e-5, alpha_mode="scalar", k_support=2, width=2),
+        True,
+    ),
+    (
+        "cls-T2-max-head-first-per_parameter",
+        dict(inner_steps=2, adapt="head", first_order=True, alpha_mode="per_parameter"),
+        False,
+    ),
+    ("cls-T1-stride-all-eps1e-5-k2", dict(inner_steps=1, pool="stride", bn_eps=1e-5, k_support=2), False),
+)
+
+
+def classification_cases(quick: bool = False) -> list[Case]:
+    """Tiny conv-classification gradient cases (quick: the rows marked so)."""
+    return [
+        Case(name, CLASSIFICATION_BASE.replace(**changes))
+        for name, changes, in_quick in CLASSIFICATION_ROWS
+        if in_quick or not quick
+    ]
+
+
 def all_cases(quick: bool = False) -> list[Case]:
-    return gradient_cases(quick) + trajectory_cases()
+    return gradient_cases(quick) + classification_cases(quick) + trajectory_cases()
 
 
 def with_changes(cases: list[Case], changes: list[dict[str, Any]]) -> list[Case]:

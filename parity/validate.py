@@ -20,7 +20,6 @@ from typing import Any, NamedTuple
 from parity.config import Config
 
 TASK_NAMES = ("x_support", "y_support", "x_query", "y_query")
-TASK_PATTERNS = ("[B, K, 1]", "[B, K, 1]", "[B, Q, 1]", "[B, Q, 1]")
 FLOAT_DTYPES = ("float32", "float64")
 
 
@@ -46,7 +45,7 @@ class Spec(NamedTuple):
         return f"{self.dtype} {shape_text(self.shape)}"
 
 
-def shape_text(shape: Sequence[int]) -> str:
+def shape_text(shape: Sequence[Any]) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
@@ -62,22 +61,25 @@ def check_call(
 ) -> None:
     """Check the described arguments of ``function``; the arguments not given are not checked.
 
-    ``cfg`` None (``forward``): ``x`` must be [..., P, 1] of the parameters' float dtype.
+    ``cfg`` None (``forward``): ``x`` must be [..., P, 1] (MLP) or [..., P, C, H, W] (a conv's
+    4-d ``w0``) of the parameters' float dtype. Otherwise ``x`` is [..., P, *input_shape] and ``y``
+    [..., P, n_outputs] of ``cfg``'s family (the sinusoid's: [..., P, 1] both).
     ``batched_params``: the parameters may carry the leading task axes of ``x`` (``inner_loss``).
     """
     if cfg is None:
         _check_forward(function, params, x)
         return
+    inputs, outputs = cfg.family.input_shape, (cfg.family.n_outputs,)
     if tasks is not None:
         _check_tasks(function, tasks, cfg)
     if x is not None:
-        _check_points(function, "x", x, cfg.dtype)
+        _check_points(function, "x", x, cfg.dtype, inputs)
     if y is not None:
-        _check_points(function, "y", y, cfg.dtype)
-        if x is not None and x.shape != y.shape:
-            raise ArrayShapeError(f"{function}: x and y must have the same shape; got {x} and {y}")
+        _check_points(function, "y", y, cfg.dtype, outputs)
+        if x is not None and x.shape[: -len(inputs)] != y.shape[:-1]:
+            raise ArrayShapeError(f"{function}: x and y must hold the same points [..., P]; got {x} and {y}")
     if params is not None:
-        leading = x.shape[:-2] if batched_params and isinstance(x, Spec) else ()
+        leading = x.shape[: -1 - len(inputs)] if batched_params and isinstance(x, Spec) else ()
         _check_params(function, "params", params, cfg, leading)
     if alpha is not None:
         _check_alpha(function, alpha, cfg)
@@ -86,20 +88,31 @@ def check_call(
 def _check_forward(function: str, params: Any, x: Any) -> None:
     if not isinstance(params, Mapping) or "w0" not in params or not isinstance(params["w0"], Spec):
         raise ArrayTypeError(f"{function}: params must be a dict of arrays with keys w0, b0, w1, ...")
-    dtype = params["w0"].dtype
-    if dtype not in FLOAT_DTYPES:
-        raise ArrayTypeError(f"{function}: params['w0'] must be float32 or float64; got {params['w0']}")
-    _check_points(function, "x", x, dtype)
+    w0 = params["w0"]
+    if w0.dtype not in FLOAT_DTYPES:
+        raise ArrayTypeError(f"{function}: params['w0'] must be float32 or float64; got {w0}")
+    # A conv's first weight (out, in, 3, 3) says the channels; the image side is the model's to check.
+    point = (w0.shape[-3], "H", "W") if len(w0.shape) == 4 else (1,)
+    _check_points(function, "x", x, w0.dtype, point)
 
 
-def _check_points(function: str, argument: str, spec: Any, dtype: str, pattern: str = "[..., P, 1]") -> None:
-    """Points ``x`` or ``y``: at least 2-d, last axis 1, of ``dtype``."""
+def _check_points(function: str, argument: str, spec: Any, dtype: str, point: tuple[Any, ...] = (1,)) -> None:
+    """Points ``x`` or ``y`` [..., P, *point] of ``dtype`` (a str entry of ``point``: any size)."""
+    pattern = shape_text(("...", "P", *point))
     if not isinstance(spec, Spec):
         raise ArrayTypeError(f"{function}: {argument} must be one array {dtype} {pattern}; got a {_kind(spec)}")
     if spec.dtype != dtype:
         raise ArrayTypeError(f"{function}: {argument} must be {dtype} {pattern}; got {spec}")
-    if len(spec.shape) < 2 or spec.shape[-1] != 1:
+    if not _fits(spec.shape, point, len(point) + 1):
         raise ArrayShapeError(f"{function}: {argument} must be {dtype} {pattern}; got {spec}")
+
+
+def _fits(shape: tuple[int, ...], point: tuple[Any, ...], minimum_rank: int) -> bool:
+    """``shape`` has at least ``minimum_rank`` axes and ends in ``point`` (a str entry: any size)."""
+    if len(shape) < minimum_rank:
+        return False
+    tail = shape[len(shape) - len(point) :]
+    return all(isinstance(want, str) or got == want for got, want in zip(tail, point, strict=True))
 
 
 def _check_params(function: str, argument: str, specs: Any, cfg: Config, leading: tuple[int, ...] = ()) -> None:
@@ -147,8 +160,17 @@ def _check_alpha(function: str, spec: Any, cfg: Config) -> None:
         raise ArrayShapeError(f"{function}: alpha must be {want}; got {spec}")
 
 
+def task_patterns(cfg: Config) -> tuple[tuple[Any, ...], ...]:
+    """The four task arrays' shapes as patterns (a str entry: any size), from ``cfg``'s family:
+    [B, K, 1] (x and y) for sinusoids, [B, N·K, C, H, W] and [B, N·K, N] for classification."""
+    family = cfg.family
+    support, query = ("N·K", "N·Q") if hasattr(family, "n_way") else ("K", "Q")
+    x, y = tuple(family.input_shape), (family.n_outputs,)
+    return (("B", support, *x), ("B", support, *y), ("B", query, *x), ("B", query, *y))
+
+
 def _check_tasks(function: str, specs: Any, cfg: Config) -> None:
-    """``(x_support, y_support, x_query, y_query)``: [B, K, 1] twice, [B, Q, 1] twice, ``cfg.dtype``."""
+    """``(x_support, y_support, x_query, y_query)`` of ``cfg.dtype``, shaped by :func:`task_patterns`."""
     if isinstance(specs, Spec) or not isinstance(specs, Sequence) or len(specs) != 4:
         got = (
             f"a {_kind(specs)}"
@@ -156,19 +178,22 @@ def _check_tasks(function: str, specs: Any, cfg: Config) -> None:
             else f"{len(specs)} values"
         )
         raise ArrayShapeError(f"{function}: tasks must be a tuple ({', '.join(TASK_NAMES)}) of 4 arrays; got {got}")
-    for i, (name, pattern, spec) in enumerate(zip(TASK_NAMES, TASK_PATTERNS, specs, strict=True)):
-        argument = f"tasks[{i}] ({name})"
+    for i, (name, point, spec) in enumerate(zip(TASK_NAMES, task_patterns(cfg), specs, strict=True)):
+        argument, pattern = f"tasks[{i}] ({name})", shape_text(point)
         if not isinstance(spec, Spec):
             raise ArrayTypeError(f"{function}: {argument} must be one array {cfg.dtype} {pattern}; got a {_kind(spec)}")
         if spec.dtype != cfg.dtype:
             raise ArrayTypeError(f"{function}: {argument} must be {cfg.dtype} {pattern}; got {spec}")
-        if len(spec.shape) != 3 or spec.shape[-1] != 1:
+        if len(spec.shape) != len(point) or not _fits(spec.shape, point[2:], len(point)):
             raise ArrayShapeError(f"{function}: {argument} must be {cfg.dtype} {pattern}; got {spec}")
+    # x and y hold the same [B, P] points (the trailing axes were checked above); where their
+    # patterns are equal (sinusoids), that is the same shape.
+    same = "shape" if task_patterns(cfg)[0] == task_patterns(cfg)[1] else "leading axes [B, P]"
     for a, b in ((0, 1), (2, 3)):
-        if specs[a].shape != specs[b].shape:
+        if specs[a].shape[:2] != specs[b].shape[:2]:
             raise ArrayShapeError(
                 f"{function}: tasks[{a}] ({TASK_NAMES[a]}) and tasks[{b}] ({TASK_NAMES[b]}) must have the same "
-                f"shape; got {shape_text(specs[a].shape)} and {shape_text(specs[b].shape)}"
+                f"{same}; got {shape_text(specs[a].shape)} and {shape_text(specs[b].shape)}"
             )
     if specs[0].shape[0] != specs[2].shape[0]:
         raise ArrayShapeError(

@@ -45,9 +45,10 @@ def alpha_for(alpha: Alpha, name: str) -> torch.Tensor:
     return alpha[name] if isinstance(alpha, dict) else alpha
 
 
-def broadcast_to_tasks(params: Params, x: torch.Tensor) -> Params:
-    """Give every task its own copy of the parameters: leading axes of ``x`` [..., P, 1]."""
-    tasks_shape = x.shape[:-2]
+def broadcast_to_tasks(params: Params, y: torch.Tensor) -> Params:
+    """Give every task its own copy of the parameters: leading axes of the targets ``y`` [..., P, n_outputs]
+    (``y``, not ``x``: images carry three axes per point, targets always one)."""
+    tasks_shape = y.shape[:-2]
     return {name: torch.broadcast_to(p, tasks_shape + p.shape) for name, p in params.items()}
 
 
@@ -147,7 +148,7 @@ def adapt(
     check_inputs("adapt", cfg, params=params, alpha=alpha, x=x, y=y)
     # The inner gradients need a graph even when the caller differentiates nothing (evaluation).
     params = {name: p if p.requires_grad else p.detach().requires_grad_() for name, p in params.items()}
-    tasks_shape = x.shape[:-2]
+    tasks_shape = y.shape[:-2]  # cls-conv: y, as broadcast_to_tasks
     # One task ([1, K, 1], the seed's B = 1): run it unbatched, as plain matrix products, and put
     # the task axis back at the end. The same arithmetic without the broadcast copies of the
     # parameters, the batched matmuls and the sums that differentiate the broadcast (PyTorch's
@@ -156,7 +157,7 @@ def adapt(
     if single:
         x, y = x[0], y[0]
     else:
-        params = broadcast_to_tasks(params, x)
+        params = broadcast_to_tasks(params, y)
     losses: list[torch.Tensor] = []
     with torch.enable_grad():
         if cfg.remat:
@@ -274,7 +275,7 @@ def trace(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config) -> dict[str, 
 
 def _trace(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config) -> dict[str, torch.Tensor]:
     x_support, y_support, x_query, y_query = tasks
-    p = broadcast_to_tasks({name: v.detach() for name, v in params.items()}, x_support)  # [B, ...]
+    p = broadcast_to_tasks({name: v.detach() for name, v in params.items()}, y_support)  # [B, ...]
     alpha = _detached_leaf(alpha)
     init, update = INNER_OPTIMIZERS[cfg.inner_optimizer]
     state = init(p)
@@ -326,7 +327,7 @@ def inner_step_gains(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config, it
 
     def one_task(task: Tasks) -> torch.Tensor:
         x, y = task[0], task[1]
-        p = broadcast_to_tasks({name: v.detach() for name, v in params.items()}, x)
+        p = broadcast_to_tasks({name: v.detach() for name, v in params.items()}, y)
         gains = []
         for _ in range(cfg.inner_steps):
             gains.append(_step_gain(p, alpha, x, y, cfg, iterations))

@@ -1,13 +1,16 @@
-"""The MLP as a function of explicit parameters, its losses, and NumPy conversion (PyTorch)."""
+"""The models (MLP, the MAML paper's conv net) as functions of explicit parameters, their losses,
+and NumPy conversion (PyTorch)."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from parity.config import Config, ConfigError, lookup
 from parity.devices import check_precision, not_visible, parse_device
@@ -17,7 +20,6 @@ Params = dict[str, torch.Tensor]
 
 # Option choices as tables (an unknown name is refused by parity.config.lookup, never an `else`).
 ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
-POINT_LOSSES = {"l1": torch.abs, "mse": torch.square}
 
 
 def forward(params: Params, x: torch.Tensor, cfg: Config) -> torch.Tensor:
@@ -49,15 +51,81 @@ def mlp(params: Params, x: torch.Tensor, model: Any) -> torch.Tensor:
     return h
 
 
+def conv(params: Params, x: torch.Tensor, model: Any) -> torch.Tensor:
+    """The MAML paper's conv net (parity/models/conv.py's definition) on images ``x``
+    [..., P, C, H, W] → logits [..., P, n_way] (``model``: the Conv part).
+
+    Weights are OIHW; a parameter may carry the leading task axes of ``x`` or none. The G tasks run
+    as one grouped convolution (``groups=G``: task g's images meet only task g's filters), the
+    activations laid out [P, G, C, H, W] so that every block's input is a view: one kernel per layer
+    for the whole meta-batch, where torch.func.vmap would add its batching rules' reshapes around each.
+    """
+    lead = x.shape[:-4]
+    G = math.prod(lead)
+    task = {name: p.expand(lead + p.shape[p.dim() - _conv_rank(name) :]).reshape(G, -1) for name, p in params.items()}
+    P = x.shape[-4]
+    h = x.reshape(G, P, *x.shape[-3:]).transpose(0, 1)  # [P, G, C, H, W]
+    stride = 2 if model.pool == "stride" else 1
+    for i in range(model.depth):
+        w = params[f"w{i}"]
+        w = task[f"w{i}"].reshape(G * w.shape[-4], *w.shape[-3:])  # [G·O, I, 3, 3]
+        z = F.conv2d(h.reshape(P, -1, *h.shape[-2:]), w, task[f"b{i}"].reshape(-1), stride=stride, padding=1, groups=G)
+        h = z.reshape(P, G, -1, *z.shape[-2:])  # [P, G, O, H', W']
+        h = batch_norm(h, task[f"gamma{i}"], task[f"beta{i}"], model.bn_eps)
+        h = torch.relu(h)
+        if model.pool == "max":
+            h = F.max_pool2d(h.reshape(P, -1, *h.shape[-2:]), 2).reshape(P, G, -1, *(s // 2 for s in h.shape[-2:]))
+    features = h.reshape(P, G, -1).transpose(0, 1)  # [G, P, F], flattened in (C, H, W) order
+    w_head = task["w_head"].reshape(G, -1, features.shape[-1])  # [G, N, F]
+    logits = torch.baddbmm(task["b_head"][:, None, :], features, w_head.transpose(1, 2))  # [G, P, N]
+    return logits.reshape(lead + logits.shape[1:])
+
+
+def _conv_rank(name: str) -> int:
+    """A conv parameter's own rank: w{i} (O, I, 3, 3), w_head (N, F), the rest (O,) or (N,)."""
+    return 2 if name == "w_head" else 4 if name.startswith("w") else 1
+
+
+def batch_norm(h: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float) -> torch.Tensor:
+    """Per task and channel, with the statistics of these images (over images, rows, columns; biased
+    variance): h [P, G, C, H, W], γ and β [G, C]."""
+    mean = torch.mean(h, dim=(0, 3, 4), keepdim=True)
+    var = torch.mean(torch.square(h - mean), dim=(0, 3, 4), keepdim=True)
+    return (h - mean) / torch.sqrt(var + eps) * gamma[..., None, None] + beta[..., None, None]
+
+
+def _pointwise(error: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def loss(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        per_point = error(pred - y)
+        return torch.mean(per_point, dim=(-2, -1))
+
+    return loss
+
+
+def cross_entropy(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy of logits [..., P, N] against one-hot ``y``: the mean over the P points
+    of −Σ_n y·log_softmax (the max subtracted before the exponent) → [...]."""
+    nll = -torch.sum(y * torch.log_softmax(pred, dim=-1), dim=-1)
+    return torch.mean(nll, dim=-1)
+
+
+# (pred, y) -> the loss of each task [...], by the name the family's ``loss`` field gives.
+POINT_LOSSES = {"l1": _pointwise(torch.abs), "mse": _pointwise(torch.square), "cross_entropy": cross_entropy}
+
+
 def point_loss(pred: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
-    """Mean over the points of one task: [..., P, 1] → [...]."""
-    err = pred - y
-    per_point = lookup(POINT_LOSSES, "loss", kind)(err)
-    return torch.mean(per_point, dim=(-2, -1))
+    """The loss of each task, a mean over its points: [..., P, n_outputs] → [...]."""
+    return lookup(POINT_LOSSES, "loss", kind)(pred, y)  # type: ignore[no-any-return]
+
+
+def accuracy(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Fraction of points whose largest logit is the one-hot label's class: [..., P, N] → [...]."""
+    hits = torch.argmax(pred, dim=-1) == torch.argmax(y, dim=-1)
+    return torch.mean(hits.to(pred.dtype), dim=-1)
 
 
 # The model axis (parity.models.MODELS): each entry's forward pass, by name.
-MODELS = {"mlp": mlp}
+MODELS = {"mlp": mlp, "conv": conv}
 
 
 def check_dtype(dtype: str) -> None:
