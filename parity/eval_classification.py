@@ -28,7 +28,6 @@ counted in ``diverged`` and left out of the statistics (null where all diverged)
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from parity.config import Config, ConfigError
+from parity.families.classification import Classification
 from parity.init import init_params
 from parity.tasks import EVAL_STREAM, sample_batch
 from parity.text import pm, short
@@ -113,16 +113,21 @@ def ci95(values: np.ndarray) -> float | None:
     return 0.0 if values.size else None
 
 
+class _ClassifierFamily(Classification):
+    """The run's family part for pretraining: the same fields, without the split-size check (every split
+    must hold ``n_way`` classes). That check is for episodes; the pretraining config is never sampled
+    from (:func:`classifier_batches` makes its batches) and its ``n_way`` counts meta-train classes only."""
+
+    def check_config(self, cfg: Any) -> None:
+        return None
+
+
 def classifier_config(cfg: Config, n_classes: int) -> Config:
     """The run's config with one output per meta-train class and no inner loop (T = 0: the
-    meta-objective is then the plain loss at the parameters). Built without the family's split-size
-    check (every split must hold ``n_way`` classes): that check is for episodes, and this config is
-    never sampled from — :func:`classifier_batches` makes its batches."""
-    plain = cfg.replace(inner_steps=0, alpha_mode="fixed", meta_batch=PRETRAIN_BATCH)
-    family = dataclasses.replace(plain.family, n_way=n_classes, k_support=1, k_query=PRETRAIN_PER_CLASS)
-    out = copy.copy(plain)
-    object.__setattr__(out, "family", family)
-    return out
+    meta-objective is then the plain loss at the parameters)."""
+    fields = {f.name: getattr(cfg.family, f.name) for f in dataclasses.fields(cfg.family)}
+    fields.update(n_way=n_classes, k_support=1, k_query=PRETRAIN_PER_CLASS)
+    return cfg.replace(family=_ClassifierFamily(**fields), inner_steps=0, alpha_mode="fixed", meta_batch=PRETRAIN_BATCH)
 
 
 def classifier_batches(cfg: Config, start: int, count: int) -> tuple[np.ndarray, ...]:
