@@ -59,7 +59,7 @@ def test_pretraining_batches_label_every_meta_train_class_fixed() -> None:
     classes = split_classes(load("digits", "", 8), "train", True)
     plain = ec.classifier_config(TINY, len(classes))
     assert plain.n_way == 24 and plain.inner_steps == 0
-    x_s, y_s, x_q, y_q = ec.classifier_batches(plain, 0, 2)
+    _, _, x_q, y_q = ec.classifier_batches(plain, 0, 2)
     assert x_q.shape == (2, ec.PRETRAIN_BATCH, 24 * ec.PRETRAIN_PER_CLASS, 1, 8, 8)
     # label c is always meta-train class c: its images are that class's (rotated) images
     base, turns = classes[5]
@@ -70,7 +70,7 @@ def test_pretraining_batches_label_every_meta_train_class_fixed() -> None:
 
 
 def test_eval_problem_names_a_bad_record() -> None:
-    rec = {"steps": [0, 1], "diverged": [0, 0]}
+    rec: dict[str, list[float]] = {"steps": [0, 1], "diverged": [0, 0]}
     rec.update({f"{s}_{t}": [0.5, 0.6] for s in ec.SCORES for t in ("mean", "ci95")})
     good = {
         "format": "maml-parity-eval/1", "family": "classification", "framework": "jax", "dtype": "float32",
