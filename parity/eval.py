@@ -222,9 +222,18 @@ def evaluate(
     spec: EvalSpec,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Adapt every starting point on every phase shift's tasks; the body of ``eval.json``.
-    ``progress`` receives a line before each stretch of work (pretraining, each phase shift)."""
+    """The body of ``eval.json`` by the run's task family (:data:`EVALUATORS`). ``progress`` receives
+    a line before each stretch of work (pretraining, each phase shift or episode set)."""
+    from parity.parts import lookup
+
     say = progress or (lambda line: None)
+    return lookup(EVALUATORS, "family", cfg.family.name)(twin, cfg, meta_params, alpha, spec, say)  # type: ignore[no-any-return]
+
+
+def evaluate_sinusoid(
+    twin: Twin, cfg: Config, meta_params: dict[str, np.ndarray], alpha: Any, spec: EvalSpec, say: Progress
+) -> dict[str, Any]:
+    """Adapt every starting point on every phase shift's tasks (the module docstring)."""
     shots = cfg.k_support if spec.shots is None else spec.shots
     say(f"pretraining the baseline: {spec.pretrain_steps} steps of plain regression")
     starts = starting_points(twin, cfg, meta_params, spec.pretrain_steps)
@@ -361,6 +370,15 @@ def _progress_printer(framework: str) -> Progress:
 
 
 def summary_lines(result: dict[str, Any], steps: tuple[int, ...] | None = None) -> list[str]:
+    """The evaluation's plain-text table, by the family that made it (eval.json's ``family``;
+    sinusoid files carry none)."""
+    from parity import eval_classification
+
+    summaries = {"sinusoid": sinusoid_summary_lines, "classification": eval_classification.summary_lines}
+    return summaries[result.get("family", "sinusoid")](result, steps)
+
+
+def sinusoid_summary_lines(result: dict[str, Any], steps: tuple[int, ...] | None = None) -> list[str]:
     """A plain-text table: MSE ± 95% CI per starting point at a few adaptation steps."""
     S = result["max_steps"]
     steps = steps or tuple(sorted({0, 1, min(5, S), S} & set(range(S + 1))))
@@ -396,6 +414,19 @@ def summary_lines(result: dict[str, Any], steps: tuple[int, ...] | None = None) 
         lines.append(f"diverged tasks, of {result['tasks']}:")
         lines.extend(notes)
     return lines
+
+
+def _evaluate_classification(*args: Any) -> dict[str, Any]:
+    from parity import eval_classification
+
+    return eval_classification.evaluate(*args)
+
+
+# Each task family's evaluation (parity.families.FAMILIES' names).
+EVALUATORS: dict[str, Callable[..., dict[str, Any]]] = {
+    "sinusoid": evaluate_sinusoid,
+    "classification": _evaluate_classification,
+}
 
 
 # --- helpers --------------------------------------------------------------------------------------

@@ -287,7 +287,7 @@ def training_loss_figure(rows: list[dict[str, Any]], cfg: Config, path: Path) ->
     outer = np.array([r["outer_loss"] for r in rows])
     fig = _figure(8, 4.4)
     ax = fig.subplots()
-    loss = {"l1": "mean absolute error", "mse": "mean squared error"}[cfg.loss]
+    loss = {"l1": "mean absolute error", "mse": "mean squared error", "cross_entropy": "cross-entropy"}[cfg.loss]
     ax.plot(steps, outer, color="tab:blue", lw=0.5, alpha=0.3, label="query loss after adapting, each step")
     ax.plot(
         steps,
@@ -321,13 +321,29 @@ def write_figures(run_dir: Path, result: dict[str, Any] | None, rows: list[dict[
     """Every figure the data allows (evaluation figures need ``result``, training ones ``rows``)."""
     paths = []
     if result is not None:
-        paths.append(fit_figure(result, cfg, run_dir / "fit.png"))
-        paths.append(adaptation_figure(result, cfg, run_dir / "adaptation.png"))
-        paths.append(phase_shift_figure(result, cfg, run_dir / "phase_shift.png"))
+        paths += EVALUATION_FIGURES[result.get("family", "sinusoid")](result, cfg, run_dir)
     if rows:
         paths.append(alpha_figure(rows, cfg, run_dir / "alpha.png"))
         paths.append(training_loss_figure(rows, cfg, run_dir / "training_loss.png"))
     return paths
+
+
+def sinusoid_figures(result: dict[str, Any], cfg: Config, folder: Path) -> list[Path]:
+    return [
+        fit_figure(result, cfg, folder / "fit.png"),
+        adaptation_figure(result, cfg, folder / "adaptation.png"),
+        phase_shift_figure(result, cfg, folder / "phase_shift.png"),
+    ]
+
+
+def _classification_figures(result: dict[str, Any], cfg: Config, folder: Path) -> list[Path]:
+    from parity import report_classification
+
+    return report_classification.evaluation_figures(result, cfg, folder)
+
+
+# The evaluation figures by eval.json's family (sinusoid files carry none).
+EVALUATION_FIGURES = {"sinusoid": sinusoid_figures, "classification": _classification_figures}
 
 
 def _window(n: int) -> int:

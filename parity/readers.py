@@ -176,6 +176,8 @@ def eval_problem(result: Any) -> str | None:
     """What is wrong with an ``eval.json``'s shape and types (what ``report`` reads), or None."""
     if not isinstance(result, dict) or result.get("format") != EVAL_FORMAT:
         return f"not a {EVAL_FORMAT} file"
+    if result.get("family", "sinusoid") != "sinusoid":  # issue 18: another family's records (its module checks them)
+        return _family_eval_problem(result)
     for key in ("tasks", "shots", "max_steps", "query_points", "pretrain_steps", "random_seed"):
         value = result.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -210,6 +212,21 @@ def eval_problem(result: Any) -> str | None:
     if not isinstance(fits, list) or not all(isinstance(f, dict) for f in fits):
         return "'fits' must be a list of objects"
     return None
+
+
+def _family_eval_problem(result: dict[str, Any]) -> str | None:
+    from parity import eval_classification
+
+    checks = {"classification": eval_classification.eval_problem}
+    family = result["family"]
+    if family not in checks:
+        return f"'family' must be one of sinusoid, {', '.join(checks)}; got {family!r}"
+    for key in ("framework", "dtype", "inner_loss"):
+        if not isinstance(result.get(key), str):
+            return f"{key!r} must be text"
+    if not _summary(result.get("alpha"), ("mean", "min", "max")):
+        return "'alpha' must be a number or {mean, min, max}"
+    return checks[family](result)
 
 
 def read_eval_file(path: Path, run_dir: Path, field: str = "dir") -> dict[str, Any]:

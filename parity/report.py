@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from parity import report_classification
 from parity.checkpoint import library_versions
 from parity.config import Config, ConfigError
 from parity.eval import STARTS
@@ -50,9 +51,10 @@ def write_report(run_dir: Path) -> Path:
     if not RunDir(run_dir).config.exists():
         raise ConfigError("dir", f"{str(run_dir)!r} is not a training run (no {CONFIG_FILE}); train with --out DIR")
     cfg, result, rows, manifest = read_run(run_dir)
+    family = result.get("family", "sinusoid")  # sinusoid eval.json files carry no family
     with _staging(run_dir) as stage:
         figures = write_figures(stage.folder, result, rows, cfg)
-        text = render(run_dir, cfg, result, rows, manifest, [f.name for f in figures])
+        text = RENDERERS[family](run_dir, cfg, result, rows, manifest, [f.name for f in figures])
         return stage.publish([f.name for f in figures], text)
 
 
@@ -316,7 +318,7 @@ def figures_section(figures: list[str], prefix: str = "") -> list[str]:
         return []
     out = ["## Figures", ""]
     for name in figures:
-        caption = FIGURE_CAPTIONS.get(name, name)
+        caption = {**FIGURE_CAPTIONS, **report_classification.CAPTIONS}.get(name, name)
         out += [f"![{caption}]({prefix}{name})", "", f"*{caption}*", ""]
     return out
 
@@ -356,6 +358,10 @@ def versions_section(result: dict[str, Any], manifest: dict[str, Any]) -> list[s
         "",
     ]
     return out
+
+
+# The report's text by eval.json's family (its figures: parity.plots.write_figures).
+RENDERERS = {"sinusoid": render, "classification": report_classification.render}
 
 
 def _headline(result: dict[str, Any], T: int) -> list[str]:
