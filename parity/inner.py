@@ -119,8 +119,6 @@ class InnerLoop(Part):
         check_int("first_order_steps", self.first_order_steps, minimum=0)
         if self.msl and self.inner_steps == 0:
             raise ConfigError("msl", "the multi-step loss needs inner_steps >= 1 (a query loss after each step)")
-        if self.msl and self.remat:
-            raise ConfigError("msl", "the multi-step loss does not run with remat yet; set remat to false")
         object.__setattr__(self, "alpha_init", float(self.alpha_init))
 
     def _check_alpha(self) -> None:

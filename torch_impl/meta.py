@@ -180,7 +180,7 @@ def adapt(
     losses: list[torch.Tensor] = []
     with torch.enable_grad():
         if cfg.remat:
-            params, losses = rematerialised_loop(params, alpha, x, y, cfg)  # T × [...]
+            params, losses = rematerialised_loop(params, alpha, x, y, cfg, query)  # T × [...]
         else:
             carry = (params, INNER_OPTIMIZERS[cfg.inner_optimizer][0](params))
             for t in range(1, cfg.inner_steps + 1):
@@ -198,9 +198,15 @@ def adapt(
 
 
 def rematerialised_loop(
-    params: Params, alpha: Alpha, x: torch.Tensor, y: torch.Tensor, cfg: Config
+    params: Params,
+    alpha: Alpha,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: Config,
+    query: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[Params, list[torch.Tensor]]:
-    """``adapt``'s inner loop with O(√T) memory: returns (adapted params, T losses [...]).
+    """``adapt``'s inner loop with O(√T) memory: returns (adapted params, T losses [...]; with
+    ``query``, T × [2, ...]: the support loss and the query loss after the step, as in ``adapt``).
 
     √T checkpointing (Chen et al. 2016, "Training deep nets with sublinear memory cost"): the
     loop runs in segments of k = ⌈√T⌉ steps; only each segment's input parameters are kept for
@@ -230,6 +236,8 @@ def rematerialised_loop(
             carry = (p, s)
             for t in range(first, first + length):
                 carry, loss = optimizer_step(carry, float(t), a, x, y, cfg)
+                if query is not None:  # MSL: the query loss after step t
+                    loss = torch.stack([loss, _inner_loss(carry[0], *query, cfg)])
                 segment_losses.append(loss)
             p, s = carry
             return (*p.values(), *(s[slot][name] for slot, name in slots), *segment_losses)
