@@ -107,7 +107,7 @@ class InnerLoop(Part):
     msl: bool = field(False, "meta_gradient", "multi-step loss: weighted query losses after every inner step")
     # Only the training schedule: at outer step 0 (the contract's call) the weights are uniform
     # whatever msl_anneal is, so it does not change the meta-gradient the check compares.
-    msl_anneal: int = field(0, "training", "outer steps over which MSL's weights move onto the last step (0: stay uniform)")
+    msl_anneal: int = field(0, "training", "outer steps over which the MSL weights move to the last step (0: uniform)")
     first_order_steps: int = field(0, "training", "the first N outer steps are first order, the rest second order")
 
     def check(self) -> None:

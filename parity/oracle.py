@@ -240,14 +240,16 @@ class NumpyOracle:
                 record.append({**steps, "query_loss": query})
         return np.mean(outer, axis=0), np.mean(inner, axis=0)
 
-    def query_loss(self, adapted: Params, per_step: list[Params], x: np.ndarray, y: np.ndarray, cfg: Config) -> np.ndarray:
+    def query_loss(
+        self, adapted: Params, per_step: list[Params], x: np.ndarray, y: np.ndarray, cfg: Config
+    ) -> np.ndarray:
         """One task's outer loss [D]: L_query of the adapted parameters, or (``cfg.msl``, MAML++'s
         multi-step loss) Σ_t w_t·L_query(θ_t) over the parameters after each step, with the weights
         of outer step 0 (``parity.inner.msl_weights``: the contract's call)."""
         if not cfg.msl:
             return self.loss_and_grad_out(self.forward(adapted, x, cfg), y, cfg.loss)[0]
         losses = [self.loss_and_grad_out(self.forward(p, x, cfg), y, cfg.loss)[0] for p in per_step]
-        return sum(w * loss for w, loss in zip(msl_weights(cfg.inner, 0), losses, strict=True))
+        return np.sum([w * loss for w, loss in zip(msl_weights(cfg.inner, 0), losses, strict=True)], axis=0)
 
     # --- the contract ---------------------------------------------------------------------------
 

@@ -20,8 +20,10 @@ def _per_step_query_losses(cfg, params, alpha, tasks) -> list[float]:
     """L_query(θ_t) for t = 1..T from the oracle's plain loss with T = t: the reference MSL sums."""
     plain = cfg.replace(msl=False, msl_anneal=0)
     oracle = NumpyOracle()
-    return [float(oracle.meta_value_and_grad(params, alpha, tasks, plain.replace(inner_steps=t))["outer_loss"])
-            for t in range(1, cfg.inner_steps + 1)]
+    return [
+        float(oracle.meta_value_and_grad(params, alpha, tasks, plain.replace(inner_steps=t))["outer_loss"])
+        for t in range(1, cfg.inner_steps + 1)
+    ]
 
 
 def test_the_weights_follow_maml_plus_plus_and_sum_to_one() -> None:
@@ -43,7 +45,8 @@ def test_both_twins_equal_the_oracle_and_the_loss_is_the_mean_of_the_step_losses
     params, alpha, tasks = step0_inputs(cfg)
     ref = NumpyOracle().meta_value_and_grad(params, alpha, tasks, cfg)
     # the contract's weights are outer step 0's: uniform 1/T
-    np.testing.assert_allclose(ref["outer_loss"], np.mean(_per_step_query_losses(cfg, params, alpha, tasks)), rtol=1e-13)
+    mean = np.mean(_per_step_query_losses(cfg, params, alpha, tasks))
+    np.testing.assert_allclose(ref["outer_loss"], mean, rtol=1e-13)
     plain = NumpyOracle().meta_value_and_grad(params, alpha, tasks, cfg.replace(msl=False))
     assert abs(plain["outer_loss"] - ref["outer_loss"]) > 1e-3
     for twin in ("jax", "torch"):
@@ -109,6 +112,7 @@ def _train(twin, cfg, state=None, start=0, iterations=2):
     return training.run(twin, cfg, state=state, start=start, iterations=iterations, chunk=3)
 
 
+@pytest.mark.slow  # ~22 s: six short training runs in each twin
 def test_first_order_steps_is_a_first_order_run_then_a_second_order_one() -> None:
     """first_order_steps = 2 over 4 steps (chunk 3: the boundary cuts a chunk) equals 2 first-order
     steps then 2 second-order ones from that state, bit for bit within each twin; the twins agree."""
