@@ -2,7 +2,8 @@
 
 Inner loop:  w_{t+1} = w_t − α ⊙ u_t, u_t the inner optimiser's direction from ∇L_support(w_t)
 (SGD: the gradient itself; momentum; Adam), t = 0 … T−1, differentiated through (second order)
-unless ``cfg.first_order``. Outer loss: L_query(w_T), the mean over tasks.
+unless ``cfg.first_order``. Outer loss: L_query(w_T), the mean over tasks; with ``cfg.msl`` (MAML++'s
+multi-step loss) Σ_t w_t·L_query(w_t), t = 1 … T, weights ``parity.inner.msl_weights``.
 Tasks are ``(x_support [B, K, 1], y_support [B, K, 1], x_query [B, Q, 1], y_query [B, Q, 1])``;
 the functions below are written for the points of one task and any leading task axes, and
 ``meta_loss`` maps them over the meta-batch with ``jax.vmap``.
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 
 from jax_impl.model import Params, check_inputs, point_loss, predict
 from parity.config import Config
+from parity.inner import msl_table
 
 Alpha = Union[jax.Array, Params]  # a 0-d array, or one array per parameter (per_parameter mode)
 Tasks = tuple[jax.Array, jax.Array, jax.Array, jax.Array]
@@ -149,11 +151,19 @@ def optimizer_step(
 
 
 def adapt(
-    params: Params, alpha: Alpha, x: jax.Array, y: jax.Array, cfg: Config, unroll: int = 0
+    params: Params,
+    alpha: Alpha,
+    x: jax.Array,
+    y: jax.Array,
+    cfg: Config,
+    unroll: int = 0,
+    query: tuple[jax.Array, jax.Array] | None = None,
 ) -> tuple[Params, jax.Array]:
     """``cfg.inner_steps`` steps on the support set; returns (adapted params, losses [..., T]).
 
     ``unroll``: loops of up to that many steps become straight-line code (0: a rolled scan).
+    ``query`` (x_query, y_query), for the multi-step loss: losses are then [2, ..., T], the support
+    loss before each step and the query loss after it.
     """
     check_inputs("adapt", cfg, params=params, alpha=alpha, x=x, y=y)
     params = broadcast_to_tasks(params, y)
@@ -162,7 +172,10 @@ def adapt(
     steps = jnp.arange(1, T + 1, dtype=x.dtype)  # t, for Adam's bias correction
 
     def step(c: tuple[Params, OptState], t: jax.Array) -> tuple[tuple[Params, OptState], jax.Array]:
-        return optimizer_step(c, t, alpha, x, y, cfg)
+        c, loss = optimizer_step(c, t, alpha, x, y, cfg)
+        if query is None:
+            return c, loss
+        return c, jnp.stack([loss, _inner_loss(c[0], *query, cfg)])  # MSL: the query loss after step t
 
     if cfg.remat:
         (params, _), losses = rematerialised_loop(step, carry, steps)  # losses [T, ...]
@@ -199,36 +212,50 @@ def rematerialised_loop(step: Callable[..., Any], carry: Any, steps: jax.Array) 
 
 
 def task_losses(
-    params: Params, alpha: Alpha, tasks: Tasks, cfg: Config, unroll: int = 0
+    params: Params, alpha: Alpha, tasks: Tasks, cfg: Config, unroll: int = 0, weights: jax.Array | None = None
 ) -> tuple[jax.Array, jax.Array]:
-    """Adapt on each task's support set; returns (query loss [...], support losses [..., T])."""
+    """Adapt on each task's support set; returns (query loss [...], support losses [..., T]).
+    ``weights`` [T] (MSL): the query loss is Σ_t w_t·L_query(w_t) over the steps instead."""
     x_support, y_support, x_query, y_query = tasks
-    adapted, support_losses = adapt(params, alpha, x_support, y_support, cfg, unroll)
-    return _inner_loss(adapted, x_query, y_query, cfg), support_losses
+    if weights is None:
+        adapted, support_losses = adapt(params, alpha, x_support, y_support, cfg, unroll)
+        return _inner_loss(adapted, x_query, y_query, cfg), support_losses
+    _, losses = adapt(params, alpha, x_support, y_support, cfg, unroll, query=(x_query, y_query))  # [2, ..., T]
+    return (losses[1] * weights).sum(-1), losses[0]
 
 
-def meta_loss(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config, unroll: int = 0) -> tuple[jax.Array, jax.Array]:
+def meta_loss(
+    params: Params, alpha: Alpha, tasks: Tasks, cfg: Config, unroll: int = 0, weights: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
     """The meta-objective: (mean query loss over the meta-batch [], mean support losses [T])."""
     check_inputs("meta_loss", cfg, params=params, alpha=alpha, tasks=tasks)
-    outer, inner = jax.vmap(lambda task: task_losses(params, alpha, task, cfg, unroll))(tasks)  # [B], [B, T]
+    outer, inner = jax.vmap(lambda task: task_losses(params, alpha, task, cfg, unroll, weights))(tasks)  # [B], [B, T]
     return outer.mean(), inner.mean(0)
 
 
+def msl_weights_at(cfg: Config, step: Any, dtype: Any) -> jax.Array:
+    """The multi-step loss's weights [T] at outer step ``step`` (an int, or a traced count in a
+    compiled chunk): row min(step, msl_anneal) of ``parity.inner.msl_table``, in ``dtype``."""
+    return jnp.asarray(msl_table(cfg.inner), dtype)[jnp.minimum(step, cfg.msl_anneal)]
+
+
 def meta_value_and_grad(
-    params: Params, alpha: Alpha, tasks: Tasks, cfg: Config, unroll: int = 0
+    params: Params, alpha: Alpha, tasks: Tasks, cfg: Config, unroll: int = 0, step: Any = 0
 ) -> tuple[tuple[jax.Array, jax.Array], tuple[Params, Alpha]]:
-    """((outer loss [], support losses [T]), (dL/dparams, dL/dα)), differentiated through T steps."""
+    """((outer loss [], support losses [T]), (dL/dparams, dL/dα)), differentiated through T steps.
+    ``step``: the outer step, which picks the multi-step loss's weights (0 for the contract)."""
     check_inputs("meta_value_and_grad", cfg, params=params, alpha=alpha, tasks=tasks)
+    weights = msl_weights_at(cfg, step, tasks[0].dtype) if cfg.msl else None
     # Compiled once per meta_signature: seeds, α values and learning rates share one executable.
-    return _meta_value_and_grad(params, alpha, tasks, cfg.meta_signature(), unroll)
+    return _meta_value_and_grad(params, alpha, tasks, cfg.meta_signature(), unroll, weights)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "unroll"))
 def _meta_value_and_grad(
-    params: Params, alpha: Alpha, tasks: Tasks, cfg: Config, unroll: int = 0
+    params: Params, alpha: Alpha, tasks: Tasks, cfg: Config, unroll: int = 0, weights: jax.Array | None = None
 ) -> tuple[tuple[jax.Array, jax.Array], tuple[Params, Alpha]]:
     value_and_grad = jax.value_and_grad(meta_loss, argnums=(0, 1), has_aux=True)
-    (loss, inner), grads = value_and_grad(params, alpha, tasks, cfg, unroll)
+    (loss, inner), grads = value_and_grad(params, alpha, tasks, cfg, unroll, weights)
     return (loss, inner), grads
 
 

@@ -145,7 +145,7 @@ def train_step(
     """
     params_tx, alpha_tx = optimizers(cfg)
     alpha = alpha_value(state.alpha, cfg)
-    (loss, inner), (grad_params, grad_alpha) = grad_fn(state.params, alpha, tasks, cfg, unroll)
+    (loss, inner), (grad_params, grad_alpha) = grad_fn(state.params, alpha, tasks, cfg, unroll, **msl_step(state, cfg))
     updates, params_opt = params_tx.update(grad_params, state.params_opt, state.params)
     params = optax.apply_updates(state.params, updates)
     updates, alpha_opt = alpha_tx.update(variable_grad(grad_alpha, state.alpha, cfg), state.alpha_opt, state.alpha)
@@ -158,6 +158,12 @@ def train_step(
         "finite": all_finite(loss, grad_params, grad_alpha, params, variable, params_opt, alpha_opt),
     }
     return TrainState(state.step + 1, params, variable, params_opt, alpha_opt), metrics
+
+
+def msl_step(state: TrainState, cfg: Config) -> dict[str, Any]:
+    """The outer step for the multi-step loss's weights; nothing without MSL, so that a grad_fn
+    with the plain signature (distributed, torch.func) still serves every other run."""
+    return {"step": state.step} if cfg.msl else {}
 
 
 def train_chunk(

@@ -325,6 +325,21 @@ OMNIGLOT_5W1S = DIGITS_5W1S.replace(
 )
 OMNIGLOT_20W1S = OMNIGLOT_5W1S.replace(n_way=20, inner_steps=5, alpha_init=0.1, meta_batch=16)
 
+# MAML++ (Antoniou et al. 2019, "How to train your MAML") on Finn et al.'s sinusoid setting
+# (MAML_PAPER): LSLR (per-layer per-step learned α), the multi-step loss annealed onto the last
+# step, first-order annealing, 5 inner steps. Left out: per-step batch-norm statistics and weights
+# (the MLP has no batch norm; they belong to the conv model), the cosine-annealed outer learning
+# rate, and MAML++'s epochs (its annealing schedules count outer steps here).
+MAML_PP_SINUSOID = MAML_PAPER.replace(
+    inner_steps=5,
+    alpha_mode="per_layer_step",
+    msl=True,
+    msl_anneal=10_000,
+    first_order_steps=10_000,
+    alpha_optimizer="adam",
+    alpha_lr=1e-3,
+)
+
 PRESETS: dict[str, Config] = {
     "seed-maml": SEED_MAML,
     "seed-alpha": SEED_ALPHA,
@@ -335,6 +350,7 @@ PRESETS: dict[str, Config] = {
     "digits-5w5s": DIGITS_5W5S,
     "omniglot-5w1s": OMNIGLOT_5W1S,
     "omniglot-20w1s": OMNIGLOT_20W1S,
+    "maml++-sinusoid": MAML_PP_SINUSOID,
 }
 
 

@@ -102,8 +102,26 @@ class InnerLoop(Part):
     # recompute the rest (activations, inner gradients) there; less memory for long unrolls
     # (T in the hundreds), about one more forward pass of time. Same gradients.
     remat: bool = field(False, "meta_gradient", "rematerialise the inner loop (O(√T) memory)")
+    # MAML++'s multi-step loss (Antoniou et al. 2019): the outer loss is Σ_t w_t·L_query(θ_t) over
+    # the parameters after each inner step t = 1..T, Σ w = 1 (msl_weights). Off: L_query(θ_T), as before.
+    msl: bool = field(False, "meta_gradient", "multi-step loss: weighted query losses after every inner step")
+    # Only the training schedule: at outer step 0 (the contract's call) the weights are uniform
+    # whatever msl_anneal is, so it does not change the meta-gradient the check compares.
+    msl_anneal: int = field(0, "training", "outer steps over which the MSL weights move to the last step (0: uniform)")
+    first_order_steps: int = field(0, "training", "the first N outer steps are first order, the rest second order")
 
     def check(self) -> None:
+        self._check_alpha()
+        check_bool("first_order", self.first_order)
+        check_bool("remat", self.remat)
+        check_bool("msl", self.msl)
+        check_int("msl_anneal", self.msl_anneal, minimum=0)
+        check_int("first_order_steps", self.first_order_steps, minimum=0)
+        if self.msl and self.inner_steps == 0:
+            raise ConfigError("msl", "the multi-step loss needs inner_steps >= 1 (a query loss after each step)")
+        object.__setattr__(self, "alpha_init", float(self.alpha_init))
+
+    def _check_alpha(self) -> None:
         if not isinstance(self.optimizer, Part) or self.optimizer.axis != "inner_optimizer":
             raise ConfigError("inner_optimizer", f"must be one of {', '.join(INNER_OPTIMIZERS)}")
         check_int("inner_steps", self.inner_steps, minimum=0)
@@ -127,9 +145,6 @@ class InnerLoop(Part):
                 f"must be >= 0, got {self.alpha_init} (a negative alpha climbs the inner loss; "
                 "set allow_negative_alpha to true to run it anyway)",
             )
-        check_bool("first_order", self.first_order)
-        check_bool("remat", self.remat)
-        object.__setattr__(self, "alpha_init", float(self.alpha_init))
 
     @property
     def alpha_learned(self) -> bool:
@@ -145,3 +160,33 @@ def alpha_shapes(cfg: Any) -> dict[str, tuple[int, ...]] | None:
     if cfg.alpha_mode == "per_layer_step":
         return {name: (cfg.inner_steps,) for name in cfg.param_shapes}
     return None
+
+
+# MAML++'s floor for the weights of the steps before the last, times 1/T (its code's 0.03 / T).
+MSL_FLOOR = 0.03
+
+
+def msl_weights(inner: InnerLoop, outer_step: int) -> tuple[float, ...]:
+    """The multi-step loss's weights w_1..w_T at ``outer_step`` (0, 1, …), Σ w = 1; a pure function
+    of the config and the step (the contract's call is step 0: uniform 1/T).
+
+    MAML++'s schedule (its ``get_per_step_loss_importance_vector``) with the outer step in place of
+    its epoch: with N = ``msl_anneal`` and d = 1/(T·N), the steps before the last get
+    ``max(1/T − s·d, 0.03/T)`` and the last ``min(1/T + s·(T−1)·d, 1 − (T−1)·0.03/T)``. Both bounds
+    bind from the same step (s = 0.97·N), so the weights sum to 1 at every step. N = 0: uniform.
+    """
+    T = inner.inner_steps
+    uniform = 1.0 / T
+    if inner.msl_anneal == 0 or T == 1:
+        return (uniform,) * T
+    decay = outer_step / (T * inner.msl_anneal)
+    floor = MSL_FLOOR / T
+    early = max(uniform - decay, floor)
+    last = min(uniform + (T - 1) * decay, 1.0 - (T - 1) * floor)
+    return (early,) * (T - 1) + (last,)
+
+
+def msl_table(inner: InnerLoop) -> tuple[tuple[float, ...], ...]:
+    """The weights of outer steps 0..N (N = ``msl_anneal``): row min(s, N) is step s's, since the
+    schedule has reached its floor by step N. Twins index it with the (possibly traced) step."""
+    return tuple(msl_weights(inner, s) for s in range(inner.msl_anneal + 1))

@@ -165,10 +165,32 @@ def lslr_rows(quick: bool) -> list[tuple[Any, ...]]:
     return [_defaults((T, 0.05, "l1", "per_layer_step", order))[:-1] + (opt,) for T, order, opt in rows]
 
 
+# Issue 19's multi-step loss (msl), rows of its own for the same reason, named with a "-msl" suffix.
+# Quick: second order with SGD and a scalar α; MAML++'s own mix (LSLR, first order, Adam) with remat.
+MSL_QUICK = (
+    (3, 0.05, "mse", "scalar", "second", "tanh", HIDDEN[1], SIZES[1], "identity", False, "sgd"),
+    (2, 0.01, "l1", "per_layer_step", "first", "relu", HIDDEN[2], SIZES[2], "identity", True, "adam"),
+)
+
+
+def msl_rows(quick: bool) -> list[tuple[Any, ...]]:
+    """The msl rows: the two quick ones, or T x order x inner optimiser (the rest defaults)."""
+    if quick:
+        return list(MSL_QUICK)
+    rows = itertools.product((2, 5), ORDERS, INNER_OPTIMIZERS)
+    return [_defaults((T, 0.05, "l1", "scalar", order))[:-1] + (opt,) for T, order, opt in rows]
+
+
+def msl_case(row: tuple[Any, ...]) -> Case:
+    case = case_for(row)
+    return Case(f"{case.name}-msl", case.cfg.replace(msl=True))
+
+
 def gradient_cases(quick: bool = False) -> list[Case]:
     """The full matrix, or (``quick``) the all-pairs subset (see the module's docstring), then the
-    per_layer_step rows (:func:`lslr_rows`)."""
-    return [case_for(row) for row in [*design(quick), *lslr_rows(quick)]]
+    per_layer_step rows (:func:`lslr_rows`) and the multi-step loss rows (:func:`msl_rows`)."""
+    cases = [case_for(row) for row in [*design(quick), *lslr_rows(quick)]]
+    return cases + [msl_case(row) for row in msl_rows(quick)]
 
 
 def trajectory_cases() -> list[Case]:

@@ -28,6 +28,7 @@ import numpy as np
 from parity import oracle_conv
 from parity.config import Config, lookup
 from parity.contract import MetaResult
+from parity.inner import msl_weights
 
 H = 1e-30  # complex step
 
@@ -232,12 +233,23 @@ class NumpyOracle:
         for task in range(x_s.shape[0]):
             steps: dict[str, list] = {"support_loss": [], "inner_grad": [], "state": [], "adapted": []}
             adapted, losses = self.inner_loop(params, alpha, x_s[task], y_s[task], cfg, steps)
-            query = self.loss_and_grad_out(self.forward(adapted, x_q[task], cfg), y_q[task], cfg.loss)[0]
+            query = self.query_loss(adapted, steps["adapted"], x_q[task], y_q[task], cfg)
             outer.append(query)
             inner.append(losses)
             if record is not None:
                 record.append({**steps, "query_loss": query})
         return np.mean(outer, axis=0), np.mean(inner, axis=0)
+
+    def query_loss(
+        self, adapted: Params, per_step: list[Params], x: np.ndarray, y: np.ndarray, cfg: Config
+    ) -> np.ndarray:
+        """One task's outer loss [D]: L_query of the adapted parameters, or (``cfg.msl``, MAML++'s
+        multi-step loss) Σ_t w_t·L_query(θ_t) over the parameters after each step, with the weights
+        of outer step 0 (``parity.inner.msl_weights``: the contract's call)."""
+        if not cfg.msl:
+            return self.loss_and_grad_out(self.forward(adapted, x, cfg), y, cfg.loss)[0]
+        losses = [self.loss_and_grad_out(self.forward(p, x, cfg), y, cfg.loss)[0] for p in per_step]
+        return np.sum([w * loss for w, loss in zip(msl_weights(cfg.inner, 0), losses, strict=True)], axis=0)
 
     # --- the contract ---------------------------------------------------------------------------
 

@@ -84,14 +84,15 @@ def run(
     step = start
     last_loss: tuple[int, float] | None = None  # (step, outer loss) of the last finite step
     while step < end:
-        n = chunk_length(step, end, chunk, checkpoint_every)
+        n = chunk_length(step, end, chunk, checkpoint_every, cfg.first_order_steps)
         tasks = tuple(sample_batches(cfg, step, n)[:4])  # 4 × [N, B, P, 1]
+        step_cfg = order_at(cfg, step)
         if placement is None:
             state, metrics = twin.train.train_chunk(
-                state, twin.to_arrays(tasks, cfg.dtype), cfg, unroll=twin.unroll_for(cfg)
+                state, twin.to_arrays(tasks, cfg.dtype), step_cfg, unroll=twin.unroll_for(step_cfg)
             )
         else:
-            state, metrics = placement.train_chunk(state, placement.tasks(tasks, cfg.dtype), cfg)
+            state, metrics = placement.train_chunk(state, placement.tasks(tasks, cfg.dtype), step_cfg)
         metrics = twin.to_numpy(metrics)  # the one host transfer of the chunk
         bad = first_nonfinite(metrics)
         if bad is not None:
@@ -107,14 +108,23 @@ def run(
     return state
 
 
-def chunk_length(step: int, end: int, chunk: int, checkpoint_every: int = 0) -> int:
+def chunk_length(step: int, end: int, chunk: int, checkpoint_every: int = 0, first_order_steps: int = 0) -> int:
     """Steps in the chunk starting at ``step``: chunks end at multiples of ``chunk`` and of
     ``checkpoint_every`` (absolute step numbers), so a run resumed from any checkpoint is cut into
-    the same chunks as the run that never stopped."""
+    the same chunks as the run that never stopped; and at ``first_order_steps``, where the order
+    changes (a chunk is compiled for one order)."""
     stop = min(end, (step // chunk + 1) * chunk)
     if checkpoint_every > 0:
         stop = min(stop, (step // checkpoint_every + 1) * checkpoint_every)
+    if step < first_order_steps:
+        stop = min(stop, first_order_steps)
     return stop - step
+
+
+def order_at(cfg: Config, step: int) -> Config:
+    """The config outer step ``step`` runs: first order before ``first_order_steps`` (MAML++'s
+    first-order annealing), the run's own order from there on."""
+    return cfg.replace(first_order=True) if step < cfg.first_order_steps else cfg
 
 
 def first_nonfinite(metrics: dict[str, Any]) -> int | None:

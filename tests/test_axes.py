@@ -42,10 +42,15 @@ def test_every_field_of_every_part_declares_what_it_affects(part):
         assert f.metadata.get("affects") in AFFECTS, f"{part.__name__}.{f.name}"
 
 
+# Flat fields added after 0.2 (issue 19: MAML++'s multi-step loss and first-order annealing); a 0.2
+# file leaves them out and reads with their defaults.
+AFTER_0_2 = {"msl", "msl_anneal", "first_order_steps"}
+
+
 def test_flat_names_are_unique_and_cover_the_0_2_fields():
     names = field_names()
     assert len(names) == len(set(names))
-    assert set(CONFIG_0_2) | set(AXES) == set(names)
+    assert set(CONFIG_0_2) | set(AXES) | AFTER_0_2 == set(names)
 
 
 def test_a_0_2_flat_config_file_still_reads_and_equals_the_preset():
@@ -99,7 +104,7 @@ def test_only_meta_gradient_fields_change_the_compile_key():
     fields = set(computation_fields()) - set(AXES)
     values = {
         "k_support": 5, "k_query": 6, "loss": "mse", "hidden": (4,), "activation": "relu", "inner_steps": 2,
-        "alpha_mode": "per_parameter", "first_order": True, "remat": True, "dtype": "float32",
+        "alpha_mode": "per_parameter", "first_order": True, "remat": True, "msl": True, "dtype": "float32",
     }  # fmt: skip
     assert set(values) == fields, "a new computation field needs a value here"
     for name, value in values.items():
@@ -181,7 +186,7 @@ def test_a_0_2_checkpoint_with_a_flat_config_reads_and_resumes(tmp_path):
     with safe_open(str(file), framework="numpy") as f:
         manifest = json.loads(f.metadata()["manifest"])
     arrays = load_file(str(file))
-    flat = {k: v for k, v in json.loads(json.dumps(cfg.flat())).items() if k not in AXES}
+    flat = {k: v for k, v in json.loads(json.dumps(cfg.flat())).items() if k not in AXES and k not in AFTER_0_2}
     assert set(flat) == set(CONFIG_0_2)
     manifest["config"] = flat  # the 0.2 form
     text = json.dumps(manifest, sort_keys=True)

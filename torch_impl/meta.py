@@ -2,7 +2,8 @@
 
 Inner loop:  w_{t+1} = w_t − α ⊙ u_t, u_t the inner optimiser's direction from ∇L_support(w_t)
 (SGD: the gradient itself; momentum; Adam), t = 0 … T−1, differentiated through (second order)
-unless ``cfg.first_order``. Outer loss: L_query(w_T), the mean over tasks.
+unless ``cfg.first_order``. Outer loss: L_query(w_T), the mean over tasks; with ``cfg.msl`` (MAML++'s
+multi-step loss) Σ_t w_t·L_query(w_t), t = 1 … T, weights ``parity.inner.msl_weights``.
 Tasks are ``(x_support [B, K, 1], y_support [B, K, 1], x_query [B, Q, 1], y_query [B, Q, 1])``;
 the functions below are written for the points of one task and any leading task axes, and
 ``meta_loss`` runs them on the whole meta-batch at once (broadcasting over the task axis).
@@ -17,6 +18,7 @@ from typing import Any, Union
 import torch
 
 from parity.config import Config
+from parity.inner import msl_table
 from torch_impl.model import Params, check_inputs, point_loss, predict
 
 Alpha = Union[torch.Tensor, Params]  # a 0-d tensor, or one tensor per parameter (per_parameter mode)
@@ -148,11 +150,19 @@ def optimizer_step(
 
 
 def adapt(
-    params: Params, alpha: Alpha, x: torch.Tensor, y: torch.Tensor, cfg: Config, unroll: int = 0
+    params: Params,
+    alpha: Alpha,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: Config,
+    unroll: int = 0,
+    query: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[Params, torch.Tensor]:
     """``cfg.inner_steps`` steps on the support set; returns (adapted params, losses [..., T]).
 
     ``unroll``: no effect in this twin (eager loop; see the module's note).
+    ``query`` (x_query, y_query), for the multi-step loss: losses are then [2, ..., T], the support
+    loss before each step and the query loss after it.
     """
     check_inputs("adapt", cfg, params=params, alpha=alpha, x=x, y=y)
     # The inner gradients need a graph even when the caller differentiates nothing (evaluation).
@@ -165,29 +175,39 @@ def adapt(
     single = tasks_shape == (1,)
     if single:
         x, y = x[0], y[0]
+        query = None if query is None else (query[0][0], query[1][0])
     else:
         params = broadcast_to_tasks(params, y)
     losses: list[torch.Tensor] = []
     with torch.enable_grad():
         if cfg.remat:
-            params, losses = rematerialised_loop(params, alpha, x, y, cfg)  # T × [...]
+            params, losses = rematerialised_loop(params, alpha, x, y, cfg, query)  # T × [...]
         else:
             carry = (params, INNER_OPTIMIZERS[cfg.inner_optimizer][0](params))
             for t in range(1, cfg.inner_steps + 1):
                 carry, loss = optimizer_step(carry, float(t), alpha, x, y, cfg)
+                if query is not None:  # MSL: the query loss after step t
+                    loss = torch.stack([loss, _inner_loss(carry[0], *query, cfg)])
                 losses.append(loss)
             params = carry[0]
     if single:
         params = {name: p.unsqueeze(0) for name, p in params.items()}
     if not losses:
         return params, x.new_zeros(tasks_shape + (0,))
-    return params, torch.stack(losses, dim=-1).reshape(tasks_shape + (len(losses),))
+    lead = () if query is None else (2,)
+    return params, torch.stack(losses, dim=-1).reshape(lead + tasks_shape + (len(losses),))
 
 
 def rematerialised_loop(
-    params: Params, alpha: Alpha, x: torch.Tensor, y: torch.Tensor, cfg: Config
+    params: Params,
+    alpha: Alpha,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: Config,
+    query: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[Params, list[torch.Tensor]]:
-    """``adapt``'s inner loop with O(√T) memory: returns (adapted params, T losses [...]).
+    """``adapt``'s inner loop with O(√T) memory: returns (adapted params, T losses [...]; with
+    ``query``, T × [2, ...]: the support loss and the query loss after the step, as in ``adapt``).
 
     √T checkpointing (Chen et al. 2016, "Training deep nets with sublinear memory cost"): the
     loop runs in segments of k = ⌈√T⌉ steps; only each segment's input parameters are kept for
@@ -217,6 +237,8 @@ def rematerialised_loop(
             carry = (p, s)
             for t in range(first, first + length):
                 carry, loss = optimizer_step(carry, float(t), a, x, y, cfg)
+                if query is not None:  # MSL: the query loss after step t
+                    loss = torch.stack([loss, _inner_loss(carry[0], *query, cfg)])
                 segment_losses.append(loss)
             p, s = carry
             return (*p.values(), *(s[slot][name] for slot, name in slots), *segment_losses)
@@ -237,31 +259,43 @@ def rematerialised_loop(
 
 
 def task_losses(
-    params: Params, alpha: Alpha, tasks: Tasks, cfg: Config, unroll: int = 0
+    params: Params, alpha: Alpha, tasks: Tasks, cfg: Config, unroll: int = 0, weights: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Adapt on each task's support set; returns (query loss [...], support losses [..., T])."""
+    """Adapt on each task's support set; returns (query loss [...], support losses [..., T]).
+    ``weights`` [T] (MSL): the query loss is Σ_t w_t·L_query(w_t) over the steps instead."""
     x_support, y_support, x_query, y_query = tasks
-    adapted, support_losses = adapt(params, alpha, x_support, y_support, cfg, unroll)
-    return _inner_loss(adapted, x_query, y_query, cfg), support_losses
+    if weights is None:
+        adapted, support_losses = adapt(params, alpha, x_support, y_support, cfg, unroll)
+        return _inner_loss(adapted, x_query, y_query, cfg), support_losses
+    _, losses = adapt(params, alpha, x_support, y_support, cfg, unroll, query=(x_query, y_query))  # [2, ..., T]
+    return (losses[1] * weights).sum(-1), losses[0]
 
 
 def meta_loss(
-    params: Params, alpha: Alpha, tasks: Tasks, cfg: Config, unroll: int = 0
+    params: Params, alpha: Alpha, tasks: Tasks, cfg: Config, unroll: int = 0, weights: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The meta-objective: (mean query loss over the meta-batch [], mean support losses [T])."""
     check_inputs("meta_loss", cfg, params=params, alpha=alpha, tasks=tasks)
-    outer, inner = task_losses(params, alpha, tasks, cfg, unroll)  # [B], [B, T]
+    outer, inner = task_losses(params, alpha, tasks, cfg, unroll, weights)  # [B], [B, T]
     return outer.mean(), inner.mean(0)
 
 
+def msl_weights_at(cfg: Config, step: Any, like: torch.Tensor) -> torch.Tensor:
+    """The multi-step loss's weights [T] at outer step ``step``: row min(step, msl_anneal) of
+    ``parity.inner.msl_table``, in ``like``'s dtype on its device."""
+    return like.new_tensor(msl_table(cfg.inner))[min(int(step), cfg.msl_anneal)]
+
+
 def meta_value_and_grad(
-    params: Params, alpha: Alpha, tasks: Tasks, cfg: Config, unroll: int = 0
+    params: Params, alpha: Alpha, tasks: Tasks, cfg: Config, unroll: int = 0, step: Any = 0
 ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[Params, Alpha]]:
-    """((outer loss [], support losses [T]), (dL/dparams, dL/dα)), differentiated through T steps."""
+    """((outer loss [], support losses [T]), (dL/dparams, dL/dα)), differentiated through T steps.
+    ``step``: the outer step, which picks the multi-step loss's weights (0 for the contract)."""
     check_inputs("meta_value_and_grad", cfg, params=params, alpha=alpha, tasks=tasks)
     params = {name: p.detach().requires_grad_() for name, p in params.items()}
     alpha = _detached_leaf(alpha)
-    loss, inner = meta_loss(params, alpha, tasks, cfg, unroll)
+    weights = msl_weights_at(cfg, step, tasks[0]) if cfg.msl else None
+    loss, inner = meta_loss(params, alpha, tasks, cfg, unroll, weights)
     alpha_leaves = list(alpha.values()) if isinstance(alpha, dict) else [alpha]
     # materialize_grads: T = 0 leaves α unused, and its gradient is then exactly zero.
     grads = torch.autograd.grad(loss, [*params.values(), *alpha_leaves], allow_unused=True, materialize_grads=True)

@@ -150,7 +150,7 @@ def train_step(
     twin, XLA inserts that all-reduce itself, so it needs no such argument).
     """
     alpha = alpha_value(state.alpha, cfg)
-    (loss, inner), (grad_params, grad_alpha) = grad_fn(state.params, alpha, tasks, cfg, unroll)
+    (loss, inner), (grad_params, grad_alpha) = grad_fn(state.params, alpha, tasks, cfg, unroll, **msl_step(state, cfg))
     alpha_before = _detached(alpha)
     for name, p in state.params.items():
         p.grad = grad_params[name]
@@ -168,6 +168,12 @@ def train_step(
         "finite": all_finite(loss, grad_params, grad_alpha, state.params, state.alpha, _moments(state)),
     }
     return state, metrics
+
+
+def msl_step(state: TrainState, cfg: Config) -> dict[str, Any]:
+    """The outer step for the multi-step loss's weights; nothing without MSL, so that a grad_fn
+    with the plain signature (distributed, torch.func) still serves every other run."""
+    return {"step": state.step} if cfg.msl else {}
 
 
 def train_chunk(
