@@ -43,21 +43,30 @@ class Setting:
     B: int  # tasks per outer step
     width: int  # both hidden layers
     remat: bool = False
+    inner_optimizer: str = "sgd"  # an entry of parity.inner.INNER_OPTIMIZERS, its fields' defaults
 
     def cfg(self) -> Config:
         base = get_preset(self.config)
         return base.replace(
-            inner_steps=self.T, meta_batch=self.B, hidden=(self.width,) * len(base.hidden), remat=self.remat
+            inner_steps=self.T,
+            meta_batch=self.B,
+            hidden=(self.width,) * len(base.hidden),
+            remat=self.remat,
+            inner_optimizer=self.inner_optimizer,
         )
 
     @property
     def label(self) -> str:
-        return f"{self.config} T={self.T} B={self.B} w={self.width}" + (" remat" if self.remat else "")
+        optimizer = "" if self.inner_optimizer == "sgd" else f" {self.inner_optimizer}"
+        return f"{self.config} T={self.T} B={self.B} w={self.width}" + (" remat" if self.remat else "") + optimizer
 
 
 SEED_ALPHA_POINT = Setting("seed-alpha", T=5, B=1, width=32)
 BATCH_POINT = Setting("seed-alpha", T=5, B=25, width=32)
-QUICK_SETTINGS = (SEED_ALPHA_POINT, BATCH_POINT)
+# Issue 19: an inner optimiser's step against SGD's at the batch point (the same rows, back to back).
+ADAM_BATCH_POINT = dataclasses.replace(BATCH_POINT, inner_optimizer="adam")
+INNER_OPTIMIZER_POINTS = (ADAM_BATCH_POINT, dataclasses.replace(BATCH_POINT, inner_optimizer="momentum"))
+QUICK_SETTINGS = (SEED_ALPHA_POINT, BATCH_POINT, ADAM_BATCH_POINT)
 # The GPU goals' settings (issue 10): B = 1, T = 100 at B = 4,096, and B = 65,536.
 LONG_POINT = Setting("seed-alpha", T=100, B=4096, width=32)
 BIG_BATCH_POINT = Setting("seed-alpha", T=5, B=65_536, width=32)
@@ -77,6 +86,7 @@ def full_settings(device: str = "cpu") -> list[Setting]:
         return settings + [s for s in sweep if s not in settings]
     settings = [Setting("seed-maml", T=3, B=1, width=32)]
     settings += [Setting("seed-alpha", T, B, w) for w in SWEEP_WIDTH for T in SWEEP_T for B in SWEEP_B_CPU]
+    settings += list(INNER_OPTIMIZER_POINTS)
     # remat first: the host allocator may reuse memory an earlier, larger row freed, which hides
     # growth from the resident-set measurement (the PyTorch rows); the smaller peak goes first.
     settings += [Setting("seed-alpha", REMAT_T, REMAT_B, 32, remat=r) for r in (True, False)]
@@ -108,6 +118,7 @@ def keeps(row: Any, setting: Setting, accelerator: bool) -> bool:
         or (row.max_T is not None and setting.T > row.max_T)
         or (row.accelerator_only and not accelerator)
         or (row.only_at is not None and setting != row.only_at)
+        or (row.inner_optimizers is not None and setting.inner_optimizer not in row.inner_optimizers)
     )
 
 
