@@ -77,6 +77,7 @@ def jax_peak_bytes(cfg: Config) -> int:
     )
     compiled = jax.jit(lambda p, a, t: twin.meta.meta_value_and_grad(p, a, t, cfg)).lower(*args).compile()
     analysis = compiled.memory_analysis()
+    assert analysis is not None, "this backend reports no memory analysis"
     return int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes + analysis.temp_size_in_bytes)
 
 
