@@ -28,8 +28,9 @@ import jax
 import jax.numpy as jnp
 
 from parity.bench.measure import Prepared, host_peak
-from parity.bench.rows import ACCELERATOR, BenchRow, Options, Target, remat_ratio, row_value
+from parity.bench.rows import ACCELERATOR, BenchRow, Options, Target, optimizer_ratio, remat_ratio, row_value
 from parity.bench.settings import (
+    ADAM_BATCH_POINT,
     BIG_BATCH_POINT,
     REMAT_B,
     REMAT_T,
@@ -162,6 +163,12 @@ def targets() -> tuple[Target, ...]:
             remat_ratio("jax", Setting("seed-alpha", REMAT_T, REMAT_B, 32)),
             ">=",
             5,
+        ),
+        Target(
+            "jax adam / sgd inner loop, time per step, B=25 T=5",
+            optimizer_ratio("jax", ADAM_BATCH_POINT),
+            "<=",
+            1.5,
         ),
         Target("jax on the gpu / jax on the host cpu, time per step, B=1 T=5", gpu_over_cpu, "<=", 1, True),
         Target(

@@ -104,7 +104,7 @@ def test_numbers_are_positive_and_finite(result):
 
 def test_targets_and_table(result, tmp_path):
     names = [t["target"] for t in result["targets"]]
-    assert len(names) == 7 and all(t["met"] is None and t["value"] is None for t in result["targets"])
+    assert len(names) == 9 and all(t["met"] is None and t["value"] is None for t in result["targets"])
     lines = bench.table_lines(result)
     assert lines[0] == bench.TABLE_HEADER and len(lines) == 1 + len(result["rows"]) + 1 + len(names)
     assert lines[1 + len(result["rows"])].startswith("peak: matmul ")
@@ -117,11 +117,13 @@ def test_plans():
     assert [(s, impls) for s, impls in quick] == [
         (bench.SEED_ALPHA_POINT, ["seed-loop", "jax", "torch"]),
         (bench.BATCH_POINT, ["seed-loop", "jax", "torch"]),
+        (bench.ADAM_BATCH_POINT, ["jax", "torch"]),  # the seed's loop has plain gradient steps only
     ]
     full = bench.plan(quick=False, device="cpu")
     settings = [s for s, _ in full]
     assert Setting("seed-maml", 3, 1, 32) in settings and bench.SEED_ALPHA_POINT in settings
-    assert len(settings) == 1 + 4 * 3 * 2 + 2
+    assert len(settings) == 1 + 4 * 3 * 2 + 2 + 2
+    assert {s.inner_optimizer for s in settings} == {"sgd", "momentum", "adam"}
     remat = [impls for s, impls in full if s.T == bench.REMAT_T]
     assert remat == [["jax", "torch"], ["jax", "torch"]]  # the seed loop has no remat
     assert max(s.B for s in bench.full_settings("gpu")) == 65_536

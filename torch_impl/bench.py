@@ -22,8 +22,18 @@ from typing import Any
 import torch
 
 from parity.bench.measure import Prepared, Unavailable, host_peak
-from parity.bench.rows import ACCELERATOR, BenchRow, Options, Target, remat_ratio, row_value, steps_for
+from parity.bench.rows import (
+    ACCELERATOR,
+    BenchRow,
+    Options,
+    Target,
+    optimizer_ratio,
+    remat_ratio,
+    row_value,
+    steps_for,
+)
 from parity.bench.settings import (
+    ADAM_BATCH_POINT,
     LONG_POINT,
     REMAT_B,
     REMAT_T,
@@ -231,6 +241,7 @@ def rows() -> tuple[BenchRow, ...]:
             max_B=SEED_LOOP_MAX_B,
             max_B_accelerator=SEED_LOOP_MAX_B_GPU,  # launch-bound on a GPU: B = 1 says it all
             max_T=max(SWEEP_T),
+            inner_optimizers=frozenset({"sgd"}),  # the seed's loop: plain gradient steps only
         ),
         BenchRow("torch", lambda s, d, o: prepare(s, d, o.min_call_s)),
         BenchRow(
@@ -260,6 +271,12 @@ def targets() -> tuple[Target, ...]:
             remat_ratio("torch", Setting("seed-alpha", REMAT_T, REMAT_B, 32)),
             ">=",
             5,
+        ),
+        Target(
+            "torch adam / sgd inner loop, time per step, B=25 T=5",
+            optimizer_ratio("torch", ADAM_BATCH_POINT),
+            "<=",
+            2,
         ),
         Target(
             "torch-graph us per step, B=1 T=5",

@@ -28,9 +28,10 @@ from parity.bench.output import (
     write_json,
     write_plot,
 )
-from parity.bench.rows import BenchRow, Options, Target, choose, contract_row, table
+from parity.bench.rows import BenchRow, Options, Target, choose, contract_row, optimizer_ratio, table
 from parity.bench.run import configure, machine_info, measure, run_bench
 from parity.bench.settings import (
+    ADAM_BATCH_POINT,
     BATCH_POINT,
     BIG_BATCH_POINT,
     DEVICES,
@@ -52,6 +53,7 @@ from parity.bench.settings import (
 )
 
 __all__ = [
+    "ADAM_BATCH_POINT",
     "BATCH_POINT",
     "BIG_BATCH_POINT",
     "DEVICES",
@@ -82,6 +84,7 @@ __all__ = [
     "host_peak",
     "machine_info",
     "measure",
+    "optimizer_ratio",
     "plan",
     "row_dict",
     "row_line",

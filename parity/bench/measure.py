@@ -164,6 +164,7 @@ def time_rows(
                 B=setting.B,
                 width=setting.width,
                 remat=setting.remat,
+                inner_optimizer=setting.inner_optimizer,
                 steps_per_call=prep.steps,
                 repeats=n,
                 us_per_step=us_per_step,

@@ -39,11 +39,12 @@ class Row:
     gb_per_s: float | None = None
     pct_peak_flops: float | None = None
     pct_peak_bw: float | None = None
+    inner_optimizer: str = "sgd"  # the setting's (parity.inner.INNER_OPTIMIZERS)
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # impl-specific details
 
 
 def _key(row: Row) -> tuple[Any, ...]:
-    return (row.config, row.T, row.B, row.width, row.remat)
+    return (row.config, row.T, row.B, row.width, row.remat, row.inner_optimizer)
 
 
 def row_dict(row: Row) -> dict[str, Any]:
@@ -63,7 +64,7 @@ def targets(rows: list[Row], device: str = "cpu", declared: list[Any] | None = N
     from parity.bench.settings import is_accelerator
 
     def find(impl: str, setting: Setting) -> Row | None:
-        key = (setting.config, setting.T, setting.B, setting.width, setting.remat)
+        key = (setting.config, setting.T, setting.B, setting.width, setting.remat, setting.inner_optimizer)
         return next((r for r in rows if r.impl == impl and _key(r) == key), None)
 
     accelerator = is_accelerator(device)
@@ -80,8 +81,9 @@ def targets(rows: list[Row], device: str = "cpu", declared: list[Any] | None = N
 # --- the table -------------------------------------------------------------------------------------
 
 TABLE_HEADER = (
-    f"{'impl':<12} {'config':<10} {'T':>5} {'B':>6} {'w':>4} {'remat':>5} {'us/step':>11} {'us/task-step':>12} "
-    f"{'compile s':>9} {'peak MB':>8} {'tasks/s':>10} {'vs seed':>8} {'GFLOP/s':>9} {'%pk F':>6} {'%pk BW':>6}"
+    f"{'impl':<12} {'config':<10} {'T':>5} {'B':>6} {'w':>4} {'remat':>5} {'inner':>8} "
+    f"{'us/step':>11} {'us/task-step':>12} {'compile s':>9} {'peak MB':>8} {'tasks/s':>10} "
+    f"{'vs seed':>8} {'GFLOP/s':>9} {'%pk F':>6} {'%pk BW':>6}"
 )
 
 
@@ -94,7 +96,8 @@ def row_line(row: Row | dict[str, Any]) -> str:
     speed = r["speedup_vs_seed_loop"]
     return (
         f"{r['impl']:<12} {r['config']:<10} {r['T']:>5} {r['B']:>6} {r['width']:>4} {'yes' if r['remat'] else '':>5} "
-        f"{r['us_per_step']:>11.1f} {r['us_per_task_step']:>12.2f} {r['compile_s']:>9.2f} {r['peak_mem_mb']:>8.1f} "
+        f"{r.get('inner_optimizer', 'sgd'):>8} {r['us_per_step']:>11.1f} {r['us_per_task_step']:>12.2f} "
+        f"{r['compile_s']:>9.2f} {r['peak_mem_mb']:>8.1f} "
         f"{r['tasks_per_s']:>10.0f} {'' if speed is None else f'{speed:.1f}x':>8} "
         f"{_opt(r.get('gflop_per_s'), '.2f', 9)} {_opt(r.get('pct_peak_flops'), '.2f', 6)} "
         f"{_opt(r.get('pct_peak_bw'), '.2f', 6)}"

@@ -47,6 +47,7 @@ class BenchRow:
     max_T: int | None = None  # longer inner loops are left out
     only_at: Setting | None = None  # the only setting it times (in an accelerator run)
     accelerator_only: bool = False  # planned in accelerator runs only
+    inner_optimizers: frozenset[str] | None = None  # the inner optimisers it has (None: every one)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +79,19 @@ def remat_ratio(impl: str, plain: Setting) -> Callable[[Callable[[str, Setting],
     def value(find: Callable[[str, Setting], Row | None]) -> float | None:
         a, b = find(impl, plain), find(impl, dataclasses.replace(plain, remat=True))
         return a.peak_mem_mb / b.peak_mem_mb if a and b and b.peak_mem_mb > 0 else None
+
+    return value
+
+
+def optimizer_ratio(
+    impl: str, setting: Setting, baseline: str = "sgd"
+) -> Callable[[Callable[[str, Setting], Row | None]], float | None]:
+    """A target's value: ``impl``'s time per step at ``setting`` over the same setting with the
+    ``baseline`` inner optimiser (issue 19: what the optimiser's state costs)."""
+
+    def value(find: Callable[[str, Setting], Row | None]) -> float | None:
+        a, b = find(impl, setting), find(impl, dataclasses.replace(setting, inner_optimizer=baseline))
+        return a.us_per_step / b.us_per_step if a and b and b.us_per_step > 0 else None
 
     return value
 

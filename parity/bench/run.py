@@ -116,6 +116,11 @@ def measure(
     peak_mb: dict[str, float] = {}
     for row in rows:
         try:
+            if row.inner_optimizers is not None and setting.inner_optimizer not in row.inner_optimizers:
+                # Explicit settings bypass the plan: never time another inner loop under this name.
+                raise m.Unavailable(
+                    f"no {setting.inner_optimizer} inner optimiser (only {', '.join(sorted(row.inner_optimizers))})"
+                )
             prep = row.prepare(setting, device, options)
             with prep.peak() as peak:
                 t = time.perf_counter()

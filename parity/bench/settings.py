@@ -43,25 +43,39 @@ class Setting:
     B: int  # tasks per outer step
     width: int  # both hidden layers
     remat: bool = False
+    inner_optimizer: str = "sgd"  # an entry of parity.inner.INNER_OPTIMIZERS, its fields' defaults
 
     def cfg(self) -> Config:
         base = get_preset(self.config)
         if base.model.name == "conv":  # cls-conv: width = filters per block, synthetic images of the preset's size
             return base.replace(
-                inner_steps=self.T, meta_batch=self.B, width=self.width, remat=self.remat, dataset="synthetic"
+                inner_steps=self.T,
+                meta_batch=self.B,
+                width=self.width,
+                remat=self.remat,
+                dataset="synthetic",
+                inner_optimizer=self.inner_optimizer,
             )
         return base.replace(
-            inner_steps=self.T, meta_batch=self.B, hidden=(self.width,) * len(base.hidden), remat=self.remat
+            inner_steps=self.T,
+            meta_batch=self.B,
+            hidden=(self.width,) * len(base.hidden),
+            remat=self.remat,
+            inner_optimizer=self.inner_optimizer,
         )
 
     @property
     def label(self) -> str:
-        return f"{self.config} T={self.T} B={self.B} w={self.width}" + (" remat" if self.remat else "")
+        optimizer = "" if self.inner_optimizer == "sgd" else f" {self.inner_optimizer}"
+        return f"{self.config} T={self.T} B={self.B} w={self.width}" + (" remat" if self.remat else "") + optimizer
 
 
 SEED_ALPHA_POINT = Setting("seed-alpha", T=5, B=1, width=32)
 BATCH_POINT = Setting("seed-alpha", T=5, B=25, width=32)
-QUICK_SETTINGS = (SEED_ALPHA_POINT, BATCH_POINT)
+# Issue 19: an inner optimiser's step against SGD's at the batch point (the same rows, back to back).
+ADAM_BATCH_POINT = dataclasses.replace(BATCH_POINT, inner_optimizer="adam")
+INNER_OPTIMIZER_POINTS = (ADAM_BATCH_POINT, dataclasses.replace(BATCH_POINT, inner_optimizer="momentum"))
+QUICK_SETTINGS = (SEED_ALPHA_POINT, BATCH_POINT, ADAM_BATCH_POINT)
 # cls-conv (issue 18): a digits-5w1s step (meta-batch 32, 1 inner step, 64 filters per block) and an
 # Omniglot-sized one (28×28, 4 blocks of 64), both on synthetic images of the preset's size.
 CONV_POINTS = (Setting("digits-5w1s", T=1, B=32, width=64), Setting("omniglot-5w1s", T=1, B=32, width=64))
@@ -84,6 +98,7 @@ def full_settings(device: str = "cpu") -> list[Setting]:
         return settings + [s for s in sweep if s not in settings]
     settings = [Setting("seed-maml", T=3, B=1, width=32)]
     settings += [Setting("seed-alpha", T, B, w) for w in SWEEP_WIDTH for T in SWEEP_T for B in SWEEP_B_CPU]
+    settings += list(INNER_OPTIMIZER_POINTS)
     # remat first: the host allocator may reuse memory an earlier, larger row freed, which hides
     # growth from the resident-set measurement (the PyTorch rows); the smaller peak goes first.
     settings += [Setting("seed-alpha", REMAT_T, REMAT_B, 32, remat=r) for r in (True, False)]
@@ -115,6 +130,7 @@ def keeps(row: Any, setting: Setting, accelerator: bool) -> bool:
         or (row.max_T is not None and setting.T > row.max_T)
         or (row.accelerator_only and not accelerator)
         or (row.only_at is not None and setting != row.only_at)
+        or (row.inner_optimizers is not None and setting.inner_optimizer not in row.inner_optimizers)
     )
 
 
