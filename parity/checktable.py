@@ -72,7 +72,7 @@ def case_line(rows: list[Any]) -> str:
     parts = []
     if compared:
         w = max(compared, key=_badness)
-        if relative_is_meaningful(w):
+        if relative_is_meaningful(w) or w.verdict == "FAIL":
             parts.append(f"{w.max_rel_err:.1e} / {w.rtol:.0e} {w.quantity} ({w.framework_pair} {w.dtype})")
         else:  # values within atol of 0: the absolute error is what is judged
             parts.append(f"abs {w.max_abs_err:.1e} / {w.atol:.0e} {w.quantity} ({w.framework_pair} {w.dtype})")

@@ -46,6 +46,15 @@ def _size_factor(r: float | None, cfg: Config) -> str | None:
     return None
 
 
+def _whole(r: float | None) -> bool:
+    """Whether ``r`` is a whole number n >= 2 or its inverse 1/n (within 1e-6): what a sum taken for
+    a mean, or the other way round, multiplies by; 1.00025 (a rounding difference) is not."""
+    if r is None or r == 0:
+        return False
+    n = r if abs(r) >= 1 else 1 / r
+    return abs(n) >= 2 - 1e-6 and abs(n - round(n)) <= 1e-6 * abs(n)
+
+
 def _facts(cfg: Config, expected: dict[str, Any], got: dict[str, Any], failing: set[str]) -> dict[str, Any]:
     """What the signatures test: which kinds of quantity fail, common factors, step 0's loss."""
     ratios = [_ratio(expected[q], got[q]) for q in sorted(failing) if q in expected and q in got]
@@ -62,7 +71,7 @@ def _facts(cfg: Config, expected: dict[str, Any], got: dict[str, Any], failing: 
         "failing": failing,
         "losses_agree": not failing & {"outer_loss", "inner_losses"},
         "alpha_only_zero": bool(alpha) and alpha == failing and all(not np.any(got[q]) for q in alpha if q in got),
-        "factor": common if common is not None and abs(common - 1) > 1e-6 else None,
+        "factor": _size_factor(common, cfg) or (f"{common:.6g}" if _whole(common) else None),
         "step0_factor": _size_factor(_ratio(*step0), cfg) if step0 is not None else None,
         "step0": step0,
         "second_order": cfg.inner_steps > 0 and not cfg.first_order,
@@ -122,9 +131,7 @@ def explain(cfg: Config, expected: dict[str, Any], got: dict[str, Any], failing:
         f = _facts(cfg, expected, got, failing)
         for _, matches, text in SIGNATURES:
             if matches(f, cfg, dtype):
-                factor = f["factor"]
-                named = (_size_factor(factor, cfg) or f"{factor:.6g}") if factor is not None else ""
-                return text.format(factor=named, step0_factor=f["step0_factor"])
+                return text.format(factor=f["factor"] or "", step0_factor=f["step0_factor"])
     except (KeyError, ValueError, TypeError):  # an explanation is a hint: never a reason to fail
         return None
     return None

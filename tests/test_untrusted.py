@@ -347,3 +347,17 @@ def test_plugin_resolves_an_ini_file_path_from_the_ini_folder(tmp_path):
         timeout=300,
     )
     assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_a_rounding_sized_factor_is_not_explained_as_a_sum_for_a_mean():
+    """A lone failing 0-d quantity is always some factor of its reference: only a whole number (a
+    size of the problem) is a sum-for-mean signature, not the 1.00025 of a float32 rounding."""
+    from parity.patterns import explain
+
+    cfg = harness.BASE.replace(inner_steps=1)
+    ref = {"outer_loss": np.float64(0.5), "grad/alpha": np.float64(-1.173295639)}
+    off = {"outer_loss": np.float64(0.5), "grad/alpha": np.float64(-1.173588395)}  # 1.00025 x
+    assert "a sum where the contract takes a mean" not in (explain(cfg, ref, off, {"grad/alpha"}, "float32") or "")
+    summed = {"outer_loss": np.float64(2.0), "grad/alpha": np.float64(-1.173295639 * 4)}  # 4 = K = Q = B
+    pattern = explain(cfg, ref, summed, {"outer_loss", "grad/alpha"}, "float64")
+    assert "every failing quantity is 4 = K (support points)" in pattern
