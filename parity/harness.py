@@ -23,7 +23,7 @@ from parity.checktable import coverage_gaps as coverage_gaps
 from parity.checktable import overall_ok as overall_ok
 from parity.checktable import summary as summary
 from parity.checktable import table_lines as table_lines
-from parity.compare import StructureError, compare_trees, is_stable, stability_factor
+from parity.compare import StructureError, compare_trees, is_stable, rtol_factor, stability_factor
 from parity.config import ConfigError
 from parity.contract import ContractError, describe, unsupported_reason
 from parity.devices import check_precision
@@ -253,7 +253,7 @@ def _pair_rows(
     expected, got, skipped = optional_entries(case, ref, actual, expected, got)
     rows = [note_row(quantity, "not compared", why) for quantity, why in skipped]
     try:
-        leaves = compare_trees(expected, got, dtype)
+        leaves = compare_trees(expected, got, dtype, rtol_factor(case.cfg, dtype))
     except StructureError as err:
         return [*rows, note_row("structure", "FAIL", str(err))]
     pair_rows = [_leaf_row(case.name, pair, dtype, leaf, gate) for leaf in leaves]

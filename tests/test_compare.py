@@ -233,3 +233,16 @@ def test_diff_and_the_golden_rule_entry_agree_with_the_rule(distinct_tolerances,
             k for k, patterns in rule["kinds"].items() if any(fnmatch.fnmatchcase(key, p) for p in patterns)
         )
         assert published == kind, key
+
+
+def test_float32_adam_inner_loops_get_the_documented_rtol_factor_and_nothing_else_does():
+    from parity.compare import compare_trees, rtol_factor
+    from parity.config import SEED_ALPHA
+
+    adam, sgd = SEED_ALPHA.replace(inner_optimizer="adam"), SEED_ALPHA
+    assert (rtol_factor(adam, "float32"), rtol_factor(adam, "float64"), rtol_factor(sgd, "float32")) == (5.0, 1.0, 1.0)
+    ref, got = {"grad/w0": np.array([1.0])}, {"grad/w0": np.array([1.0 + 3e-4])}  # 1.5x float32's plain rtol
+    assert not compare_trees(ref, got, "float32")[0].ok
+    leaf = compare_trees(ref, got, "float32", rtol_factor(adam, "float32"))[0]
+    assert leaf.ok and leaf.tol.rtol == pytest.approx(1e-3) and leaf.tol.atol == 1e-6
+    assert not compare_trees(ref, {"grad/w0": np.array([1.0 + 2e-3])}, "float32", 5.0)[0].ok
