@@ -122,7 +122,8 @@ def test_plans():
     full = bench.plan(quick=False, device="cpu")
     settings = [s for s, _ in full]
     assert Setting("seed-maml", 3, 1, 32) in settings and bench.SEED_ALPHA_POINT in settings
-    assert len(settings) == 1 + 4 * 3 * 2 + 2 + 2
+    assert len(settings) == 1 + 4 * 3 * 2 + 2 + 2 + 2  # ... + the inner optimisers' two + the conv steps' two
+    assert [s.config for s in settings if s in bench.CONV_POINTS] == ["digits-5w1s", "omniglot-5w1s"]
     assert {s.inner_optimizer for s in settings} == {"sgd", "momentum", "adam"}
     remat = [impls for s, impls in full if s.T == bench.REMAT_T]
     assert remat == [["jax", "torch"], ["jax", "torch"]]  # the seed loop has no remat
