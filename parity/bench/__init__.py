@@ -32,9 +32,9 @@ from parity.bench.rows import BenchRow, Options, Target, choose, contract_row, o
 from parity.bench.run import configure, machine_info, measure, run_bench
 from parity.bench.settings import (
     ADAM_BATCH_POINT,
-    CONV_POINTS,
     BATCH_POINT,
     BIG_BATCH_POINT,
+    CONV_POINTS,
     DEVICES,
     LONG_POINT,
     QUICK_SETTINGS,
@@ -55,9 +55,9 @@ from parity.bench.settings import (
 
 __all__ = [
     "ADAM_BATCH_POINT",
-    "CONV_POINTS",
     "BATCH_POINT",
     "BIG_BATCH_POINT",
+    "CONV_POINTS",
     "DEVICES",
     "LONG_POINT",
     "QUICK_SETTINGS",
