@@ -211,7 +211,7 @@ def summary(rows: list[Any], strict: bool = False) -> str:
         f"{len(unstable)} unstable (reported, not asserted), {len(unsupported)} with unsupported pairs"
     )
     extra = [
-        f"worst stable float64 relative error {worst64:.2e} (where values exceed atol)"
+        f"worst stable float64 relative error {worst64:.2e} (values above atol)"
         + ("; unsupported pairs (--strict: counted as failing)" if strict and unsupported else "")
     ]
     extra += _unsupported_lines(rows)
