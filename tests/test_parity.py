@@ -7,6 +7,7 @@ import json
 import pytest
 
 from parity import harness
+from parity.checktable import relative_is_meaningful
 from parity.cli import main
 from parity.compare import STABILITY_LIMIT
 from parity.registry import TWINS
@@ -42,7 +43,12 @@ def test_full_matrix_is_the_design_matrix():
     # first; then the all-pairs rows that vary the newer axes (parity.matrix; test_harness_matrix.py)
     original = 6 * 4 * 2 * 3 * 2 - 4 * 2 * 3
     assert all(c.name.count("-") == 4 for c in cases[:original])
-    assert len(cases) == original + 18 and all(c.name.count("-") > 4 for c in cases[original:])
+    # then 18 all-pairs rows, LSLR's own 18 and the multi-step loss's 12 (parity.matrix)
+    rest = cases[original:]
+    msl = [c for c in rest if "-msl" in c.name]
+    lslr = [c for c in rest if "per_layer_step" in c.name and c not in msl]
+    pairs = [c for c in rest if c not in msl and c not in lslr]
+    assert (len(pairs), len(lslr), len(msl)) == (18, 18, 12) and all(c.name.count("-") > 4 for c in pairs)
     assert len({c.name for c in cases}) == len(cases)
 
 
@@ -50,7 +56,8 @@ def test_twins_agree_on_the_quick_matrix(quick_rows):
     assert harness.overall_ok(quick_rows)
     assert all(r.ok for r in quick_rows), [r for r in quick_rows if not r.ok][:3]
     f64 = [r for r in quick_rows if r.dtype == "float64"]
-    assert f64 and max(r.max_rel_err for r in f64 if r.stable) <= 1e-10
+    # where the values exceed atol (a conv bias's meta-gradient is 0 in exact arithmetic: rounding only)
+    assert f64 and max(r.max_rel_err for r in f64 if r.stable and relative_is_meaningful(r)) <= 1e-10
     pairs = {(r.framework_pair, r.dtype) for r in quick_rows}
     assert pairs == {
         ("jax~torch", "float64"),
