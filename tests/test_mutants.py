@@ -272,4 +272,9 @@ def test_quick_check_numpy_jax_torch(capsys, tmp_path):
     stable64 = [r for r in rows if r["dtype"] == "float64" and r["stable"] and r["verdict"] != "unsupported"]
     pairs = {r["framework_pair"] for r in stable64}
     assert {"numpy~jax", "numpy~torch"} <= pairs
-    assert stable64 and all(r["max_rel_err"] <= 1e-10 for r in stable64)
+    assert stable64 and all(r["ok"] for r in stable64)
+    # relative errors where values exceed atol (a conv bias's meta-gradient is 0 in exact arithmetic;
+    # its rows, "inf" in JSON, are judged by atol and are ok above)
+    judged = [r for r in stable64 if isinstance(r["max_rel_err"], float) and r["max_rel_err"] > 0]
+    judged = [r for r in judged if r["rtol"] * r["max_abs_err"] / r["max_rel_err"] >= r["atol"]]
+    assert judged and all(r["max_rel_err"] <= 1e-10 for r in judged)
