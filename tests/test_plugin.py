@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -192,7 +193,10 @@ def test_golden_file_written_then_compared_then_regenerated(tmp_path):
 def test_downstream_project_passes():
     code, out = run_pytest(DOWNSTREAM, "--strict-markers", "--maml-parity-cases", "T2-")
     assert code == 0, out
-    assert "4 passed" in out.splitlines()[-1], out
+    last = out.splitlines()[-1]  # the T2 cases the example computes pass; the others are skipped with the reason
+    passed = re.search(r"(\d+) passed", last)
+    assert passed and int(passed.group(1)) >= 4 and "failed" not in last, out
+    assert "does not support" in out and "(not inner_optimizer)" in out
 
 
 @pytest.mark.slow
@@ -210,7 +214,8 @@ def test_downstream_project_fails_with_a_table_for_a_mutant():
     assert "case                               pair" in out
     rows = [line for line in out.splitlines() if line.startswith("T2-a0.05-l1-per_parameter-second")]
     assert any("jax~alpha-wrong-sign" in line and line.rstrip().endswith("FAIL") for line in rows), out
-    assert "4 failed" in out.splitlines()[-1], out
+    failed = re.search(r"(\d+) failed", out.splitlines()[-1])
+    assert failed and int(failed.group(1)) >= 4, out
 
 
 def test_set_changes_every_generated_case_like_check_set(tmp_path):
