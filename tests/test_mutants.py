@@ -111,9 +111,7 @@ def _first_quick_case(predicate) -> str:
     from mutants_impls import CONTROL
 
     return next(
-        c.name
-        for c in harness.gradient_cases(quick=True)
-        if predicate(c.cfg) and CONTROL.supports(c.cfg) is None
+        c.name for c in harness.gradient_cases(quick=True) if predicate(c.cfg) and CONTROL.supports(c.cfg) is None
     )
 
 
