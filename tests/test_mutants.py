@@ -276,3 +276,26 @@ def test_quick_check_numpy_jax_torch(capsys, tmp_path):
     judged = [r for r in stable64 if isinstance(r["max_rel_err"], float) and r["max_rel_err"] > 0]
     judged = [r for r in judged if r["rtol"] * r["max_abs_err"] / r["max_rel_err"] >= r["atol"]]
     assert judged and all(r["max_rel_err"] <= 1e-10 for r in judged)
+
+
+def test_every_planted_bug_of_scripts_mutants_still_finds_its_text_exactly_once():
+    """A refactor that moves the code a mutant edits would make scripts/mutants plant nothing."""
+    import importlib.util
+    import sys as _sys
+    from importlib.machinery import SourceFileLoader
+
+    root = Path(__file__).resolve().parent.parent
+    loader = SourceFileLoader("_maml_parity_mutants_script", str(root / "scripts" / "mutants"))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    _sys.modules[loader.name] = module  # dataclasses look their module up by name
+    loader.exec_module(module)
+    counts = {
+        (mutant.name, path): (root / path).read_text().count(old)
+        for mutant in module.MUTANTS
+        for path, old, _new in mutant.edits
+    }
+    assert len(module.MUTANTS) >= 30 and all(n == 1 for n in counts.values()), {
+        k: n for k, n in counts.items() if n != 1
+    }
