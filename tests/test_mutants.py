@@ -122,8 +122,8 @@ DIMENSION_MUTANTS = {
     "RELU_FIRST_LAYER_ONLY": (lambda c: c.activation == "relu" and len(c.hidden) > 1, {"outer_loss", "grad/w0"}, set()),
     # T = 0 has no dL/dalpha to scale: the first softplus case with an inner step
     "SOFTPLUS_RHO_GRADIENT": (
-        lambda c: c.alpha_parametrisation == "softplus" and c.inner_steps > 0,
-        {"grad/alpha/w0"},
+        lambda c: c.alpha_parametrisation == "softplus" and c.inner_steps > 0 and c.alpha_mode == "scalar",
+        {"grad/alpha"},
         {"outer_loss", "inner_losses", "grad/w0", "grad/b1"},
     ),
 }
