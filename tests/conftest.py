@@ -47,3 +47,11 @@ def third_twin(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
                 if value is original:
                     monkeypatch.setattr(module, attribute, twins)
     yield NAME
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs() -> Iterator[None]:
+    """Drop JAX's compiled programs after each test module: one pytest process compiles hundreds of
+    configurations (the matrix, conv, inner optimisers), and keeping them all grew it past 4 GB."""
+    yield
+    jax.clear_caches()
