@@ -140,9 +140,10 @@ def compare_leaf(name: str, expected: np.ndarray, actual: np.ndarray, tol: Toler
 # float32 rtol multipliers for computations that amplify float32 rounding by design, by inner
 # optimiser (docs/numerics.md): Adam's step g/(√v + ε) is O(1) for every entry above ε, so entries
 # whose gradient sits at float32's rounding floor (absolute error ~1e-7 of the gradient's scale)
-# move its direction by O(1) where SGD moves it by ~1e-7. Measured: float32 dL/dα up to 1.55× the
-# plain rtol from the float64 reference (`check --quick --set inner_optimizer=adam`, 2026-12-06).
-FLOAT32_RTOL_FACTOR: dict[str, float] = {"sgd": 1.0, "momentum": 1.0, "adam": 5.0}
+# move its direction by O(1) where SGD moves it by ~1e-7. Measured: float32 gradients up to 3.5× the
+# plain rtol from the float64 reference (`check --quick --impl numpy --impl jax --impl torch`, the
+# quick matrix's Adam cases, 2026-12-06); 10× leaves a margin of about 3.
+FLOAT32_RTOL_FACTOR: dict[str, float] = {"sgd": 1.0, "momentum": 1.0, "adam": 10.0}
 
 
 def rtol_factor(cfg: Any, dtype: str) -> float:

@@ -240,9 +240,9 @@ def test_float32_adam_inner_loops_get_the_documented_rtol_factor_and_nothing_els
     from parity.config import SEED_ALPHA
 
     adam, sgd = SEED_ALPHA.replace(inner_optimizer="adam"), SEED_ALPHA
-    assert (rtol_factor(adam, "float32"), rtol_factor(adam, "float64"), rtol_factor(sgd, "float32")) == (5.0, 1.0, 1.0)
+    assert (rtol_factor(adam, "float32"), rtol_factor(adam, "float64"), rtol_factor(sgd, "float32")) == (10.0, 1.0, 1.0)
     ref, got = {"grad/w0": np.array([1.0])}, {"grad/w0": np.array([1.0 + 3e-4])}  # 1.5x float32's plain rtol
     assert not compare_trees(ref, got, "float32")[0].ok
     leaf = compare_trees(ref, got, "float32", rtol_factor(adam, "float32"))[0]
-    assert leaf.ok and leaf.tol.rtol == pytest.approx(1e-3) and leaf.tol.atol == 1e-6
-    assert not compare_trees(ref, {"grad/w0": np.array([1.0 + 2e-3])}, "float32", 5.0)[0].ok
+    assert leaf.ok and leaf.tol.rtol == pytest.approx(2e-3) and leaf.tol.atol == 1e-6
+    assert not compare_trees(ref, {"grad/w0": np.array([1.0 + 3e-3])}, "float32", 10.0)[0].ok
