@@ -140,10 +140,10 @@ def adaptation_curves(
     step_cfg = cfg.replace(first_order=True)
     x_s, y_s, x_q = twin.to_arrays((tasks.x_support, tasks.y_support, tasks.x_query), cfg.dtype)
     n = tasks.x_support.shape[0]
-    if cfg.alpha_mode == "per_parameter":  # α gets the task axis too (no implicit rank promotion)
+    if isinstance(alpha, dict) and cfg.alpha_mode == "per_parameter":  # α gets the task axis too (no rank promotion)
         alpha = {k: np.array(np.broadcast_to(v, (n, *np.shape(v)))) for k, v in alpha.items()}
     alpha_t = twin.to_arrays(alpha, cfg.dtype)
-    adapted = meta.broadcast_to_tasks(twin.to_arrays(params, cfg.dtype), x_s)  # leaves [N, ...]
+    adapted = meta.broadcast_to_tasks(twin.to_arrays(params, cfg.dtype), y_s)  # leaves [N, ...]
     state = meta.INNER_OPTIMIZERS[cfg.inner_optimizer][0](adapted)
     preds = []
     for step in range(max_steps + 1):

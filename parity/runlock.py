@@ -107,7 +107,20 @@ def acquire(directory: Path, field: str = "out", command: str | None = None) -> 
     }
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+    HELD[Path(directory)] = fd
     return fd
+
+
+# The locks this process holds (directory -> descriptor): a hard exit (parity.startup.hard_exit,
+# Ctrl-C during start-up) releases them, since os._exit runs no finally block.
+HELD: dict[Path, int] = {}
+
+
+def release_all() -> None:
+    """Release every lock this process holds (for an exit that skips the ``run_lock`` blocks)."""
+    for directory, fd in list(HELD.items()):
+        with contextlib.suppress(OSError):
+            release(directory, fd)
 
 
 def _open_lock(path: Path, field: str) -> int:
@@ -148,6 +161,7 @@ def check_run_files(directory: Path, field: str = "out") -> None:
 
 def release(directory: Path, fd: int) -> None:
     """Unlink ``directory/.lock`` (while still holding it), then let go."""
+    HELD.pop(Path(directory), None)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(directory / LOCK_FILE)
     os.close(fd)

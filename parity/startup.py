@@ -52,6 +52,9 @@ def hard_exit(status: int, message: str | None = None) -> None:
             stream.flush()
         except (OSError, ValueError):
             pass
+    from parity.runlock import release_all
+
+    release_all()  # os._exit runs no finally block: a held run lock is let go here
     os._exit(status)
 
 
