@@ -111,12 +111,40 @@ def config_fields(data: dict[str, Any]) -> dict[str, Any]:
             elif optimizer is not None:
                 flat["inner_optimizer"] = optimizer
             for sub, sub_value in inner.items():
+                _check_part_field(key, sub, value)
                 if sub in flat:
                     raise ConfigError(str(sub), "given twice in the config object")
                 flat[sub] = sub_value
         else:
             flat[key] = value
     return flat
+
+
+def _part_field_names(part: str) -> tuple[str, ...]:
+    """Every field a nested ``part`` object may hold, over every entry of its axis."""
+    if part == "inner":
+        classes: list[type[Part]] = [InnerLoop, *INNER_OPTIMIZERS.values()]
+    else:
+        classes = {"family": list(FAMILIES.values()), "model": list(MODELS.values()),
+                   "outer": [OuterLoop], "numerics": [Numerics]}[part]
+    names = dict.fromkeys(["name"] if part in AXES else [])
+    for cls in classes:
+        names.update(dict.fromkeys(n for n in cls.field_names() if n != "optimizer"))
+    return tuple(names)
+
+
+def _check_part_field(part: str, sub: Any, nested: dict[str, Any]) -> None:
+    """A nested object's key must be a field of its part: ``{"family": {"hidden": 8}}`` is refused
+    naming ``family.hidden``, not read as the model's ``hidden``. A user's entry (``module:NAME``)
+    declares its own fields, checked when it is built."""
+    choice = nested.get("name")
+    if isinstance(choice, str) and ":" in choice:
+        return
+    allowed = _part_field_names(part)
+    if sub in allowed:
+        return
+    shown = f"{part}.{sub}" if isinstance(sub, str) and sub.isidentifier() else part
+    raise ConfigError(shown, f"unknown field {str(sub)[:40]!r} of the {part} part; allowed: {', '.join(allowed)}")
 
 
 def _with_flat(cfg: Config, changes: dict[str, Any]) -> Config:

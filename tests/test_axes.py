@@ -96,6 +96,21 @@ def test_an_unknown_choice_is_one_message_naming_the_field_and_what_is_allowed(c
     assert err.value.field == field and allowed in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("data", "field", "allowed"),
+    [
+        ({"family": {"A": None}}, "family.A", "amplitude_range"),
+        ({"family": {"hidden": [8]}}, "family.hidden", "n_way"),  # a model field under family: refused, not moved
+        ({"inner": {"optimizer": {"name": "adam", "beta": 0.9}}}, "inner.beta", "beta1"),
+        ({"numerics": {"dtype": "float64", "sede": 1}}, "numerics.sede", "seed"),
+    ],
+)
+def test_a_nested_objects_unknown_field_is_named_with_its_part(data, field, allowed):
+    with pytest.raises(ConfigError) as err:
+        Config.from_dict(data)
+    assert err.value.field == field and allowed in str(err.value) and "\n" not in str(err.value)
+
+
 def test_only_meta_gradient_fields_change_the_compile_key():
     base = SEED_ALPHA.replace(dtype="float64")
     same = base.replace(alpha_init=0.5, outer_lr=0.3, seed=9, x_range=(-1.0, 1.0), init_scheme="maml", iterations=3)
