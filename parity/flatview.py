@@ -125,8 +125,12 @@ def _part_field_names(part: str) -> tuple[str, ...]:
     if part == "inner":
         classes: list[type[Part]] = [InnerLoop, *INNER_OPTIMIZERS.values()]
     else:
-        classes = {"family": list(FAMILIES.values()), "model": list(MODELS.values()),
-                   "outer": [OuterLoop], "numerics": [Numerics]}[part]
+        classes = {
+            "family": list(FAMILIES.values()),
+            "model": list(MODELS.values()),
+            "outer": [OuterLoop],
+            "numerics": [Numerics],
+        }[part]
     names = dict.fromkeys(["name"] if part in AXES else [])
     for cls in classes:
         names.update(dict.fromkeys(n for n in cls.field_names() if n != "optimizer"))
