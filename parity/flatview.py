@@ -122,17 +122,15 @@ def config_fields(data: dict[str, Any]) -> dict[str, Any]:
 
 def _part_field_names(part: str) -> tuple[str, ...]:
     """Every field a nested ``part`` object may hold, over every entry of its axis."""
-    if part == "inner":
-        classes: list[type[Part]] = [InnerLoop, *INNER_OPTIMIZERS.values()]
-    else:
-        classes = {
-            "family": list(FAMILIES.values()),
-            "model": list(MODELS.values()),
-            "outer": [OuterLoop],
-            "numerics": [Numerics],
-        }[part]
+    tables: dict[str, list[type[Part]]] = {
+        "family": list(FAMILIES.values()),
+        "model": list(MODELS.values()),
+        "inner": [InnerLoop, *INNER_OPTIMIZERS.values()],
+        "outer": [OuterLoop],
+        "numerics": [Numerics],
+    }
     names = dict.fromkeys(["name"] if part in AXES else [])
-    for cls in classes:
+    for cls in tables[part]:
         names.update(dict.fromkeys(n for n in cls.field_names() if n != "optimizer"))
     return tuple(names)
 
