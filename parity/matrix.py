@@ -301,5 +301,37 @@ def with_changes(cases: list[Case], changes: list[dict[str, Any]]) -> list[Case]
         key = (case.kind, cfg, case.steps)
         if key not in seen:
             seen.add(key)
-            out.append(dataclasses.replace(case, cfg=cfg))
+            out.append(dataclasses.replace(case, name=renamed(case, cfg), cfg=cfg))
     return out
+
+
+def renamed(case: Case, cfg: Config) -> str:
+    """The case's name for what it now computes: a designed sinusoid case is named from its new
+    config (``--set inner_optimizer=adam`` turns ``…-remat-momentum`` into ``…-remat-adam``, not a
+    row that says momentum while it runs Adam); any other case gets the new inner optimiser's token."""
+    if cfg == case.cfg:
+        return case.name
+    flat = cfg.flat()
+    if case.kind == "gradient" and flat["family"] == "sinusoid" and case.name == _name_of(case.cfg):
+        return _name_of(cfg)
+    if flat["inner_optimizer"] != case.cfg.inner_optimizer:
+        return f"{case.name}-{flat['inner_optimizer']}"
+    return case.name
+
+
+def _name_of(cfg: Config) -> str:
+    """:func:`case_name` of a sinusoid config (``-msl`` where it uses the multi-step loss)."""
+    name = case_name(
+        cfg.inner_steps,
+        cfg.alpha_init,
+        cfg.loss,
+        cfg.alpha_mode,
+        "first" if cfg.first_order else "second",
+        cfg.activation,
+        tuple(cfg.hidden),
+        (cfg.k_support, cfg.k_query),
+        cfg.alpha_parametrisation,
+        cfg.remat,
+        cfg.inner_optimizer,
+    )
+    return f"{name}-msl" if cfg.msl else name

@@ -166,6 +166,25 @@ def test_a_name_says_every_axis_off_its_first_value():
     assert cfg.alpha_parametrisation == "softplus" and cfg.remat and cfg.dtype == "float64"
 
 
+def test_a_case_changed_by_set_is_named_for_what_it_now_runs():
+    cases = matrix.all_cases(quick=True)
+    changed = matrix.with_changes(cases, [{"inner_optimizer": "adam"}])
+    by_name = {c.name: c for c in changed}
+    assert len(by_name) == len(changed)  # names stay unique
+    for case in changed:
+        assert case.cfg.inner_optimizer == "adam"
+        assert "momentum" not in case.name and "adam" in case.name, case.name
+    # A designed sinusoid case is renamed from its config; the others get the optimiser's token.
+    was = next(c for c in cases if c.name.endswith("-remat-momentum"))
+    assert was.name.removesuffix("-momentum") + "-adam" in by_name
+    assert "cls-T1-max-all-eps1e-3-adam" in by_name and "trajectory-seed-alpha-adam" in by_name
+    # Unchanged cases keep their names (a --set that changes nothing renames nothing).
+    same = {c.name: c.cfg for c in matrix.with_changes(cases, [{"inner_optimizer": "sgd"}])}
+    for case in cases:
+        if case.cfg.inner_optimizer == "sgd":
+            assert same[case.name] == case.cfg
+
+
 def test_the_quick_matrix_holds_the_port_bugs_blind_spots_and_stays_quick():
     """Issue 20 §6: support ≠ query size both ways, depths 1 and 3 and unequal widths, ReLU at every
     depth, softplus in plain meta-gradient cases and in a trajectory."""
