@@ -19,7 +19,7 @@ from typing import Any, Union
 import jax
 import jax.numpy as jnp
 
-from jax_impl.model import Params, check_inputs, point_loss, predict
+from jax_impl.model import LAYERS, Params, check_inputs, point_loss, predict
 from parity.config import Config
 from parity.inner import msl_table
 
@@ -266,6 +266,8 @@ def trace(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config) -> dict[str, 
     ``state/<slot>/<name>`` and ``adapted/<name>`` [B, T, *shape] (the gradient of step t, the
     inner optimiser's state after it — ``momentum``, or Adam's ``m`` and ``v`` — and the parameters
     after it) and ``query_loss`` [B] (after the last step): the loop ``meta_loss`` runs, recorded.
+    A model with layers in ``LAYERS`` (the conv net) adds ``activation/<layer>`` [B, T, P, *shape]:
+    its layer outputs on the support set before each step (``Config.traced_layers``).
     """
     check_inputs("trace", cfg, params=params, alpha=alpha, tasks=tasks)
     return _trace(params, alpha, tasks, cfg.meta_signature())
@@ -281,7 +283,11 @@ def _trace(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config) -> dict[str,
     grads: list[Params] = []
     states: list[OptState] = []
     adapted: list[Params] = []
+    layers: list[Params] = []  # the model's layer outputs on the support set, before each step
+    forward_layers = LAYERS.get(cfg.model.name)
     for t in range(1, cfg.inner_steps + 1):
+        if forward_layers is not None:
+            layers.append(forward_layers(p, x_support, cfg.model))
         g, loss = inner_gradient(p, x_support, y_support, cfg)
         direction, state = update(g, state, jnp.asarray(t, x_support.dtype), cfg.inner.optimizer)
         # step t's α (per parameter: shaped like one task's parameter) broadcast over the task axis
@@ -292,13 +298,16 @@ def _trace(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config) -> dict[str,
         grads.append(g)
         states.append(state)
         adapted.append(p)
-    B = x_support.shape[0]
+    B, P = x_support.shape[:2]
     out = {"support_loss": _stack_steps(losses, (B,), x_support.dtype)}
     groups = [("inner_grad", grads), ("adapted", adapted)]
     groups += [(f"state/{slot}", [s[slot] for s in states]) for slot in init(params)]
     for group, steps in groups:
         for name, v in params.items():
             out[f"{group}/{name}"] = _stack_steps([s[name] for s in steps], (B, *v.shape), v.dtype)
+    if forward_layers is not None:
+        for name, shape in cfg.traced_layers.items():
+            out[f"activation/{name}"] = _stack_steps([a[name] for a in layers], (B, P, *shape), x_support.dtype)
     out["query_loss"] = _inner_loss(p, x_query, y_query, cfg)
     return out
 

@@ -57,20 +57,31 @@ def conv(params: Params, x: jax.Array, model: Any) -> jax.Array:
     Weights arrive OIHW (the exchange layout); a parameter may carry the leading task axes of ``x``
     or none. Each task is mapped on its own (``jax.vmap``): batch norm's statistics are per task.
     """
+    return conv_layers(params, x, model)["logits"]
+
+
+def conv_layers(params: Params, x: jax.Array, model: Any) -> dict[str, jax.Array]:
+    """:func:`conv` with every block's output kept: ``block<i>`` [..., P, C, H', W'] (after its
+    ReLU and pool, in the exchange layout) and ``logits`` [..., P, n_way]; the trace records them so
+    that a divergence in the forward pass is named by its block. Under ``jit`` an unused block
+    output costs nothing (XLA drops it)."""
     if x.ndim > 4:
         lead = x.ndim - 4  # task axes still to map; a parameter that has them is mapped along
         axes = {name: 0 if p.ndim - _conv_rank(name) == lead else None for name, p in params.items()}
-        return jax.vmap(lambda q, images: conv(q, images, model), in_axes=(axes, 0))(params, x)
+        return jax.vmap(lambda q, images: conv_layers(q, images, model), in_axes=(axes, 0))(params, x)  # type: ignore[no-any-return]
     h = jnp.transpose(x, (0, 2, 3, 1))  # NHWC inside: XLA's CPU convolutions prefer it
     stride = 2 if model.pool == "stride" else 1
+    out: dict[str, jax.Array] = {}
     for i in range(model.depth):
         h = conv3x3(h, params[f"w{i}"], stride) + params[f"b{i}"][None, None, None, :]
         h = batch_norm(h, params[f"gamma{i}"], params[f"beta{i}"], model.bn_eps)
         h = jax.nn.relu(h)
         if model.pool == "max":
             h = max_pool(h)
-    features = jnp.transpose(h, (0, 3, 1, 2)).reshape(h.shape[0], -1)  # flattened in (C, H, W) order
-    return features @ params["w_head"].T + params["b_head"][None, :]
+        out[f"block{i}"] = jnp.transpose(h, (0, 3, 1, 2))  # NCHW, the exchange layout
+    features = out[f"block{model.depth - 1}"].reshape(h.shape[0], -1)  # flattened in (C, H, W) order
+    out["logits"] = features @ params["w_head"].T + params["b_head"][None, :]
+    return out
 
 
 def conv3x3(h: jax.Array, w: jax.Array, stride: int) -> jax.Array:
@@ -144,6 +155,8 @@ def accuracy(pred: jax.Array, y: jax.Array) -> jax.Array:
 
 # The model axis (parity.models.MODELS): each entry's forward pass, by name.
 MODELS = {"mlp": mlp, "conv": conv}
+# The models whose layers the trace records (parity.models: a model part's ``layer_shapes``).
+LAYERS = {"conv": conv_layers}
 
 
 def check_dtype(dtype: str) -> None:

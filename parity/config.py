@@ -142,6 +142,13 @@ class Config:
         return tuple(self.param_shapes)
 
     @property
+    def traced_layers(self) -> dict[str, tuple[int, ...]]:
+        """Per input point, the shape of each layer output a trace records (``trace/activation/<name>``):
+        the model part's optional ``layer_shapes``; none for a model without it (the MLP)."""
+        shapes = getattr(self.model, "layer_shapes", None)
+        return dict(shapes(self.family.input_shape)) if shapes is not None else {}
+
+    @property
     def layer_sizes(self) -> tuple[int, ...]:
         """The MLP's widths from input to output, e.g. (1, 32, 32, 1)."""
         return self.model.layer_sizes(self.family.input_shape, self.family.n_outputs)  # type: ignore[attr-defined]

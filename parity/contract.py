@@ -56,9 +56,17 @@ Optional capabilities, looked up by name (an implementation without one is repor
   - ``trace/query_loss`` ``[B]``: task b's query loss after the last step (the outer loss is
     its mean).
 
-  ``check`` compares two traces in this order (step 0's support loss, inner gradients and
-  adapted parameters, then step 1's, …, then the query losses) to name the first point at which
-  two implementations part.
+  and, optional (compared where both sides hold them):
+
+  - ``trace/state/<slot>/<name>`` ``[B, T, *shape]``: the inner optimiser's state after step t
+    (``momentum``; Adam's ``m`` and ``v``);
+  - ``trace/activation/<layer>`` ``[B, T, P, *shape]``: the model's layer outputs on the support
+    set with w_t, for a model with ``Config.traced_layers`` (the conv net: ``block<i>`` after its
+    ReLU and pool, in the exchange layout [C, H, W]).
+
+  ``check`` compares two traces in this order (step 0's layer outputs, support loss, inner
+  gradients, optimiser state and adapted parameters, then step 1's, …, then the query losses) to
+  name the first point at which two implementations part: a forward-pass bug by its first block.
 """
 
 from __future__ import annotations

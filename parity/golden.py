@@ -259,6 +259,10 @@ def optional_layout(cfg: Config) -> dict[str, tuple[tuple[int, ...], str | None]
     layout: dict[str, tuple[tuple[int, ...], str | None]] = {k: ((), None) for k in TEXT_ENTRIES}
     layout["task_outer_loss"] = ((cfg.meta_batch,), cfg.dtype)
     layout.update(trace_layout(cfg))
+    # the model's layer outputs (conv blocks) on the support set before each step: optional within a
+    # trace (an implementation may record none), checked when present
+    B, T, P = cfg.meta_batch, cfg.inner_steps, cfg.family.task_points()[0]  # type: ignore[attr-defined]
+    layout.update({f"trace/activation/{k}": ((B, T, P, *s), cfg.dtype) for k, s in cfg.traced_layers.items()})
     return layout
 
 

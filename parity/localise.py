@@ -4,8 +4,10 @@ A failing comparison says *that* two results differ; this module says *where* th
 first appears. The order is the order of computation:
 
 - gradient cases (and golden files), from the ``trace`` capability (``parity.contract``) when both
-  sides offer it: for each inner step t, the support loss, the inner gradient of every parameter,
-  the adapted parameters; then the per-task query losses; then what the contract returns: the
+  sides offer it: for each inner step t, the model's layer outputs on the support set where the
+  model records them (the conv net's blocks, ``trace/activation/block<i>``: a forward-pass bug is
+  named by its first block), the support loss, the inner gradient of every parameter, the
+  optimiser's state, the adapted parameters; then the per-task query losses; then what the contract returns: the
   mean support losses, the outer loss, dL/dw0, dL/db0, … and last dL/dα;
 - trajectory cases: for each outer step k, its outer loss, then the parameters and α after it
   (``trajectory/params/<name>``, ``trajectory/alpha``), then the final values.
@@ -43,6 +45,8 @@ def points(cfg: Config, keys: set[str], outer_steps: int = 0) -> list[tuple[str,
         order.append(("outer_loss", k))
         order += [(f"trajectory/params/{n}", k) for n in names] + [(f"trajectory/{a}", k) for a in alphas]
     for t in range(cfg.inner_steps):
+        # the forward pass on the support set, layer by layer (conv blocks), before its loss
+        order += [(f"trace/activation/{layer}", t) for layer in cfg.traced_layers]
         order.append(("trace/support_loss", t))
         order += [(f"trace/inner_grad/{n}", t) for n in names]
         # the inner optimiser's state (momentum buffer, Adam's m and v), between gradient and step
@@ -186,7 +190,7 @@ def gate_products(
         return None, None
     g = np.maximum(1.0, np.asarray(gains, dtype=np.float64))
     T = g.shape[1]
-    if inner_step is not None and quantity in ("support_loss", "inner_grad", "inner_losses"):
+    if inner_step is not None and quantity in ("activation", "support_loss", "inner_grad", "inner_losses"):
         split = inner_step  # before step t's update
     elif inner_step is not None and quantity == "adapted":
         split = inner_step + 1  # after it

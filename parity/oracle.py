@@ -92,6 +92,8 @@ MODEL_GRADS: dict[str, ModelGrads] = {
     "mlp": (mlp_forward, mlp_loss_and_grads),
     "conv": (oracle_conv.conv_forward, oracle_conv.conv_loss_and_grads),
 }
+# The models whose layer outputs the trace records (``Config.traced_layers``): name → layers(params, x, model).
+MODEL_LAYERS: dict[str, Callable[..., dict[str, np.ndarray]]] = {"conv": oracle_conv.layers}
 # Losses of the whole output rather than of a residual: (out, y) -> (value [D], gradient wrt out).
 OUTPUT_LOSSES = {"cross_entropy": oracle_conv.cross_entropy}
 
@@ -316,7 +318,28 @@ class NumpyOracle:
             for k, v in params.items():
                 steps = [[step[k][0].real for step in task] for task in per_task]
                 out[f"trace/{group}/{k}"] = np.array(steps, dtype=np.float64).reshape(B, T, *v.shape)
+        out.update(self._traced_layers(params, tasks[0], record, cfg))
         return out
+
+    def _traced_layers(
+        self, params: Params, x_support: np.ndarray, record: list[dict[str, Any]], cfg: Config
+    ) -> dict[str, np.ndarray]:
+        """``trace/activation/<layer>`` [B, T, P, *shape]: the model's layers on the support set with
+        the parameters before each inner step (the initial ones, then each step's adapted ones)."""
+        layers = MODEL_LAYERS.get(cfg.model.name)
+        if layers is None or not cfg.traced_layers:
+            return {}
+        B, T, P = x_support.shape[0], cfg.inner_steps, x_support.shape[1]
+        per_step: dict[str, list[list[np.ndarray]]] = {name: [] for name in cfg.traced_layers}
+        for b in range(B):
+            before = [_one(params), *record[b]["adapted"][: T - 1]] if T else []
+            outputs = [layers(p, x_support[b], cfg.model) for p in before]
+            for name in per_step:
+                per_step[name].append([o[name][0].real for o in outputs])
+        return {
+            f"trace/activation/{name}": np.array(steps, dtype=np.float64).reshape(B, T, P, *cfg.traced_layers[name])
+            for name, steps in per_step.items()
+        }
 
     def softplus_variable_grad(self, params: dict[str, np.ndarray], rho: Any, tasks: tuple, cfg: Config) -> Any:
         """dL/dρ where α = softplus(ρ) (``alpha_parametrisation`` softplus): 0-d, or one array per

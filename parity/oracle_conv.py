@@ -131,6 +131,18 @@ def forward(params: Params, x: np.ndarray, model: Any, saved: list | None = None
     return np.einsum("dpf,dnf->dpn", feats, params["w_head"]) + params["b_head"][:, None, :]
 
 
+def layers(params: Params, x: np.ndarray, model: Any) -> dict[str, np.ndarray]:
+    """Each block's output (after its ReLU and pool), ``block<i>`` [D, P, C, H', W']: what the trace
+    records as ``trace/activation/block<i>`` (``Conv.layer_shapes``)."""
+    D = params["w_head"].shape[0]
+    h = np.broadcast_to(x, (D, *x.shape[-4:])) if x.ndim == 4 else x
+    out = {}
+    for i in range(model.depth):
+        h, _ = _block(h, params, i, model)
+        out[f"block{i}"] = h
+    return out
+
+
 def cross_entropy(logits: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean over the P points of −Σ_n y·log_softmax(logits): (value [D], d value / d logits [D, P, N])."""
     shift = logits - logits.real.max(axis=-1, keepdims=True)  # real max: a constant, complex-step safe

@@ -255,7 +255,8 @@ class TwinAdapter:
         self, params: dict[str, np.ndarray], alpha: Any, tasks: tuple[np.ndarray, ...], cfg: Config
     ) -> dict[str, np.ndarray]:
         """The inner loop recorded (``meta.trace``), flat NumPy: ``trace/support_loss`` [B, T],
-        ``trace/inner_grad/<name>``, ``trace/adapted/<name>`` [B, T, *shape], ``trace/query_loss`` [B]."""
+        ``trace/inner_grad/<name>``, ``trace/adapted/<name>`` [B, T, *shape], ``trace/query_loss`` [B]; the
+        optimiser's ``trace/state/...`` and a conv net's ``trace/activation/<layer>`` where they exist."""
         self.prepare(cfg.dtype)
         with self.precision_scope():
             out = self.meta.trace(

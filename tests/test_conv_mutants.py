@@ -1,5 +1,6 @@
-"""``check`` on a classification case catches a user implementation whose query labels are permuted
-differently from its support labels (issue 18 §7); the PyTorch twin loaded the same way passes.
+"""``check`` on a classification case catches the port bugs of issue 18 §7, each in a user
+implementation (``tests/conv_mutants_impls.py``), and names where each first parts from the
+reference: the conv block, the loss, the parameter; the PyTorch twin loaded the same way passes.
 
 The episodes come from this file's generator (the family's sampler is patched), so the test is about
 the harness and the objective, not about a data set."""
@@ -18,6 +19,7 @@ from parity.families.classification import Classification, EpisodeBatch
 ROOT = Path(__file__).resolve().parent.parent
 IMPLS = ROOT / "tests" / "conv_mutants_impls.py"
 CASE = "cls-T1-max-all-eps1e-3"
+STRIDE_CASE = "cls-T2-stride-no_bn-eps1e-5-scalar-k2"  # stride-2 convolutions: where 'SAME' padding differs
 
 
 def _episodes(self, rng, batch_size, stream=0):
@@ -41,8 +43,8 @@ def _own_episodes(monkeypatch):
     monkeypatch.setattr(Classification, "sample", _episodes)
 
 
-def check(capsys, tmp_path, impl):
-    argv = ["check", "--quick", "--cases", CASE, "--json", str(tmp_path / "check.json"), "--impl", "jax"]
+def check(capsys, tmp_path, impl, case=CASE):
+    argv = ["check", "--quick", "--cases", case, "--json", str(tmp_path / "check.json"), "--impl", "jax"]
     code = main([*argv, "--impl", f"{IMPLS}:{impl}"])
     out, err = capsys.readouterr()
     assert "Traceback" not in out + err
@@ -67,3 +69,29 @@ def test_query_labels_permuted_apart_from_the_support_labels_are_caught(capsys, 
     # the support set is untouched (its losses agree); the query loss and every meta-gradient do not
     assert {"outer_loss", "grad/w0", "grad/w_head"} <= failed and "inner_losses" not in failed, failed
     assert f"failing: {CASE} (" in out
+
+
+@pytest.mark.parametrize(
+    ("impl", "case", "where"),
+    [
+        # a forward-pass bug at every block shows first in block 0's output on the support set
+        ("HWIO_READ_AS_OIHW", CASE, "inner step 0, activation/block0 task "),
+        # compiles the stride-2 case (about a minute on a loaded core); scripts/mutants plants it in CI
+        pytest.param("SAME_PADDING", STRIDE_CASE, "inner step 0, activation/block0 task ", marks=pytest.mark.slow),
+        ("BN_EPS_1E5", CASE, "inner step 0, activation/block0 task "),
+        ("BN_RUNNING_STATS", CASE, "inner step 0, activation/block0 task "),
+        # the layers agree, the loss on them does not
+        ("CROSS_ENTROPY_SUM", CASE, "inner step 0, support_loss task "),
+        # the forward pass and the inner gradient agree; the first conv weight is not stepped
+        ("HEAD_ONLY", CASE, "inner step 0, adapted/w0 task "),
+        # the support set agrees to the end of the inner loop; the query loss does not
+        ("LABELS_REPERMUTED", CASE, "after the inner loop, query_loss task "),
+    ],
+)
+def test_each_port_bug_fails_check_named_where_it_first_differs(capsys, tmp_path, impl, case, where):
+    code, out, document = check(capsys, tmp_path, impl, case)
+    assert code == 1, out
+    lines = [line for line in out.splitlines() if line.startswith("  first divergence: ")]
+    assert lines and all(line.startswith(f"  first divergence: {where}") for line in lines), out
+    located = [r["divergence"] for r in document["rows"] if r["verdict"] == "FAIL" and r.get("divergence")]
+    assert located and located[0]["inner_step"] in (0, None), located[0]

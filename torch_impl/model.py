@@ -51,7 +51,7 @@ def mlp(params: Params, x: torch.Tensor, model: Any) -> torch.Tensor:
     return h
 
 
-def conv(params: Params, x: torch.Tensor, model: Any) -> torch.Tensor:
+def conv(params: Params, x: torch.Tensor, model: Any, record: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """The MAML paper's conv net (parity/models/conv.py's definition) on images ``x``
     [..., P, C, H, W] → logits [..., P, n_way] (``model``: the Conv part).
 
@@ -61,6 +61,9 @@ def conv(params: Params, x: torch.Tensor, model: Any) -> torch.Tensor:
     for the whole meta-batch. torch.func.vmap over a per-task forward gives the same numbers and lowers
     to the same grouped kernel with reshapes around it: measured on one core (meta-batch 32, 1 inner
     step, 4×64 stride-2 blocks), 155 against 171 ms per outer step on 8×8 images, 1218 against 1255 on 28×28.
+
+    ``record``: a dict that receives every block's output, ``block<i>`` [..., P, C, H', W'] (after
+    its ReLU and pool, in the exchange layout), and the ``logits`` (:func:`conv_layers`).
     """
     lead = x.shape[:-4]
     G = math.prod(lead)
@@ -77,10 +80,24 @@ def conv(params: Params, x: torch.Tensor, model: Any) -> torch.Tensor:
         h = torch.relu(h)
         if model.pool == "max":
             h = F.max_pool2d(h.reshape(P, -1, *h.shape[-2:]), 2).reshape(P, G, -1, *(s // 2 for s in h.shape[-2:]))
+        if record is not None:
+            record[f"block{i}"] = h.transpose(0, 1).reshape(lead + (P, *h.shape[-3:]))
     features = h.reshape(P, G, -1).transpose(0, 1)  # [G, P, F], flattened in (C, H, W) order
     w_head = task["w_head"].reshape(G, -1, features.shape[-1])  # [G, N, F]
     logits = torch.baddbmm(task["b_head"][:, None, :], features, w_head.transpose(1, 2))  # [G, P, N]
-    return logits.reshape(lead + logits.shape[1:])
+    logits = logits.reshape(lead + logits.shape[1:])
+    if record is not None:
+        record["logits"] = logits
+    return logits
+
+
+def conv_layers(params: Params, x: torch.Tensor, model: Any) -> dict[str, torch.Tensor]:
+    """:func:`conv` with every block's output kept: ``block<i>`` [..., P, C, H', W'] and ``logits``
+    [..., P, n_way]; the trace records them so that a divergence in the forward pass is named by its
+    block."""
+    record: dict[str, torch.Tensor] = {}
+    conv(params, x, model, record)
+    return record
 
 
 def _conv_rank(name: str) -> int:
@@ -128,6 +145,8 @@ def accuracy(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 # The model axis (parity.models.MODELS): each entry's forward pass, by name.
 MODELS = {"mlp": mlp, "conv": conv}
+# The models whose layers the trace records (parity.models: a model part's ``layer_shapes``).
+LAYERS = {"conv": conv_layers}
 
 
 def check_dtype(dtype: str) -> None:

@@ -79,6 +79,17 @@ class Conv(Part):
         shapes["b_head"] = (n_outputs,)
         return shapes
 
+    def layer_shapes(self, input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        """Per image, each block's output (after its ReLU and pool), ``block<i>`` (C, H', W'): the
+        layers a trace records (``trace/activation/block<i>``), so that a divergence in the forward
+        pass is named by its block. Optional for a model part (the MLP records none)."""
+        _, side, _ = input_shape
+        shapes: dict[str, tuple[int, ...]] = {}
+        for i in range(self.depth):
+            side = math.ceil(side / 2) if self.pool == "stride" else side // 2
+            shapes[f"block{i}"] = (self.width, side, side)
+        return shapes
+
     def activations_per_point(self, input_shape: tuple[int, ...]) -> int:
         """Numbers a forward pass keeps per image for the backward pass: the input, then per block
         the convolution's, batch norm's and ReLU's outputs (3 feature maps), then the logits."""
