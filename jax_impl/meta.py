@@ -312,7 +312,7 @@ def _trace_query_loss(
     if not cfg.msl:
         return _inner_loss(p, x_query, y_query, cfg)
     losses = jnp.stack([_inner_loss(a, x_query, y_query, cfg) for a in adapted], axis=-1)  # [B, T]
-    return (losses * msl_weights_at(cfg, 0, x_query.dtype)).sum(-1)
+    return losses @ msl_weights_at(cfg, 0, x_query.dtype)
 
 
 def _stack_steps(steps: list[jax.Array], shape: tuple[int, ...], dtype: Any) -> jax.Array:

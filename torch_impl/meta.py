@@ -361,7 +361,7 @@ def _trace_query_loss(
     if not cfg.msl:
         return _inner_loss(p, x_query, y_query, cfg)
     losses = torch.stack([_inner_loss(a, x_query, y_query, cfg) for a in adapted], dim=-1)  # [B, T]
-    return (losses * msl_weights_at(cfg, 0, x_query)).sum(-1)
+    return losses @ msl_weights_at(cfg, 0, x_query)
 
 
 def _stack_steps(steps: list[torch.Tensor], shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
