@@ -240,3 +240,13 @@ def test_maml_pp_digits_trains_two_steps(tmp_path):
     assert len(losses) == 2 and all(np.isfinite(losses))
     config = json.loads((out / "config.json").read_text())
     assert config["inner"]["alpha_mode"] == "per_layer_step" and config["inner"]["msl"] is True
+
+
+def test_the_plugins_golden_fixture_holds_a_classification_adam_case(maml_parity_golden):
+    """The pytest plugin's golden regression on the conv net with an Adam inner loop: the PyTorch
+    twin against the file committed beside this module, and the NumPy oracle against it too (so
+    the file is the oracle's numbers, whoever wrote it)."""
+    cfg = DIGITS_5W1S.replace(width=3, depth=2, meta_batch=2, inner_steps=2, inner_optimizer="adam", dtype="float64")
+    arrays = maml_parity_golden.check("torch", "digits-adam", cfg=cfg)
+    assert arrays["grad/w1"].shape == (3, 3, 3, 3) and arrays["outer_loss"].shape == ()
+    maml_parity_golden.check("numpy", "digits-adam", cfg=cfg)
