@@ -67,7 +67,7 @@ CONVENTIONS = (
     "(grad/alpha/<name>) is dL/dalpha, also when the config's alpha_parametrisation is softplus "
     "(a checkpoint stores rho with alpha = softplus(rho); a golden file never does): use them as they "
     "are. Weights are (out, in): output features first; conv weights (out, in, kh, kw), images "
-    "[B, N*K, C, H, W] and one-hot labels [B, N*K, N] (PyTorch's layout). grad/alpha is optional when alpha_mode is "
+    "[B, N*K, C, H, W] and one-hot labels [B, N*K, N] (channels first). grad/alpha is optional when alpha_mode is "
     "fixed. Losses are means over points, then over tasks (task_outer_loss: per task). trace/* "
     "entries, when present, hold per task b and inner step t the support loss before step t, the "
     "inner gradient of step t and the parameters after it, and the query loss after the last step; "
