@@ -265,7 +265,8 @@ def trace(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config) -> dict[str, 
     Returns ``support_loss`` [B, T] (before each step), ``inner_grad/<name>``,
     ``state/<slot>/<name>`` and ``adapted/<name>`` [B, T, *shape] (the gradient of step t, the
     inner optimiser's state after it — ``momentum``, or Adam's ``m`` and ``v`` — and the parameters
-    after it) and ``query_loss`` [B] (after the last step): the loop ``meta_loss`` runs, recorded.
+    after it) and ``query_loss`` [B] (after the last step; under MSL the weighted losses after every
+    step: the outer loss is its mean): the loop ``meta_loss`` runs, recorded.
     A model with layers in ``LAYERS`` (the conv net) adds ``activation/<layer>`` [B, T, P, *shape]:
     its layer outputs on the support set before each step (``Config.traced_layers``).
     """
@@ -308,8 +309,19 @@ def _trace(params: Params, alpha: Alpha, tasks: Tasks, cfg: Config) -> dict[str,
     if forward_layers is not None:
         for name, shape in cfg.traced_layers.items():
             out[f"activation/{name}"] = _stack_steps([a[name] for a in layers], (B, P, *shape), x_support.dtype)
-    out["query_loss"] = _inner_loss(p, x_query, y_query, cfg)
+    out["query_loss"] = _trace_query_loss(p, adapted, x_query, y_query, cfg)
     return out
+
+
+def _trace_query_loss(
+    p: Params, adapted: list[Params], x_query: jax.Array, y_query: jax.Array, cfg: Config
+) -> jax.Array:
+    # The per-task outer loss, whose mean is meta_loss's: under MSL the weighted query losses
+    # after every step (outer step 0's weights, the contract's), else the last step's.
+    if not cfg.msl:
+        return _inner_loss(p, x_query, y_query, cfg)
+    losses = jnp.stack([_inner_loss(a, x_query, y_query, cfg) for a in adapted], axis=-1)  # [B, T]
+    return losses @ msl_weights_at(cfg, 0, x_query.dtype)
 
 
 def _stack_steps(steps: list[jax.Array], shape: tuple[int, ...], dtype: Any) -> jax.Array:

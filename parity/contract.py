@@ -53,8 +53,8 @@ Optional capabilities, looked up by name (an implementation without one is repor
   - ``trace/support_loss`` ``[B, T]``: task b's support loss at step t, before the update;
   - ``trace/inner_grad/<name>`` ``[B, T, *shape]``: the inner gradient ∇L_support(w_t) of step t;
   - ``trace/adapted/<name>`` ``[B, T, *shape]``: the parameters w_{t+1} after step t;
-  - ``trace/query_loss`` ``[B]``: task b's query loss after the last step (the outer loss is
-    its mean).
+  - ``trace/query_loss`` ``[B]``: task b's query loss after the last step, under ``msl`` its
+    multi-step loss (the outer loss is its mean).
 
   and, optional (compared where both sides hold them):
 

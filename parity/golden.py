@@ -11,12 +11,16 @@ allow_pickle=False)``; the full description with the comparison rule is docs/for
 - ``rule``: JSON text, the comparison rule (error measure, tolerances per dtype and kind)
 - ``init/<name>``, ``init/alpha`` (per-parameter α: ``init/alpha/<name>``)
 - ``tasks/x_support``, ``tasks/y_support`` [B, K, 1]; ``tasks/x_query``, ``tasks/y_query`` [B, Q, 1]
+  (classification: images [B, N·K, C, H, W], one-hot labels [B, N·K, N]; conv weights (out, in, kh, kw))
+- ``init/alpha/<name>`` under ``alpha_mode: per_layer_step`` (LSLR): [T], one α per inner step
 - ``inner_losses`` [T]: meta-batch mean support loss before each inner step
 - ``outer_loss`` []: meta-batch mean query loss after T steps; ``task_outer_loss`` [B]: per task
 - ``grad/<name>``, ``grad/alpha`` (or ``grad/alpha/<name>``): the meta-gradient; ``grad/alpha``
   is optional under a fixed α
 - optional, ``dump --trace``: ``trace/support_loss`` [B, T], ``trace/inner_grad/<name>`` and
-  ``trace/adapted/<name>`` [B, T, *shape], ``trace/query_loss`` [B] (``parity.contract``'s trace)
+  ``trace/adapted/<name>`` [B, T, *shape], ``trace/query_loss`` [B] (``parity.contract``'s trace);
+  ``trace/state/<slot>/<name>`` [B, T, *shape], the inner optimiser's state after each step
+  (:data:`STATE_SLOTS`: ``momentum``; ``m`` and ``v`` for Adam), checked when present
 
 Any file that is not such a golden file (missing, empty, truncated, corrupt, foreign, pickled)
 raises :class:`GoldenFileError`; nothing is ever unpickled.
@@ -62,10 +66,12 @@ CONVENTIONS = (
     "init/alpha (init/alpha/<name>) is the inner learning rate alpha itself and grad/alpha "
     "(grad/alpha/<name>) is dL/dalpha, also when the config's alpha_parametrisation is softplus "
     "(a checkpoint stores rho with alpha = softplus(rho); a golden file never does): use them as they "
-    "are. Weights are (out, in): output features first. grad/alpha is optional when alpha_mode is "
+    "are. Weights are (out, in): output features first; conv weights (out, in, kh, kw), images "
+    "[B, N*K, C, H, W] and one-hot labels [B, N*K, N] (channels first). grad/alpha is optional when alpha_mode is "
     "fixed. Losses are means over points, then over tasks (task_outer_loss: per task). trace/* "
     "entries, when present, hold per task b and inner step t the support loss before step t, the "
-    "inner gradient of step t and the parameters after it, and the query loss after the last step."
+    "inner gradient of step t and the parameters after it, and the query loss after the last step; "
+    "trace/state/<slot>/<name> the inner optimiser's state after step t (momentum; adam: m and v)."
 )
 
 
@@ -276,6 +282,38 @@ def trace_layout(cfg: Config) -> dict[str, tuple[tuple[int, ...], str | None]]:
     return layout
 
 
+# The inner optimisers' state slots, as every implementation's trace names them
+# (``trace/state/<slot>/<name>``): the momentum buffer, Adam's first and second moments.
+STATE_SLOTS: dict[str, tuple[str, ...]] = {"sgd": (), "momentum": ("momentum",), "adam": ("m", "v")}
+
+
+def state_layout(path: Any, arrays: dict[str, np.ndarray], cfg: Config) -> dict[str, tuple[tuple[int, ...], str]]:
+    """The ``trace/state/<slot>/<name>`` entries a file holds, each [B, T, *shape]; for a built-in
+    inner optimiser all of its slots or none (another optimiser's slots are refused: a momentum
+    buffer in an Adam file is a mislabelled file). A user's optimiser: any slot, shape-checked."""
+    B, T = cfg.meta_batch, cfg.inner_steps
+    held = sorted(k for k in arrays if k.startswith("trace/state/"))
+    layout: dict[str, tuple[tuple[int, ...], str]] = {}
+    for key in held:
+        name = key[len("trace/state/") :].partition("/")[2]
+        if name not in cfg.param_shapes:
+            raise GoldenFileError(
+                f"{path}: entry {key!r} names no parameter of its config ({', '.join(cfg.param_shapes)})"
+            )
+        layout[key] = ((B, T, *cfg.param_shapes[name]), cfg.dtype)
+    slots = STATE_SLOTS.get(cfg.inner_optimizer)
+    if held and slots is not None:
+        expected = {f"trace/state/{s}/{n}" for s in slots for n in cfg.param_shapes}
+        if set(held) != expected:
+            extra = sorted(set(held) - expected)
+            what = f"unexpected {extra[:3]}" if extra else f"missing {sorted(expected - set(held))[:3]}"
+            raise GoldenFileError(
+                f"{path}: trace/state entries do not match inner_optimizer {cfg.inner_optimizer} (slots: "
+                f"{', '.join(slots) or 'none'}; all of them or none): {what}"
+            )
+    return layout
+
+
 def check_golden_layout(path: Any, arrays: dict[str, np.ndarray], cfg: Config, version: int = VERSION) -> None:
     layout = golden_layout(cfg)
     if cfg.alpha_mode == "fixed":  # dL/dα under a fixed α is optional
@@ -292,6 +330,7 @@ def check_golden_layout(path: Any, arrays: dict[str, np.ndarray], cfg: Config, v
     if cfg.alpha_mode == "fixed" and "grad/alpha" in arrays:
         layout["grad/alpha"] = ((), cfg.dtype)
     layout.update({k: v for k, v in optional_layout(cfg).items() if k in arrays and k not in layout})
+    layout.update(state_layout(path, arrays, cfg))
     for name, (shape, dtype) in layout.items():
         got = arrays[name]
         if dtype is None:
