@@ -121,9 +121,17 @@ def adam_update(grads: Params, state: OptState, t: jax.Array, opt: Any) -> tuple
     # optax.adam / torch.optim.Adam: bias-corrected m̂ / (√v̂ + ε), ε outside the root
     m = {name: opt.beta1 * state["m"][name] + (1 - opt.beta1) * g for name, g in grads.items()}
     v = {name: opt.beta2 * state["v"][name] + (1 - opt.beta2) * g * g for name, g in grads.items()}
-    c1, c2 = 1 - opt.beta1**t, 1 - opt.beta2**t
+    c1, c2 = bias_correction(opt.beta1, t), bias_correction(opt.beta2, t)
     direction = {name: (m[name] / c1) / (safe_sqrt(v[name] / c2) + opt.eps) for name in grads}
     return direction, {"m": m, "v": v}
+
+
+def bias_correction(beta: float, t: jax.Array) -> jax.Array:
+    """1 − β^t, as −expm1(t·log β) with log β taken in double precision: β^t in float32 rounds β
+    first (0.999 becomes 0.99900001), and 1 − β^t then loses five digits to cancellation (relative
+    error 1.3e-5 at t = 1, against PyTorch's double-precision Python floats); this form keeps the
+    float32 result within a few units of its rounding."""
+    return -jnp.expm1(t * math.log(beta))
 
 
 def safe_sqrt(v: jax.Array) -> jax.Array:
