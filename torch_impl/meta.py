@@ -117,6 +117,12 @@ def momentum_update(grads: Params, state: OptState, t: float, opt: Any) -> tuple
 
 
 def adam_update(grads: Params, state: OptState, t: float, opt: Any) -> tuple[Params, OptState]:
+    # The JAX twin rematerialises this step (fewer stored buffers, fewer XLA ops); here autograd
+    # keeps its saved tensors: recomputing would add kernel launches, this twin's main cost.
+    return _adam_update(grads, state, t, opt)
+
+
+def _adam_update(grads: Params, state: OptState, t: float, opt: Any) -> tuple[Params, OptState]:
     # optax.adam / torch.optim.Adam: bias-corrected m̂ / (√v̂ + ε), ε outside the root
     m = {name: opt.beta1 * state["m"][name] + (1 - opt.beta1) * g for name, g in grads.items()}
     v = {name: opt.beta2 * state["v"][name] + (1 - opt.beta2) * g * g for name, g in grads.items()}
@@ -129,7 +135,7 @@ def safe_sqrt(v: torch.Tensor) -> torch.Tensor:
     """√v with derivative 0 where v = 0 (docs/numerics.md): v = 0 only where every gradient so far
     was 0, where v's own derivative is 0 too, so this is the exact derivative, not NaN = ∞·0."""
     positive = v > 0
-    return torch.where(positive, torch.sqrt(torch.where(positive, v, torch.ones_like(v))), torch.zeros_like(v))
+    return torch.where(positive, torch.sqrt(torch.where(positive, v, 1.0)), 0.0)  # scalars: no fill kernels
 
 
 INNER_OPTIMIZERS: dict[str, tuple[Callable[[Params], OptState], Callable[..., tuple[Params, OptState]]]] = {
