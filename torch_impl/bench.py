@@ -34,6 +34,7 @@ from parity.bench.rows import (
 )
 from parity.bench.settings import (
     ADAM_BATCH_POINT,
+    CONV_POINTS,
     LONG_POINT,
     REMAT_B,
     REMAT_T,
@@ -252,7 +253,12 @@ def rows() -> tuple[BenchRow, ...]:
             max_B=SMALL_B_GPU,
             max_B_accelerator=SMALL_B_GPU,
         ),
-        BenchRow("torch-func", lambda s, d, o: prepare_func(s, d, o.min_call_s), frozenset({ACCELERATOR})),
+        BenchRow(
+            "torch-func",
+            lambda s, d, o: prepare_func(s, d, o.min_call_s),
+            frozenset({ACCELERATOR}),
+            cpu_default_at=CONV_POINTS,  # issue 18: the twin against the same conv step in torch.func
+        ),
     )
 
 

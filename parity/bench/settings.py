@@ -113,12 +113,20 @@ def plan(quick: bool, device: str, impls: Sequence[str] | None = None) -> list[t
     has no remat and stops at SEED_LOOP_MAX_B, 1 on a GPU; the graph-captured and unrolled rows
     are for small B, where launch overhead dominates).
     """
-    from parity.bench.rows import choose
+    from parity.bench.rows import choose, table
 
-    rows, _ = choose(impls, device)
+    rows, explicit = choose(impls, device)
     accelerator = is_accelerator(device)
     settings = list(QUICK_SETTINGS_GPU if accelerator else QUICK_SETTINGS) if quick else full_settings(device)
-    return [(s, [row.name for row in rows if keeps(row, s, accelerator)]) for s in settings]
+
+    def rows_at(setting: Setting) -> list[Any]:
+        # A CPU run's default rows, plus those a row asks for at this setting (BenchRow.cpu_default_at).
+        if explicit or accelerator:
+            return rows
+        names = {r.name for r in rows}
+        return [r for r in table() if r.name in names or setting in r.cpu_default_at]
+
+    return [(s, [row.name for row in rows_at(s) if keeps(row, s, accelerator)]) for s in settings]
 
 
 def keeps(row: Any, setting: Setting, accelerator: bool) -> bool:
