@@ -128,6 +128,8 @@ def test_plans():
     assert [impls for s, impls in full if s in bench.CONV_POINTS] == [["seed-loop", "jax", "torch", "torch-func"]] * 2
     assert all("torch-func" not in impls for s, impls in full if s not in bench.CONV_POINTS)
     assert all("torch-func" not in impls for _, impls in bench.plan(False, "cpu", ["jax", "torch"]))
+    conv = bench.plan(False, "cpu", only=bench.CONV_POINTS)  # bench --conv
+    assert conv == [(s, ["seed-loop", "jax", "torch", "torch-func"]) for s in bench.CONV_POINTS]
     assert {s.inner_optimizer for s in settings} == {"sgd", "momentum", "adam"}
     remat = [impls for s, impls in full if s.T == bench.REMAT_T]
     assert remat == [["jax", "torch"], ["jax", "torch"]]  # the seed loop has no remat
@@ -146,8 +148,9 @@ def test_memory_budget_skips_rows(restore_env):
         (["--unroll", "-1"], "unroll"),
         (["--chunk", "0"], "chunk"),
         (["--time-budget", "0"], "time_budget"),
+        (["--conv"], "conv"),  # with --quick: two different sets of settings
     ],
-    ids=["threads", "unroll", "chunk", "time-budget"],
+    ids=["threads", "unroll", "chunk", "time-budget", "conv-and-quick"],
 )
 def test_bad_flags_are_one_line_errors(argv, field, capsys, restore_env):
     assert main(["bench", "--quick", *argv]) == 2

@@ -105,8 +105,10 @@ def full_settings(device: str = "cpu") -> list[Setting]:
     return settings + [s for s in CONV_POINTS if s.config in PRESETS]  # cls-conv: the conv steps (issue 18)
 
 
-def plan(quick: bool, device: str, impls: Sequence[str] | None = None) -> list[tuple[Setting, list[str]]]:
-    """Which settings a run measures, and with which rows (the baseline first).
+def plan(
+    quick: bool, device: str, impls: Sequence[str] | None = None, only: Sequence[Setting] | None = None
+) -> list[tuple[Setting, list[str]]]:
+    """Which settings a run measures (``only``: these instead), and with which rows (the baseline first).
 
     ``impls`` (default: the device's default rows; a row's name or any implementation SPEC) is
     filtered per setting by each row's limits (:class:`parity.bench.rows.BenchRow`: the seed loop
@@ -118,6 +120,7 @@ def plan(quick: bool, device: str, impls: Sequence[str] | None = None) -> list[t
     rows, explicit = choose(impls, device)
     accelerator = is_accelerator(device)
     settings = list(QUICK_SETTINGS_GPU if accelerator else QUICK_SETTINGS) if quick else full_settings(device)
+    settings = list(only) if only is not None else settings
 
     def rows_at(setting: Setting) -> list[Any]:
         # A CPU run's default rows, plus those a row asks for at this setting (BenchRow.cpu_default_at).
