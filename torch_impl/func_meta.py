@@ -116,14 +116,11 @@ def conv_module_names(depth: int) -> dict[str, str]:
 def model_of(cfg: Config) -> tuple[nn.Module, dict[str, str]]:
     """The module that computes ``cfg``'s model on one task's points, and the contract's names → its own."""
     if cfg.model.name == "mlp":
-        net = network(tuple(cfg.hidden), cfg.activation)
-        return net, module_names(cfg.param_names)
+        return network(tuple(cfg.hidden), cfg.activation), module_names(cfg.param_names)
     m = cfg.model
     shapes = cfg.param_shapes
-    features = shapes["w_head"][1]
-    channels = shapes["w0"][1]
-    net = conv_network(m.depth, channels, m.width, m.pool, m.bn_eps, features, shapes["w_head"][0])
-    return net, conv_module_names(m.depth)
+    channels, (n_way, features) = shapes["w0"][1], shapes["w_head"]
+    return conv_network(m.depth, channels, m.width, m.pool, m.bn_eps, features, n_way), conv_module_names(m.depth)
 
 
 def meta_value_and_grad(
