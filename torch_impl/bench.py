@@ -203,6 +203,8 @@ def prepare_seed_loop(setting: Setting, device: str, min_call_s: float) -> Prepa
     from torch_impl.model import resolve_device
 
     cfg = setting.cfg()
+    if cfg.model.name != "mlp":
+        raise Unavailable(f"the seed's loop builds the MLP only, not model {cfg.model.name!r}")
     dev = str(resolve_device(device))
     state = seed_loop.init_state(cfg, dev)
     sync = _sync(device)
