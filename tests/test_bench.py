@@ -124,6 +124,12 @@ def test_plans():
     assert Setting("seed-maml", 3, 1, 32) in settings and bench.SEED_ALPHA_POINT in settings
     assert len(settings) == 1 + 4 * 3 * 2 + 2 + 2 + 2  # ... + the inner optimisers' two + the conv steps' two
     assert [s.config for s in settings if s in bench.CONV_POINTS] == ["digits-5w1s", "omniglot-5w1s"]
+    # issue 18: the torch.func formulation beside the twins at the conv steps only (a CPU run's default)
+    assert [impls for s, impls in full if s in bench.CONV_POINTS] == [["seed-loop", "jax", "torch", "torch-func"]] * 2
+    assert all("torch-func" not in impls for s, impls in full if s not in bench.CONV_POINTS)
+    assert all("torch-func" not in impls for _, impls in bench.plan(False, "cpu", ["jax", "torch"]))
+    conv = bench.plan(False, "cpu", only=bench.CONV_POINTS)  # bench --conv
+    assert conv == [(s, ["seed-loop", "jax", "torch", "torch-func"]) for s in bench.CONV_POINTS]
     assert {s.inner_optimizer for s in settings} == {"sgd", "momentum", "adam"}
     remat = [impls for s, impls in full if s.T == bench.REMAT_T]
     assert remat == [["jax", "torch"], ["jax", "torch"]]  # the seed loop has no remat
@@ -142,8 +148,9 @@ def test_memory_budget_skips_rows(restore_env):
         (["--unroll", "-1"], "unroll"),
         (["--chunk", "0"], "chunk"),
         (["--time-budget", "0"], "time_budget"),
+        (["--conv"], "conv"),  # with --quick: two different sets of settings
     ],
-    ids=["threads", "unroll", "chunk", "time-budget"],
+    ids=["threads", "unroll", "chunk", "time-budget", "conv-and-quick"],
 )
 def test_bad_flags_are_one_line_errors(argv, field, capsys, restore_env):
     assert main(["bench", "--quick", *argv]) == 2

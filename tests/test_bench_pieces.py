@@ -15,7 +15,7 @@ import pytest
 
 from parity import bench
 from parity.bench import Setting
-from parity.config import SEED_ALPHA, SEED_MAML
+from parity.config import SEED_ALPHA, SEED_MAML, Config
 from parity.init import init_alpha, init_params
 from parity.tasks import sample_batch, sample_batches
 
@@ -127,11 +127,51 @@ def test_torch_func_meta_gradient_equals_the_twin(cfg):
     assert max(float(g.abs().max()) for g in grads.values()) > 1e-3
 
 
-def test_torch_func_refuses_remat():
+# Classification episodes (synthetic images) for the conv net, small enough for the non-slow suite.
+CONV = Config(family="classification", model="conv", dataset="synthetic").replace(
+    depth=2, width=3, n_way=3, k_support=2, k_query=2, image_size=8, meta_batch=2, alpha_init=0.1
+)
+CONV_CASES = {
+    "max-pool-all": CONV,
+    "stride-2-steps": CONV.replace(pool="stride", inner_steps=2, meta_batch=3),
+    "head-only": CONV.replace(adapt="head"),
+    "no-bn-first-order": CONV.replace(adapt="no_bn", first_order=True),
+    "per-parameter": CONV.replace(alpha_mode="per_parameter", bn_eps=1e-5),
+}
+
+
+@pytest.mark.parametrize("cfg", CONV_CASES.values(), ids=CONV_CASES.keys())
+def test_torch_func_conv_meta_gradient_equals_the_twin(cfg):
+    """The conv net in torch.func (functional_call + grad + vmap, batch statistics) = torch_impl.meta,
+    to 1e-10 of the gradient's scale in float64 (second order through batch norm's γ, β included)."""
+    from torch_impl import func_meta, meta
+    from torch_impl.model import to_arrays
+
+    cfg = cfg.replace(dtype="float64")
+    params, alpha = to_arrays(init_params(cfg), "float64"), to_arrays(init_alpha(cfg), "float64")
+    tasks = to_arrays(tuple(sample_batch(cfg, 0)[:4]), "float64")
+    (loss, inner), (grads, grad_alpha) = meta.meta_value_and_grad(params, alpha, tasks, cfg)
+    (f_loss, f_inner), (f_grads, f_grad_alpha) = func_meta.meta_value_and_grad(params, alpha, tasks, cfg)
+    assert float(abs(loss - f_loss)) <= 1e-10 * float(abs(loss))
+    assert float((inner - f_inner).abs().max()) <= 1e-10 * float(inner.abs().max())
+    assert sorted(grads) == sorted(f_grads)
+    scale = max(float(g.abs().max()) for g in grads.values())
+    assert scale > 1e-3  # the comparison is not of two zeros
+    for name in grads:
+        assert float((grads[name] - f_grads[name]).abs().max()) <= 1e-10 * scale, name
+    pairs = [(grad_alpha[k], f_grad_alpha[k]) for k in grad_alpha] if cfg.alpha_mode == "per_parameter" else []
+    for a, b in pairs or [(grad_alpha, f_grad_alpha)]:
+        assert float((a - b).abs().max()) <= 1e-10 * max(float(a.abs().max()), 1e-12)
+
+
+def test_torch_func_refuses_what_it_does_not_build():
     from torch_impl import func_meta
 
     assert func_meta.supports(SEED_ALPHA) is None
+    assert func_meta.supports(CONV) is None
     assert "rematerialisation" in (func_meta.supports(SEED_ALPHA.replace(remat=True)) or "")
+    assert "'adam'" in (func_meta.supports(CONV.replace(inner_optimizer="adam")) or "")
+    assert "multi-step" in (func_meta.supports(CONV.replace(alpha_mode="per_layer_step")) or "")
 
 
 @pytest.mark.slow

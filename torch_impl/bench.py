@@ -34,6 +34,7 @@ from parity.bench.rows import (
 )
 from parity.bench.settings import (
     ADAM_BATCH_POINT,
+    CONV_POINTS,
     LONG_POINT,
     REMAT_B,
     REMAT_T,
@@ -202,6 +203,8 @@ def prepare_seed_loop(setting: Setting, device: str, min_call_s: float) -> Prepa
     from torch_impl.model import resolve_device
 
     cfg = setting.cfg()
+    if cfg.model.name != "mlp":
+        raise Unavailable(f"the seed's loop builds the MLP only, not model {cfg.model.name!r}")
     dev = str(resolve_device(device))
     state = seed_loop.init_state(cfg, dev)
     sync = _sync(device)
@@ -252,7 +255,12 @@ def rows() -> tuple[BenchRow, ...]:
             max_B=SMALL_B_GPU,
             max_B_accelerator=SMALL_B_GPU,
         ),
-        BenchRow("torch-func", lambda s, d, o: prepare_func(s, d, o.min_call_s), frozenset({ACCELERATOR})),
+        BenchRow(
+            "torch-func",
+            lambda s, d, o: prepare_func(s, d, o.min_call_s),
+            frozenset({ACCELERATOR}),
+            cpu_default_at=CONV_POINTS,  # issue 18: the twin against the same conv step in torch.func
+        ),
     )
 
 

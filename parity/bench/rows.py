@@ -48,6 +48,7 @@ class BenchRow:
     only_at: Setting | None = None  # the only setting it times (in an accelerator run)
     accelerator_only: bool = False  # planned in accelerator runs only
     inner_optimizers: frozenset[str] | None = None  # the inner optimisers it has (None: every one)
+    cpu_default_at: tuple[Setting, ...] = ()  # a CPU run's default rows include it at these settings too
 
 
 @dataclasses.dataclass(frozen=True)

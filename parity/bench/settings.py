@@ -105,20 +105,31 @@ def full_settings(device: str = "cpu") -> list[Setting]:
     return settings + [s for s in CONV_POINTS if s.config in PRESETS]  # cls-conv: the conv steps (issue 18)
 
 
-def plan(quick: bool, device: str, impls: Sequence[str] | None = None) -> list[tuple[Setting, list[str]]]:
-    """Which settings a run measures, and with which rows (the baseline first).
+def plan(
+    quick: bool, device: str, impls: Sequence[str] | None = None, only: Sequence[Setting] | None = None
+) -> list[tuple[Setting, list[str]]]:
+    """Which settings a run measures (``only``: these instead), and with which rows (the baseline first).
 
     ``impls`` (default: the device's default rows; a row's name or any implementation SPEC) is
     filtered per setting by each row's limits (:class:`parity.bench.rows.BenchRow`: the seed loop
     has no remat and stops at SEED_LOOP_MAX_B, 1 on a GPU; the graph-captured and unrolled rows
     are for small B, where launch overhead dominates).
     """
-    from parity.bench.rows import choose
+    from parity.bench.rows import choose, table
 
-    rows, _ = choose(impls, device)
+    rows, explicit = choose(impls, device)
     accelerator = is_accelerator(device)
     settings = list(QUICK_SETTINGS_GPU if accelerator else QUICK_SETTINGS) if quick else full_settings(device)
-    return [(s, [row.name for row in rows if keeps(row, s, accelerator)]) for s in settings]
+    settings = list(only) if only is not None else settings
+
+    def rows_at(setting: Setting) -> list[Any]:
+        # A CPU run's default rows, plus those a row asks for at this setting (BenchRow.cpu_default_at).
+        if explicit or accelerator:
+            return rows
+        names = {r.name for r in rows}
+        return [r for r in table() if r.name in names or setting in r.cpu_default_at]
+
+    return [(s, [row.name for row in rows_at(s) if keeps(row, s, accelerator)]) for s in settings]
 
 
 def keeps(row: Any, setting: Setting, accelerator: bool) -> bool:

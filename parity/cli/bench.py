@@ -23,8 +23,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     human = _human(args)
     if args.scaling:
         return _bench_scaling(args)
+    if args.conv and args.quick:
+        raise ConfigError("conv", "--conv and --quick pick different settings; give one")
+    settings = bench.plan(False, args.device, args.impl, only=bench.CONV_POINTS) if args.conv else None
     result = bench.run_bench(
         quick=args.quick,
+        settings=settings,
         device=args.device,
         threads=args.threads,
         repeats=args.repeats,
@@ -76,7 +80,12 @@ def _bench_scaling(args: argparse.Namespace) -> int:
 
 
 def _bench_command(args: argparse.Namespace) -> str:
-    words = ["maml-parity bench", "--quick" if args.quick else "", f"--device {args.device} --threads {args.threads}"]
+    words = [
+        "maml-parity bench",
+        "--quick" if args.quick else "",
+        "--conv" if args.conv else "",
+        f"--device {args.device} --threads {args.threads}",
+    ]
     words.append("--no-pin" if args.no_pin else "")
     flags = ("repeats", "unroll", "chunk", "time_budget", "json", "plot")
     words += [f"--{flag.replace('_', '-')} {getattr(args, flag)}" for flag in flags if getattr(args, flag) is not None]
@@ -91,6 +100,12 @@ def register_bench(sub: Any) -> None:
         "--quick",
         action="store_true",
         help="CPU: seed-alpha at B=1 and B=25, T=5, and B=25 with an Adam inner loop; GPU: the goals' three settings",
+    )
+    p.add_argument(
+        "--conv",
+        action="store_true",
+        help="only the conv steps (issue 18): digits-5w1s and omniglot-5w1s sizes at meta-batch 32, 1 inner step, "
+        "64 filters, synthetic images; on a CPU with the torch-func row",
     )
     p.add_argument(
         "--json", metavar="FILE", help="write {machine, rows, targets, skipped} as JSON to FILE; '-': standard output"
