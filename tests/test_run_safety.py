@@ -844,6 +844,8 @@ def test_ctrl_c_while_the_interpreter_shuts_down_is_exit_130_without_a_traceback
     atexit handler, where Python would print a traceback and exit 0) ends the process at once."""
     code = (
         "import atexit, os, signal, time\n"
+        # Python's own Ctrl-C handler, as in a terminal: a shell's background job starts with SIGINT ignored
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "from parity.startup import exit_quietly_on_interrupt\n"
         "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(30)))\n"
         "exit_quietly_on_interrupt()\n"
@@ -864,6 +866,7 @@ def test_ctrl_c_while_the_interpreter_shuts_down_is_exit_130_without_a_traceback
 # where a KeyboardInterrupt is printed as "Exception ignored" and dropped (JAX's _xla_gc_callback).
 GC_INTERRUPT = r"""
 import gc, os, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, not a background job's SIG_IGN
 from parity import startup
 if sys.argv[1] == "armed":
     startup.install_interrupt_handler(grace_s=30)
