@@ -202,7 +202,7 @@ def _excuse_sensitive(case: Case, rows: list[Row], reference: Any, base: Any) ->
         except Exception:  # the reference cannot rerun: the failures stand
             return rows
         rows = sensitivity.excuse(rows, own, dtype)
-    return rows
+    return sensitivity.excuse_float32(rows, reference.name)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,6 +16,16 @@ reported with both numbers, not asserted. One that the reference holds steady st
 a bug is never excused by a sensitivity the reference does not show, and a non-finite value never
 is. The reference, not the implementation under test, is measured: the code under test cannot buy
 its own excuse.
+
+Float32 rounding happens at every operation, not only in α, and a long computation (an Adam inner
+loop trained for 20 outer steps) can carry it past the float32 tolerance in every implementation
+alike (measured: the quick matrix's softplus trajectory with an Adam inner loop, float32 against
+float64, 1.7e-3 to 2.2e-3 relative in JAX and PyTorch depending on thread count, against 2e-3).
+So a float32 failure is also excused where the reference's own float32 result is already within a
+factor :data:`FLOAT32_PEERS` of the tolerance and the failing result is no more than
+:data:`FLOAT32_PEERS` times as far as the reference's own: the question float32 can answer there
+is whether an implementation is as precise as the reference, not whether it meets a bound that
+rounding alone nearly exhausts.
 """
 
 from __future__ import annotations
@@ -70,6 +80,44 @@ def excuse(rows: list[Any], own: dict[str, LeafResult], dtype: str) -> list[Any]
             )
             detail = f"{row.detail}; {note}" if row.detail else note
             row = dataclasses.replace(row, stable=False, stability=amplification, verdict="", detail=detail)
+        out.append(row)
+    return out
+
+
+# A float32 result this many times further from float64 than the reference's own float32 result is
+# is worse than rounding explains, however ill-conditioned the case.
+FLOAT32_PEERS = 4.0
+
+
+def excuse_float32(rows: list[Any], reference: str) -> list[Any]:
+    """``rows`` with each finite float32 FAIL excused where the reference's own float32 result of
+    that quantity (row ``<reference>64~<reference>``) is already at least 1/:data:`FLOAT32_PEERS`
+    of the relative tolerance from its float64 one, and the failing one is within
+    :data:`FLOAT32_PEERS` times the reference's own: rounding alone takes the tolerance on this
+    case, and the implementation is nearly as precise as the reference. (So nothing is excused
+    where the reference's float32 is well inside the tolerance: there a failing pair could only be
+    excused up to the tolerance itself.) The reference's own row is excused with them. An
+    implementation whose float32 is worse than that still fails."""
+    own_pair = f"{reference}64~{reference}"
+    own = {r.quantity: r for r in rows if r.framework_pair == own_pair and r.dtype == "float32"}
+    out = []
+    for row in rows:
+        mine = own.get(row.quantity)
+        if (
+            row.verdict == "FAIL"
+            and row.dtype == "float32"
+            and mine is not None
+            and mine.max_rel_err * FLOAT32_PEERS >= mine.rtol  # rounding alone takes ≥ 1/4 of the budget
+            and math.isfinite(row.max_abs_err)
+            and math.isfinite(mine.max_rel_err)
+            and row.max_rel_err <= FLOAT32_PEERS * mine.max_rel_err
+        ):
+            note = (
+                f"{reference}'s own float32 result is {mine.max_rel_err:.1e} relative from its float64 one: float32"
+                f" cannot hold the tolerance on this case, and this pair is within {FLOAT32_PEERS:g}x of that"
+            )
+            detail = f"{row.detail}; {note}" if row.detail else note
+            row = dataclasses.replace(row, stable=False, verdict="", detail=detail)
         out.append(row)
     return out
 

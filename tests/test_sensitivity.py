@@ -66,3 +66,26 @@ def test_an_adam_trajectory_that_amplifies_rounding_is_unstable_not_failed():
     assert excused and all("the reference itself moves" in r.detail for r in excused)
     sgd = harness.run_case(case, impls)
     assert {r.verdict for r in sgd} == {"ok"}
+
+
+def _f32(pair: str, rel: float) -> Row:
+    ok = rel <= 2e-3
+    return Row(CASE.name, pair, "float32", "params/w0", rel, rel, [0], 2e-3, 1e-6, True, 1.0, ok=ok)
+
+
+@pytest.mark.parametrize(
+    ("own", "other", "verdict"),
+    [
+        (1.7e-3, 2.2e-3, "unstable"),  # rounding alone takes most of the budget; torch as precise as jax
+        (1.7e-3, 1e-2, "FAIL"),  # 6x the reference's own float32 error: worse than rounding explains
+        (1e-6, 2.2e-3, "FAIL"),  # the reference's float32 holds easily: a failing pair is a failure
+        (4e-4, 2.2e-3, "FAIL"),  # own 4e-4 < rtol/4: nothing above the tolerance is within 4x of it
+    ],
+)
+def test_a_float32_failure_is_excused_only_beside_the_references_own_float32_error(own, other, verdict):
+    rows = [_f32("jax64~jax", own), _f32("jax64~torch", other), _row("params/w0")]
+    out = sensitivity.excuse_float32(rows, "jax")
+    assert out[1].verdict == verdict
+    if verdict == "unstable":
+        assert "jax's own float32 result is 1.7e-03 relative" in out[1].detail
+    assert out[2].verdict == "FAIL"  # a float64 failure is never excused by float32's rounding
