@@ -105,7 +105,7 @@ def register_bench(sub: Any) -> None:
         "--conv",
         action="store_true",
         help="only the conv steps (issue 18): digits-5w1s and omniglot-5w1s sizes at meta-batch 32, 1 inner step, "
-        "64 filters, synthetic images; on a CPU with the torch-func row",
+        "64 filters, synthetic images; on a CPU also the row written with functional transforms (vmap of grad)",
     )
     p.add_argument(
         "--json", metavar="FILE", help="write {machine, rows, targets, skipped} as JSON to FILE; '-': standard output"
