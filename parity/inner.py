@@ -3,6 +3,11 @@
 An inner optimiser is a :class:`parity.parts.Part` in :data:`INNER_OPTIMIZERS` holding its
 hyperparameters; its update rule is an entry of the same name in each implementation's table
 (``jax_impl.meta.INNER_OPTIMIZERS``, ``torch_impl.meta.INNER_OPTIMIZERS``, ``parity.oracle``).
+
+What the outer loop learns of the inner loop is the step size α only (``alpha_mode``: a scalar,
+one per parameter entry, or one per parameter tensor and step). The optimisers' own
+hyperparameters (momentum's β, Adam's β1, β2 and ε) are fixed config fields, held constant and
+compared like the rest of the config, never learned.
 """
 
 from __future__ import annotations
