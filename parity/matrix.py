@@ -64,6 +64,12 @@ class Case:
     cfg: Config  # float64; float32 runs use cfg.replace(dtype="float32")
     kind: str = "gradient"  # gradient | trajectory
     steps: int = 0  # trajectory only: outer steps
+    was: str = ""  # the matrix's name of the case a --set changed (``name`` says what it now runs)
+
+    def matches(self, substring: str) -> bool:
+        """Whether ``--cases SUBSTRING`` selects this case: by its name, or by the matrix name it had
+        before a ``--set`` changed it (``--cases T1- --set inner_steps=10`` still picks the T1 rows)."""
+        return substring in self.name or substring in self.was
 
 
 def case_name(
@@ -301,7 +307,8 @@ def with_changes(cases: list[Case], changes: list[dict[str, Any]]) -> list[Case]
         key = (case.kind, cfg, case.steps)
         if key not in seen:
             seen.add(key)
-            out.append(dataclasses.replace(case, name=renamed(case, cfg), cfg=cfg))
+            name = renamed(case, cfg)
+            out.append(dataclasses.replace(case, name=name, cfg=cfg, was=case.name if name != case.name else ""))
     return out
 
 

@@ -168,11 +168,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     cases = _changed(harness.all_cases(quick=matrix == "quick"), metafunc.config)
     where = _setting(metafunc.config, "cases")
     if where:
-        cases = [c for c in cases if where in c.name]
+        cases = [c for c in cases if c.matches(where)]
         if not cases:
             raise pytest.UsageError(f"maml_parity_cases: no case of the {matrix} matrix contains {where!r}")
     if options.get("cases"):  # the marker narrows further; none left: pytest reports an empty parameter set
-        cases = [c for c in cases if options["cases"] in c.name]
+        cases = [c for c in cases if c.matches(options["cases"])]
     spec = _setting(metafunc.config, "impl")
     if spec:  # one clear error for an implementation that cannot be loaded, not one per case
         from parity.config import ConfigError

@@ -178,6 +178,12 @@ def test_a_case_changed_by_set_is_named_for_what_it_now_runs():
     was = next(c for c in cases if c.name.endswith("-remat-momentum"))
     assert was.name.removesuffix("-momentum") + "-adam" in by_name
     assert "cls-T1-max-all-eps1e-3-adam" in by_name and "trajectory-seed-alpha-adam" in by_name
+    # --cases still finds a changed case by the matrix name it had (and by its new one)
+    assert was.name.removesuffix("-momentum") + "-adam" in {c.name for c in changed if c.matches(was.name)}
+    ten = matrix.with_changes(cases, [{"inner_steps": 10}])
+    assert {c.was for c in ten if c.matches("T1-") and c.cfg.family.name == "sinusoid"} == {
+        c.name for c in cases if c.name.startswith("T1-")
+    }
     # Unchanged cases keep their names (a --set that changes nothing renames nothing).
     same = {c.name: c.cfg for c in matrix.with_changes(cases, [{"inner_optimizer": "sgd"}])}
     for case in cases:

@@ -30,7 +30,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     changes = config_changes(args)
     cases = harness.with_changes(harness.all_cases(quick=args.quick), changes)
     if args.cases:
-        cases = [c for c in cases if args.cases in c.name]
+        cases = [c for c in cases if c.matches(args.cases)]
         if not cases:
             raise ConfigError("cases", f"no case name contains {args.cases!r}")
     device, precision = _device_args(args)
@@ -130,7 +130,7 @@ def register_check(sub: Any) -> None:
     """The ``check`` subcommand and its flags."""
     p = sub.add_parser("check", help="run both twins over the parity matrix and compare them")
     p.add_argument("--quick", action="store_true", help="a covering subset of the matrix (every axis value once)")
-    p.add_argument("--cases", metavar="SUBSTRING", help="only cases whose name contains this")
+    p.add_argument("--cases", metavar="SUBSTRING", help="only cases whose name (or name before --set) contains this")
     p.add_argument("--json", metavar="FILE", help="write {ok, rows} as JSON to FILE; '-': standard output")
     p.add_argument("--verbose", action="store_true", help="a line per quantity, not per case and pair")
     p.add_argument(
