@@ -78,8 +78,7 @@ def excuse(rows: list[Any], own: dict[str, LeafResult], dtype: str) -> list[Any]
                 f"the reference itself moves {_rel(leaf):.1e} relative when α changes by {perturbation(dtype):.1e}"
                 f" (amplification {amplification:.1e}): too sensitive for the {dtype} tolerance, reported, not asserted"
             )
-            detail = f"{row.detail}; {note}" if row.detail else note
-            row = dataclasses.replace(row, stable=False, stability=amplification, verdict="", detail=detail)
+            row = _unstable(row, note, stability=amplification)
         out.append(row)
     return out
 
@@ -116,10 +115,15 @@ def excuse_float32(rows: list[Any], reference: str) -> list[Any]:
                 f"{reference}'s own float32 result is {mine.max_rel_err:.1e} relative from its float64 one: float32"
                 f" cannot hold the tolerance on this case, and this pair is within {FLOAT32_PEERS:g}x of that"
             )
-            detail = f"{row.detail}; {note}" if row.detail else note
-            row = dataclasses.replace(row, stable=False, verdict="", detail=detail)
+            row = _unstable(row, note)
         out.append(row)
     return out
+
+
+def _unstable(row: Any, note: str, **changes: Any) -> Any:
+    """``row`` re-verdicted as unstable (its verdict derived again), ``note`` added to its detail."""
+    detail = f"{row.detail}; {note}" if row.detail else note
+    return dataclasses.replace(row, stable=False, verdict="", detail=detail, **changes)
 
 
 def _moves(leaf: LeafResult | None) -> bool:
